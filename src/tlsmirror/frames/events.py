@@ -1,0 +1,35 @@
+"""What the frames stage emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# TCP flag bits as they appear in the TCP header.
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSegment:
+    """One TCP segment of the innermost flow of a captured frame.
+
+    Addresses are packed (4 bytes for IPv4, 16 for IPv6) so that building the event costs
+    no formatting; ``tlsmirror.frames.addresses.endpoint`` renders them for output.
+    """
+
+    ts: float
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    payload: bytes
+
+
+class FrameError(ValueError):
+    """A frame could not be decoded (truncated or malformed header); the frame is skipped."""

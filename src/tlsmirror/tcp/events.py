@@ -1,0 +1,87 @@
+"""What the tcp stage emits.
+
+Every event carries the :class:`Flow` it belongs to (not a key to look up again): the pipeline
+keeps its per-connection state for upper stages in ``Flow.app``, so each packet costs one dict
+lookup in total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CLIENT = 0  # direction: client -> server (the side that sent SYN, or our best guess)
+SERVER = 1  # direction: server -> client
+
+
+class Flow:
+    """One TCP connection as seen by the sensor.
+
+    ``addr[d]``/``port[d]`` are the endpoint that *sends* in direction ``d`` (``CLIENT`` = 0 or
+    ``SERVER`` = 1). ``syn_seen`` tells whether the roles come from a handshake or a guess; an upper
+    stage that learns better (a ClientHello sent by the "server") may call :meth:`swap_roles`
+    before it has consumed any data.
+    """
+
+    __slots__ = ("addr", "app", "id", "port", "syn_seen", "ts_first", "ts_last")
+
+    def __init__(self, flow_id: int, client: tuple[bytes, int], server: tuple[bytes, int],
+                 ts: float, syn_seen: bool) -> None:
+        self.id = flow_id
+        self.addr = (client[0], server[0])
+        self.port = (client[1], server[1])
+        self.syn_seen = syn_seen
+        self.ts_first = ts
+        self.ts_last = ts
+        self.app: Any = None  # upper stages' per-flow state, owned by the pipeline
+
+    def swap_roles(self) -> None:
+        self.addr = (self.addr[1], self.addr[0])
+        self.port = (self.port[1], self.port[0])
+
+    def __repr__(self) -> str:
+        return f"Flow({self.id})"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpened:
+    flow: Flow
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    """In-order bytes of one direction."""
+
+    flow: Flow
+    direction: int
+    ts: float
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGap:
+    """``size`` bytes of one direction were never seen (lost segment, capture started late
+    inside a retransmission hole, or dropped to stay within memory budgets)."""
+
+    flow: Flow
+    direction: int
+    ts: float
+    size: int
+    reason: str  # "lost", "budget"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowClosed:
+    """The flow ended; no more events for it. ``reason``: fin, rst, idle, evicted, end."""
+
+    flow: Flow
+    ts: float
+    reason: str
+
+
+TcpEvent = FlowOpened | StreamData | StreamGap | FlowClosed
+
+
+class TcpError(ValueError):
+    """Raised only for impossible input to the tcp stage (never for odd traffic)."""

@@ -1,0 +1,1 @@
+"""The I/O shell: files, sockets, processes and time around the sans-IO core."""

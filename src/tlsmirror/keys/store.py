@@ -1,0 +1,63 @@
+"""Bounded secret store keyed by (label, ident), with age limits taken from packet/arrival time."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .events import Secret
+
+
+class KeyStore:
+    """Secrets waiting for (or already matched to) TLS sessions.
+
+    Bounded in entries (oldest evicted first) and, when ``ttl`` is set, in age: entries older than
+    ``ttl`` seconds at :meth:`expire` time are dropped. Both are counted in ``stats``.
+    """
+
+    def __init__(self, *, max_entries: int = 1_000_000, ttl: float | None = None) -> None:
+        self._entries: OrderedDict[tuple[str, bytes], tuple[bytes, float]] = OrderedDict()
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.stats: dict[str, int] = {"added": 0, "duplicates": 0, "evicted": 0, "expired": 0, "matched": 0}
+        self._matched: set[tuple[str, bytes]] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, secret: Secret, ts: float) -> None:
+        key = (secret.label, secret.ident)
+        if key in self._entries:
+            self.stats["duplicates"] += 1
+            self._entries.move_to_end(key)
+        else:
+            self.stats["added"] += 1
+        self._entries[key] = (secret.value, ts)
+        while len(self._entries) > self.max_entries:
+            old, _ = self._entries.popitem(last=False)
+            self._matched.discard(old)
+            self.stats["evicted"] += 1
+
+    def get(self, label: str, ident: bytes) -> bytes | None:
+        hit = self._entries.get((label, ident))
+        if hit is None:
+            return None
+        if (label, ident) not in self._matched:
+            self._matched.add((label, ident))
+            self.stats["matched"] += 1
+        return hit[0]
+
+    def expire(self, now: float) -> int:
+        """Drop entries older than ``ttl``; returns how many were dropped."""
+        if self.ttl is None:
+            return 0
+        limit = now - self.ttl
+        dropped = 0
+        while self._entries:
+            key, (_, ts) = next(iter(self._entries.items()))
+            if ts >= limit:
+                break
+            self._entries.popitem(last=False)
+            self._matched.discard(key)
+            dropped += 1
+        self.stats["expired"] += dropped
+        return dropped

@@ -1,0 +1,112 @@
+"""The http stage's per-connection entry point: picks HTTP/1.x or HTTP/2 and never raises."""
+
+from __future__ import annotations
+
+from .events import Exchange, HttpError, HttpProblem
+from .h1 import H1Connection
+from .h2 import PREFACE, H2Connection
+
+_Out = list[Exchange | HttpProblem]
+
+
+class HttpConnection:
+    """Turns the two decrypted byte streams of one connection into :class:`Exchange` records.
+
+    ``alpn`` "h2" selects HTTP/2; anything else (or None) detects: a client stream starting with
+    the HTTP/2 connection preface is HTTP/2 with prior knowledge, else HTTP/1.x. Direction 0 is
+    client->server. Every method returns the events completed by that call; errors end this
+    connection's parsing with one :class:`HttpProblem` (also recorded in ``problems``).
+    """
+
+    def __init__(self, *, alpn: str | None = None, body_limit: int = 128 * 1024) -> None:
+        self.body_limit = body_limit
+        self._engine: H1Connection | H2Connection | None = None
+        self._held: list[tuple[int, bytes | int, float]] = []  # before the protocol is known
+        self._client_head = b""
+        self._problems: list[str] = []
+        self._closed = False
+        if alpn == "h2":
+            self._engine = H2Connection(body_limit=body_limit)
+
+    @property
+    def problems(self) -> list[str]:
+        return self._engine.problems if self._engine is not None else self._problems
+
+    @property
+    def protocol(self) -> str | None:
+        """"h1", "h2", or None while still undecided."""
+        if self._engine is None:
+            return None
+        return "h2" if isinstance(self._engine, H2Connection) else "h1"
+
+    def feed(self, direction: int, data: bytes, ts: float) -> _Out:
+        if self._closed:
+            return []
+        if self._engine is None:
+            self._held.append((direction, data, ts))
+            if direction == 0:
+                self._client_head += data[: len(PREFACE) - len(self._client_head)]
+                head = self._client_head
+                if not PREFACE.startswith(head):
+                    return self._decide(H1Connection(self.body_limit))
+                if len(head) == len(PREFACE):
+                    return self._decide(H2Connection(body_limit=self.body_limit))
+            return []
+        return self._guard(self._engine, "feed", direction, data, ts)
+
+    def gap(self, direction: int, size: int, ts: float) -> _Out:
+        if self._closed:
+            return []
+        if self._engine is None:
+            if direction == 0 or self._client_head:
+                # cannot tell the protocol across a hole at the start: assume HTTP/1.x, whose
+                # parser reports the gap as a problem if it cannot resync
+                self._held.append((direction, size, ts))
+                return self._decide(H1Connection(self.body_limit))
+            self._held.append((direction, size, ts))
+            return []
+        return self._guard(self._engine, "gap", direction, size, ts)
+
+    def close(self, ts: float) -> _Out:
+        if self._closed:
+            return []
+        out: _Out = []
+        if self._engine is None:
+            if not self._held:
+                self._closed = True
+                return []
+            out += self._decide(H1Connection(self.body_limit))
+        assert self._engine is not None
+        out += self._guard(self._engine, "close", 0, 0, ts)
+        self._closed = True
+        return out
+
+    def _decide(self, engine: H1Connection | H2Connection) -> _Out:
+        self._engine = engine
+        held, self._held = self._held, []
+        out: _Out = []
+        for direction, item, ts in held:
+            if isinstance(item, int):
+                out += self._guard(engine, "gap", direction, item, ts)
+            else:
+                out += self._guard(engine, "feed", direction, item, ts)
+        return out
+
+    def _guard(self, engine: H1Connection | H2Connection, what: str, direction: int,
+               item: bytes | int, ts: float) -> _Out:
+        """The stage boundary: any error inside ends this connection's parsing, never the caller."""
+        try:
+            if what == "feed":
+                assert isinstance(item, bytes)
+                return engine.feed(direction, item, ts)
+            if what == "gap":
+                assert isinstance(item, int)
+                return engine.gap(direction, item, ts)
+            return engine.close(ts)
+        except (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError,
+                OverflowError, MemoryError) as exc:
+            reason = f"internal error: {type(exc).__name__}"
+            engine.problems.append(reason)
+            engine.stopped = True
+            self._closed = True
+            return [HttpProblem(ts, reason)]

@@ -1,0 +1,64 @@
+"""What the http stage emits: complete exchanges, and the problem that ended a connection's parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One message body as captured.
+
+    ``data`` holds at most ``body_limit`` bytes: decoded when the Content-Encoding was decodable,
+    else the raw wire bytes (then ``decode_error`` says why). ``wire_size`` counts the bytes on the
+    wire after de-chunking and before content decoding; ``size`` the decoded bytes (``== wire_size``
+    when not encoded or decoding failed). ``truncated`` tells that ``data`` is shorter than ``size``.
+    """
+
+    data: bytes
+    wire_size: int
+    size: int
+    truncated: bool
+    decode_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request paired with its response (either side may be missing; see ``flags``)."""
+
+    http_version: str
+    method: str | None
+    scheme: str | None
+    authority: str | None
+    path: str | None
+    status: int | None
+    reason: str | None
+    request_headers: Headers
+    response_headers: Headers
+    request_trailers: Headers
+    response_trailers: Headers
+    request_body: Body | None
+    response_body: Body | None
+    request_ts: float | None
+    request_end_ts: float | None
+    response_ts: float | None
+    response_end_ts: float | None
+    stream_id: int | None
+    flags: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProblem:
+    """An error that ended HTTP parsing of one connection (exchanges already complete are kept)."""
+
+    ts: float
+    reason: str
+
+
+class HttpError(ValueError):
+    """The http stage's one exception family (internal; the connection turns it into HttpProblem)."""
+
+
+HttpEvent = Exchange | HttpProblem

@@ -1,0 +1,575 @@
+"""HTTP/1.0 and HTTP/1.1 as seen by a passive observer of both directions of one connection.
+
+llhttp (``httptools``) parses and validates every message head (start line and header fields),
+one fresh parser per message. Body framing is tracked here from the parsed head and, for a
+response, the paired request (HEAD, CONNECT): Content-Length bodies are sliced, chunked bodies
+de-chunked (with trailers), read-until-close bodies end at :meth:`H1Connection.close`. Knowing
+each message's exact end is what lets a fresh parser start on the next pipelined message, and
+lets a gap inside a body be skipped without losing the framing.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from .bodies import BodyCollector, is_text, parse_encodings
+from .events import Body, Exchange, HttpError, HttpProblem
+
+MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
+MAX_LINE = 4096  # one chunk-size line
+MAX_WAIT = 1024 * 1024  # client bytes held while waiting to learn whether an upgrade happened
+
+# per-direction parsing states
+HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE = range(9)
+
+_CRLF = b"\r\n"
+_HEAD_END = b"\r\n\r\n"
+
+
+def _text(b: bytes) -> str:
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
+class _Head:
+    """httptools protocol: collects one message head."""
+
+    __slots__ = ("complete", "headers", "reason", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+class _Msg:
+    """One request or response being assembled."""
+
+    __slots__ = ("body", "end_ts", "flags", "headers", "method", "reason", "start_ts", "status",
+                 "target", "trailers", "upgrade", "version")
+
+    def __init__(self, start_ts: float) -> None:
+        self.start_ts = start_ts
+        self.end_ts: float | None = None
+        self.method: str | None = None
+        self.target: str | None = None
+        self.status: int | None = None
+        self.reason: str | None = None
+        self.version = "1.1"
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.trailers: list[tuple[str, str]] = []
+        self.body: BodyCollector | None = None
+        self.flags: set[str] = set()
+        self.upgrade = False
+
+    def header(self, name: str) -> str | None:
+        """The first value of field ``name`` (lowercase)."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def headers_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def finish_body(self, complete: bool) -> Body | None:
+        return None if self.body is None else self.body.finish(complete)
+
+
+class _Pending:
+    """An exchange in flight: the request (None if never seen), the response when it starts."""
+
+    __slots__ = ("flags", "req", "req_body", "req_done", "resp", "resp_body", "resp_done")
+
+    def __init__(self, req: _Msg | None) -> None:
+        self.req = req
+        self.resp: _Msg | None = None
+        self.req_done = req is None
+        self.resp_done = False
+        self.req_body: Body | None = None
+        self.resp_body: Body | None = None
+        self.flags: set[str] = set()
+
+
+class _Dir:
+    """Parsing state of one direction."""
+
+    __slots__ = ("buf", "chunked", "fed", "head_ts", "msg", "parser", "proto", "remaining", "scan",
+                 "state", "trailer_bytes")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.state = HEAD
+        self.remaining = 0
+        self.msg: _Msg | None = None
+        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
+        self.proto: _Head | None = None
+        self.fed = 0  # bytes of buf given to the head parser
+        self.scan = 0  # where to resume looking for the end of the head
+        self.head_ts: float | None = None
+        self.chunked = False
+        self.trailer_bytes = 0
+
+
+class H1Connection:
+    """Pairs HTTP/1.x requests (direction 0) with responses (direction 1), in order."""
+
+    def __init__(self, body_limit: int = 128 * 1024) -> None:
+        self.body_limit = body_limit
+        self._dirs = (_Dir(), _Dir())
+        self._pending: list[_Pending] = []  # in request order
+        self._out: list[Exchange | HttpProblem] = []
+        self.problems: list[str] = []
+        self.stopped = False
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def feed(self, direction: int, data: bytes, ts: float) -> list[Exchange | HttpProblem]:
+        if self.stopped or not data:
+            return self._take()
+        d = self._dirs[direction]
+        if d.state == DONE:
+            return self._take()
+        d.buf = d.buf + data if d.buf else data
+        try:
+            self._run(direction, ts)
+        except HttpError as exc:
+            self._stop(ts, f"{'client' if direction == 0 else 'server'}: {exc}")
+        return self._take()
+
+    def gap(self, direction: int, size: int, ts: float) -> list[Exchange | HttpProblem]:
+        if self.stopped or size <= 0:
+            return self._take()
+        d = self._dirs[direction]
+        try:
+            self._gap(direction, d, size, ts)
+        except HttpError as exc:
+            self._stop(ts, f"{'client' if direction == 0 else 'server'}: {exc}")
+        return self._take()
+
+    def close(self, ts: float) -> list[Exchange | HttpProblem]:
+        if not self.stopped:
+            for i in (0, 1):
+                d = self._dirs[i]
+                if d.msg is not None and d.state in (BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END,
+                                                     TRAILERS, BODY_EOF):
+                    if d.state == BODY_EOF:
+                        self._complete(i, d, ts)
+                    else:
+                        d.msg.flags.add("truncated")
+                        self._complete(i, d, ts, complete=False)
+                elif d.state == HEAD and d.buf.strip(_CRLF):
+                    self.problems.append(f"{'client' if i == 0 else 'server'}: "
+                                         "connection closed inside a message head")
+            self._flush_all()
+            self.stopped = True
+        return self._take()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _take(self) -> list[Exchange | HttpProblem]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def _stop(self, ts: float, reason: str) -> None:
+        """End HTTP parsing of this connection: report why, flush what is in flight."""
+        self.problems.append(reason)
+        self._out.append(HttpProblem(ts, reason))
+        for i in (0, 1):
+            d = self._dirs[i]
+            if d.msg is not None and d.state not in (HEAD, WAIT, DONE):
+                d.msg.flags.add("truncated")
+                self._complete(i, d, ts, complete=False)
+        self._flush_all()
+        self.stopped = True
+        for d in self._dirs:
+            d.state = DONE
+            d.buf = b""
+
+    def _flush_all(self) -> None:
+        for p in self._pending:
+            if p.req is not None and not p.req_done:
+                p.flags.add("truncated")
+            if p.resp is None:
+                p.flags.add("no_response")
+            elif not p.resp_done:
+                p.flags.add("truncated")
+            self._out.append(self._exchange(p))
+        self._pending = []
+
+    def _gap(self, i: int, d: _Dir, size: int, ts: float) -> None:
+        msg = d.msg
+        st = d.state
+        if st == DONE:
+            return
+        if msg is not None and msg.body is not None and st in (BODY_CL, CHUNK_DATA, BODY_EOF):
+            if st == BODY_EOF or size <= d.remaining:
+                msg.body.gap(size)
+                msg.flags.add("gap")
+                if st != BODY_EOF:
+                    d.remaining -= size
+                    if d.remaining == 0:
+                        if st == BODY_CL:
+                            self._complete(i, d, ts)
+                        else:
+                            d.state = CHUNK_END
+                return
+            msg.body.gap(d.remaining)
+            msg.flags.add("gap")
+            raise HttpError(f"gap of {size} bytes runs past the end of a body; cannot resync")
+        if st == HEAD and not d.buf:
+            raise HttpError(f"gap of {size} bytes between messages; cannot resync")
+        if msg is not None:
+            msg.flags.add("gap")
+        raise HttpError(f"gap of {size} bytes inside message framing; cannot resync")
+
+    def _run(self, i: int, ts: float) -> None:
+        d = self._dirs[i]
+        buf = d.buf
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            st = d.state
+            if st == HEAD:
+                pos = self._head(i, d, buf, pos, ts)
+                if d.parser is not None:
+                    break  # the head is incomplete: need more bytes
+            elif st in (BODY_CL, CHUNK_DATA):
+                take = min(d.remaining, n - pos)
+                assert d.msg is not None and d.msg.body is not None
+                d.msg.body.write(buf[pos:pos + take])
+                pos += take
+                d.remaining -= take
+                if d.remaining == 0:
+                    if st == BODY_CL:
+                        self._complete(i, d, ts)
+                    else:
+                        d.state = CHUNK_END
+            elif st == CHUNK_SIZE:
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    if n - pos > MAX_LINE:
+                        raise HttpError("chunk size line too long")
+                    break
+                self._chunk_size(d, buf[pos:nl])
+                pos = nl + 1
+            elif st == CHUNK_END:
+                if buf[pos] == 0x0A:  # bare LF, tolerated
+                    pos += 1
+                elif buf[pos] == 0x0D:
+                    if pos + 1 >= n:
+                        break
+                    if buf[pos + 1] != 0x0A:
+                        raise HttpError("missing CRLF after chunk data")
+                    pos += 2
+                else:
+                    raise HttpError("missing CRLF after chunk data")
+                d.state = CHUNK_SIZE
+            elif st == TRAILERS:
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    if n - pos + d.trailer_bytes > MAX_HEAD:
+                        raise HttpError("trailer section too large")
+                    break
+                line = buf[pos:nl]
+                d.trailer_bytes += nl + 1 - pos
+                pos = nl + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if not line:
+                    self._complete(i, d, ts)
+                else:
+                    name, sep, value = line.partition(b":")
+                    if not sep or not name or name != name.strip():
+                        raise HttpError("malformed trailer field")
+                    if d.trailer_bytes > MAX_HEAD:
+                        raise HttpError("trailer section too large")
+                    assert d.msg is not None
+                    d.msg.trailers.append((_text(name), _text(value.strip(b" \t"))))
+            elif st == BODY_EOF:
+                assert d.msg is not None and d.msg.body is not None
+                d.msg.body.write(buf[pos:] if pos else buf)
+                pos = n
+            elif st == WAIT:
+                if n - pos > MAX_WAIT:
+                    raise HttpError("too much data while waiting for the upgrade response")
+                break
+            else:  # DONE: the connection switched protocols
+                pos = n
+                break
+            if self.stopped:
+                return
+        d.buf = buf[pos:] if pos < n else b""
+
+    def _chunk_size(self, d: _Dir, line: bytes) -> None:
+        size_text = line.split(b";", 1)[0].strip(b" \t\r")
+        if not size_text or len(size_text) > 16:
+            raise HttpError("invalid chunk size")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpError("invalid chunk size") from None
+        if size_text[:1] in (b"+", b"-") or b"_" in size_text:
+            raise HttpError("invalid chunk size")
+        if size == 0:
+            d.state = TRAILERS
+            d.trailer_bytes = 0
+        else:
+            d.state = CHUNK_DATA
+            d.remaining = size
+
+    def _head(self, i: int, d: _Dir, buf: bytes, pos: int, ts: float) -> int:
+        """Consume a message head from ``buf[pos:]``; return the new position."""
+        if d.parser is None:
+            # blank lines between messages are tolerated (and skipped)
+            n = len(buf)
+            while pos < n and buf[pos] in (0x0D, 0x0A):
+                pos += 1
+            if pos == n:
+                return pos
+            d.proto = _Head()
+            d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
+                        else httptools.HttpResponseParser(d.proto))
+            # Transfer-Encoding with Content-Length: the framing below follows RFC 9112 (chunked
+            # wins) instead of refusing the message, since the peer evidently accepted it
+            d.parser.set_dangerous_leniencies(lenient_chunked_length=True)
+            d.head_ts = ts
+            d.fed = pos
+            d.scan = pos
+        end = buf.find(_HEAD_END, d.scan)
+        parser = d.parser
+        if end < 0:
+            if len(buf) - pos > MAX_HEAD:
+                raise HttpError("message head too large")
+            if d.fed < len(buf):
+                self._feed_parser(parser, buf[d.fed:])
+            # keep offsets relative to the unconsumed buffer, which restarts at ``pos``
+            d.fed = len(buf) - pos
+            d.scan = max(0, len(buf) - pos - 3)
+            return pos
+        end += 4
+        if end - pos > MAX_HEAD:
+            raise HttpError("message head too large")
+        self._feed_parser(parser, buf[d.fed:end])
+        proto = d.proto
+        assert proto is not None
+        if not proto.complete:
+            raise HttpError("message head not understood")
+        d.parser = None
+        d.proto = None
+        head_ts = d.head_ts if d.head_ts is not None else ts
+        d.head_ts = None
+        msg = _Msg(head_ts)
+        msg.version = parser.get_http_version()
+        msg.headers = tuple((_text(k), _text(v)) for k, v in proto.headers)
+        msg.upgrade = parser.should_upgrade()
+        if i == 0:
+            assert isinstance(parser, httptools.HttpRequestParser)
+            msg.method = parser.get_method().decode("ascii", "replace")
+            msg.target = _text(proto.url)
+            self._request_head(d, msg, ts)
+        else:
+            assert isinstance(parser, httptools.HttpResponseParser)
+            msg.status = parser.get_status_code()
+            msg.reason = _text(proto.reason)
+            self._response_head(d, msg, ts)
+        return end
+
+    @staticmethod
+    def _feed_parser(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+                     data: bytes) -> None:
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # upgrade / CONNECT: the head is complete; what follows is decided by us
+        except httptools.HttpParserError as exc:
+            raise HttpError(f"llhttp: {exc}" if str(exc) else "llhttp: parse error") from None
+
+    def _framing(self, msg: _Msg, is_request: bool) -> tuple[str, int]:
+        """("none"|"cl"|"chunked"|"eof", content length)."""
+        te = msg.headers_all("transfer-encoding")
+        if te:
+            codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
+            if codings and codings[-1] == "chunked":
+                return "chunked", 0
+            if is_request:
+                raise HttpError("request transfer-encoding without final chunked")
+            return "eof", 0
+        cls = msg.headers_all("content-length")
+        if cls:
+            try:
+                values = {int(c.strip()) for v in cls for c in v.split(",")}
+            except ValueError:
+                raise HttpError("invalid content-length") from None
+            if len(values) != 1:
+                raise HttpError("conflicting content-length")
+            length = values.pop()
+            if length < 0:
+                raise HttpError("invalid content-length")
+            return ("cl", length) if length else ("none", 0)
+        if is_request:
+            return "none", 0
+        return "eof", 0
+
+    def _start_body(self, d: _Dir, msg: _Msg, kind: str, length: int) -> None:
+        msg.body = BodyCollector(self.body_limit, parse_encodings(msg.header("content-encoding")),
+                                 is_text(msg.header("content-type")))
+        if kind == "cl":
+            d.state = BODY_CL
+            d.remaining = length
+        elif kind == "chunked":
+            d.state = CHUNK_SIZE
+        else:
+            d.state = BODY_EOF
+
+    def _request_head(self, d: _Dir, msg: _Msg, ts: float) -> None:
+        p = _Pending(msg)
+        self._pending.append(p)
+        d.msg = msg
+        kind, length = self._framing(msg, True)
+        if kind == "none":
+            msg.body = None
+            self._complete(0, d, ts)
+        else:
+            self._start_body(d, msg, kind, length)
+
+    def _response_head(self, d: _Dir, msg: _Msg, ts: float) -> None:
+        status = msg.status or 0
+        p = next((x for x in self._pending if x.resp is None), None)
+        if 100 <= status < 200 and status != 101:
+            if p is not None:
+                p.flags.add("interim_response")
+            d.state = HEAD  # interim (100 Continue, 103 Early Hints): the final response follows
+            return
+        if p is None:
+            p = _Pending(None)
+            p.flags.add("response_without_request")
+            self._pending.append(p)
+        p.resp = msg
+        d.msg = msg
+        method = p.req.method if p.req is not None else None
+        if status == 101:
+            p.flags.add("upgrade")
+            self._complete(1, d, ts)
+            self._switch()
+            return
+        if method == "CONNECT" and 200 <= status < 300:
+            p.flags.add("upgrade")
+            p.flags.add("connect")
+            self._complete(1, d, ts)
+            self._switch()
+            return
+        if method == "HEAD" or status in (204, 304):
+            self._complete(1, d, ts)
+        else:
+            kind, length = self._framing(msg, False)
+            if kind == "none":
+                self._complete(1, d, ts)
+            else:
+                self._start_body(d, msg, kind, length)
+        # an upgrade or CONNECT request that was refused: the client goes on speaking HTTP
+        c = self._dirs[0]
+        if c.state == WAIT and p.req is not None and p.req.upgrade and p.req_done:
+            c.state = HEAD
+            if c.buf:
+                self._run(0, ts)
+
+    def _switch(self) -> None:
+        """The connection left HTTP (101 Switching Protocols, CONNECT tunnel): stop, no error."""
+        self.stopped = True
+        for d in self._dirs:
+            d.state = DONE
+            d.buf = b""
+        self._flush_all()
+
+    def _complete(self, i: int, d: _Dir, ts: float, complete: bool = True) -> None:
+        msg = d.msg
+        assert msg is not None
+        msg.end_ts = ts
+        d.msg = None
+        d.state = HEAD
+        body = msg.finish_body(complete)
+        for p in self._pending:
+            if i == 0 and p.req is msg:
+                p.req_body = body
+                p.req_done = True
+                if msg.upgrade or msg.method == "CONNECT":
+                    msg.upgrade = True
+                    if p.resp is None:
+                        d.state = WAIT  # hold client bytes until the response tells
+                break
+            if i == 1 and p.resp is msg:
+                p.resp_body = body
+                p.resp_done = True
+                break
+        # emit every exchange at the front whose both sides are done
+        while self._pending and self._pending[0].req_done and self._pending[0].resp_done:
+            self._out.append(self._exchange(self._pending.pop(0)))
+
+    def _exchange(self, p: _Pending) -> Exchange:
+        req = p.req
+        resp = p.resp
+        flags = set(p.flags)
+        authority = path = scheme = None
+        method = None
+        if req is not None:
+            flags |= req.flags
+            method = req.method
+            authority = req.header("host")
+            path = req.target
+            if method == "CONNECT":
+                authority = path
+                path = None
+            elif path is not None and path[:8].lower().startswith(("http://", "https://")):
+                # absolute-form (proxy request): split scheme and authority off
+                scheme, _, rest = path.partition("://")
+                auth, slash, tail = rest.partition("/")
+                authority = auth or authority
+                path = slash + tail if slash else "/"
+                scheme = scheme.lower()
+        if resp is not None:
+            flags |= resp.flags
+        if any(b is not None and b.decode_error for b in (p.req_body, p.resp_body)):
+            flags.add("decode_error")
+        if any(b is not None and b.truncated for b in (p.req_body, p.resp_body)):
+            flags.add("body_truncated")
+        version = (req.version if req is not None else resp.version if resp is not None else "1.1")
+        return Exchange(
+            http_version=version,
+            method=method,
+            scheme=scheme,
+            authority=authority,
+            path=path,
+            status=resp.status if resp is not None else None,
+            reason=resp.reason if resp is not None else None,
+            request_headers=req.headers if req is not None else (),
+            response_headers=resp.headers if resp is not None else (),
+            request_trailers=tuple(req.trailers) if req is not None else (),
+            response_trailers=tuple(resp.trailers) if resp is not None else (),
+            request_body=p.req_body,
+            response_body=p.resp_body,
+            request_ts=req.start_ts if req is not None else None,
+            request_end_ts=req.end_ts if req is not None else None,
+            response_ts=resp.start_ts if resp is not None else None,
+            response_end_ts=resp.end_ts if resp is not None else None,
+            stream_id=None,
+            flags=frozenset(flags),
+        )

@@ -8,7 +8,7 @@ lookup in total.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CLIENT = 0  # direction: client -> server (the side that sent SYN, or our best guess)
 SERVER = 1  # direction: server -> client
@@ -49,9 +49,8 @@ class FlowOpened:
     ts: float
 
 
-@dataclass(frozen=True, slots=True)
-class StreamData:
-    """In-order bytes of one direction."""
+class StreamData(NamedTuple):
+    """In-order bytes of one direction (a NamedTuple: built per segment, see frames.events.TcpSegment)."""
 
     flow: Flow
     direction: int
@@ -73,7 +72,7 @@ class StreamGap:
 
 @dataclass(frozen=True, slots=True)
 class FlowClosed:
-    """The flow ended; no more events for it. ``reason``: fin, rst, idle, evicted, end."""
+    """The flow ended; no more events for it. ``reason``: fin, rst, idle, evicted, reused, end."""
 
     flow: Flow
     ts: float

@@ -1,0 +1,73 @@
+"""What the tls stage emits.
+
+Directions here are TLS roles: 0 = from the TLS client (the ClientHello sender), 1 = from the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..tcp.events import Flow
+
+# Outcomes of a TLS connection, worst last; a connection reports the worst thing that happened to it.
+DECRYPTED = "decrypted"
+GAP = "gap"
+NO_HANDSHAKE = "no_handshake"
+NO_KEY = "no_key"
+UNSUPPORTED = "unsupported"
+DECRYPT_FAILED = "decrypt_failed"
+OUTCOMES = (DECRYPTED, GAP, NO_HANDSHAKE, NO_KEY, UNSUPPORTED, DECRYPT_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsHandshake:
+    """Facts known once the ServerHello is parsed (ALPN may be updated later for TLS 1.3)."""
+
+    flow: Flow
+    ts: float
+    client_dir: int  # the tcp direction that carries the TLS client's bytes
+    version: str  # "TLS1.2", "TLS1.3", ...
+    suite: str
+    sni: str | None
+    alpn: str | None
+    resumed: bool
+
+
+class TlsPlaintext(NamedTuple):
+    """Decrypted application data (a NamedTuple: built per record)."""
+
+    flow: Flow
+    direction: int
+    ts: float
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsGap:
+    """Plaintext of one direction was lost (TCP gap, dropped while waiting for a key, bad record)."""
+
+    flow: Flow
+    direction: int
+    ts: float
+    size: int  # ciphertext bytes lost; plaintext size is close to it
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOutcome:
+    """The last word on one TLS connection, emitted when its flow closes."""
+
+    flow: Flow
+    ts: float
+    client_dir: int
+    outcome: str
+    reason: str
+    version: str | None
+    suite: str | None
+    sni: str | None
+    alpn: str | None
+    resumed: bool
+    late_key: bool  # secrets arrived after encrypted records did, and the held records were used
+    records_decrypted: int
+    records_failed: int
+    held_dropped_bytes: int

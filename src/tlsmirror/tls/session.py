@@ -1,0 +1,574 @@
+"""One TLS connection seen from the side: records in both directions, keys when they come, plaintext out.
+
+The session never reads a clock or a global. Secrets come from the :class:`TlsContext` it is given;
+when they are missing, encrypted records are held (bounded) and :meth:`TlsSession.keys_changed`
+decrypts them once the engine learns a secret this session waits for (``wait_idents``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Any
+
+from ..keys import events as kl
+from ..keys.rsa import rsa_decrypt_premaster
+from ..tcp.events import Flow
+from . import handshake as hs
+from .ciphers import RecordDecryptor, decryptor_from_key_block, tls13_decryptor
+from .context import TlsContext
+from .errors import DecryptError, TlsError, TlsParseError, UnsupportedError
+from .events import (
+    DECRYPT_FAILED,
+    DECRYPTED,
+    GAP,
+    NO_HANDSHAKE,
+    NO_KEY,
+    UNSUPPORTED,
+    TlsGap,
+    TlsHandshake,
+    TlsOutcome,
+    TlsPlaintext,
+)
+from .schedule import key_block, master_secret, tls13_next_secret
+from .suites import CipherSuite, suite_for
+
+CT_CCS = 20
+CT_ALERT = 21
+CT_HANDSHAKE = 22
+CT_APPDATA = 23
+CT_HEARTBEAT = 24
+
+MAX_RECORD = (1 << 14) + 2048
+MAX_HANDSHAKE_MESSAGE = 1 << 20
+
+
+def looks_like_tls(data: bytes) -> bool:
+    """Does a stream start with a TLS record header, or an SSLv2-compatible ClientHello (any port)?"""
+    n = len(data)
+    if n >= 3 and 20 <= data[0] <= 24 and data[1] == 3 and data[2] <= 4:
+        return True
+    return n >= 5 and data[0] & 0x80 != 0 and data[2] == hs.CLIENT_HELLO and data[3] == 3 and data[4] <= 3
+
+
+def looks_like_client_hello(data: bytes) -> bool:
+    """A TLS handshake record that starts with a ClientHello (STARTTLS: TLS begins mid-stream)."""
+    return len(data) >= 6 and data[0] == CT_HANDSHAKE and data[1] == 3 and data[2] <= 4 and data[5] == 1
+
+
+class _Direction:
+    """Per-direction record state (TLS roles: 0 = client, 1 = server)."""
+
+    __slots__ = ("app_ok", "app_secret", "broken", "buf", "cands", "dec", "encrypted", "held",
+                 "held_bytes", "hs_buf", "inflate", "lost_records", "next_dec", "stage")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.hs_buf = bytearray()
+        self.encrypted = False  # records from here on are protected
+        self.dec: RecordDecryptor | None = None  # TLS <= 1.2: keys in force (None after CCS: waiting)
+        self.next_dec: RecordDecryptor | None = None  # TLS <= 1.2: keys that the next CCS puts in force
+        self.cands: list[RecordDecryptor] = []  # TLS 1.3: candidate decryptors in key order
+        self.stage = 0  # index into cands
+        self.app_ok = False  # TLS 1.3: a record decrypted with the application key
+        self.app_secret = b""
+        self.held: list[tuple[int, int, bytes, float]] = []  # (type, version, fragment, ts)
+        self.held_bytes = 0
+        self.lost_records = 0  # dropped while holding (budget): skipped by sequence number later
+        self.broken: str | None = None  # record framing lost (gap, garbage)
+        self.inflate: Any = None  # zlib decompressor when the session uses TLS compression (DEFLATE)
+
+
+class TlsSession:
+    """Passive TLS 1.0-1.3 decryption for one TCP connection."""
+
+    def __init__(self, flow: Flow, ctx: TlsContext, ts: float) -> None:
+        self.flow = flow
+        self.ctx = ctx
+        self.ts_first = ts
+        self.client_dir = 0  # tcp direction that carries the TLS client's bytes
+        self._dir_fixed = False
+        self.dirs = (_Direction(), _Direction())
+        self.ch: hs.ClientHello | None = None
+        self.sh: hs.ServerHello | None = None
+        self.suite: CipherSuite | None = None
+        self.version = 0
+        self.tls13 = False
+        self.alpn: str | None = None
+        self.resumed = False
+        self.enc_pms: bytes | None = None
+        self.transcript: list[bytes] | None = []  # handshake messages until ClientKeyExchange (for EMS)
+        self.session_hash: bytes | None = None
+        self.master: bytes | None = None
+        self.keys_ready = False
+        self.ticket: bytes | None = None
+        self.unsupported: str | None = None
+        self.failure: str | None = None
+        self.had_gap = False
+        self.no_handshake = False
+        self.late_key = False
+        self.records_decrypted = 0
+        self.records_failed = 0
+        self.records_skipped = 0
+        self.renegotiations = 0
+        self.held_dropped_bytes = 0
+        self.wait_idents: list[bytes] = []  # idents this session waits on (client random, session id, ...)
+        self.closed = False
+
+    # ------------------------------------------------------------------ input
+    def data(self, tcp_dir: int, data: bytes, ts: float, out: list[Any]) -> None:
+        if not self._dir_fixed:
+            self._fix_direction(tcp_dir, data)
+        d = tcp_dir ^ self.client_dir
+        st = self.dirs[d]
+        if st.broken is not None:
+            return
+        buf = st.buf
+        buf += data
+        n = len(buf)
+        off = 0
+        if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None:
+            off = self._sslv2_hello(buf)
+            if off < 0:
+                return
+        while n - off >= 5:
+            ctype = buf[off]
+            ver = (buf[off + 1] << 8) | buf[off + 2]
+            length = (buf[off + 3] << 8) | buf[off + 4]
+            if not (20 <= ctype <= 24) or buf[off + 1] != 3 or length > MAX_RECORD:
+                st.broken = "not a TLS record"
+                self._set_failure(f"record framing lost ({'client' if d == 0 else 'server'} side)")
+                del buf[:]
+                return
+            end = off + 5 + length
+            if end > n:
+                break
+            frag = bytes(buf[off + 5:end])
+            off = end
+            try:
+                self._record(d, ctype, ver, frag, ts, out)
+            except UnsupportedError as exc:
+                self.unsupported = str(exc)
+            except TlsError as exc:
+                self._set_failure(str(exc))
+        if off:
+            del buf[:off]
+
+    def _sslv2_hello(self, buf: bytearray) -> int:
+        """Parse an SSLv2-compatible ClientHello at the start of ``buf``; bytes used, or -1."""
+        length = ((buf[0] & 0x7F) << 8) | buf[1]
+        if len(buf) < 2 + length:
+            return -1
+        try:
+            self.ch = hs.parse_sslv2_client_hello(bytes(buf[2:2 + length]))
+        except TlsError as exc:
+            self.dirs[0].broken = "bad SSLv2 hello"
+            self._set_failure(str(exc))
+            return -1
+        self._wait_for(self.ch.random)
+        if self.transcript is not None:
+            self.transcript.append(bytes(buf[2:2 + length]))
+        return 2 + length
+
+    def gap(self, tcp_dir: int, size: int, ts: float, out: list[Any]) -> None:
+        d = tcp_dir ^ self.client_dir
+        st = self.dirs[d]
+        self.had_gap = True
+        if st.broken is None:
+            st.broken = "gap"
+            del st.buf[:]
+        out.append(TlsGap(self.flow, d, ts, size))
+
+    def keys_changed(self, ts: float, out: list[Any]) -> None:
+        """A secret this session waits for has arrived: derive keys and decrypt what was held."""
+        if self.sh is None or self.keys_ready:
+            return
+        self._try_keys(out)
+
+    def close(self, ts: float, out: list[Any]) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for st in self.dirs:
+            if st.held:
+                self.held_dropped_bytes += st.held_bytes
+                self.ctx.held_bytes -= st.held_bytes
+                st.held = []
+                st.held_bytes = 0
+        out.append(self.outcome(ts))
+
+    def outcome(self, ts: float) -> TlsOutcome:
+        encrypted_seen = any(st.encrypted for st in self.dirs)
+        if self.unsupported:
+            outcome, reason = UNSUPPORTED, self.unsupported
+        elif self.no_handshake and self.sh is None:
+            outcome, reason = NO_HANDSHAKE, "capture started after the TLS handshake"
+        elif self.records_failed:
+            outcome, reason = DECRYPT_FAILED, self.failure or "records failed authentication"
+        elif encrypted_seen and not self.keys_ready:
+            outcome = NO_KEY
+            reason = "no secret for client random " + (self.ch.random[:8].hex() + "..." if self.ch else "?")
+            if self.held_dropped_bytes:
+                reason += f"; {self.held_dropped_bytes} bytes of ciphertext dropped"
+        elif self.failure:
+            outcome, reason = DECRYPT_FAILED, self.failure
+        elif self.had_gap:
+            outcome, reason = GAP, "TCP gap: bytes missing from the capture"
+        elif self.ch is None:
+            outcome, reason = NO_HANDSHAKE, "no ClientHello seen"
+        else:
+            outcome, reason = DECRYPTED, ""
+        return TlsOutcome(
+            flow=self.flow, ts=ts, client_dir=self.client_dir, outcome=outcome, reason=reason,
+            version=hs.version_name(self.version) if self.version else None,
+            suite=self.suite.name if self.suite else None, sni=self.ch.sni if self.ch else None,
+            alpn=self.alpn, resumed=self.resumed, late_key=self.late_key,
+            records_decrypted=self.records_decrypted, records_failed=self.records_failed,
+            held_dropped_bytes=self.held_dropped_bytes)
+
+    # ------------------------------------------------------------------ records
+    def _fix_direction(self, tcp_dir: int, data: bytes) -> None:
+        if len(data) >= 3 and data[0] & 0x80 and data[2] == hs.CLIENT_HELLO:
+            self._dir_fixed = True
+            self.client_dir = tcp_dir
+        elif len(data) >= 6 and data[0] == CT_HANDSHAKE:
+            self._dir_fixed = True
+            if data[5] == hs.CLIENT_HELLO:
+                self.client_dir = tcp_dir
+            elif data[5] == hs.SERVER_HELLO:
+                self.client_dir = tcp_dir ^ 1
+        elif len(data) >= 5:
+            self._dir_fixed = True
+
+    def _set_failure(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+
+    def _record(self, d: int, ctype: int, ver: int, frag: bytes, ts: float, out: list[Any]) -> None:
+        st = self.dirs[d]
+        if st.encrypted and (ctype == CT_APPDATA or not self.tls13) and ctype != CT_HEARTBEAT:
+            if self.unsupported is not None:
+                return
+            if not st.cands if self.tls13 else st.dec is None:
+                self._hold(st, ctype, ver, frag, ts)
+                return
+            self._decrypt(d, st, ctype, ver, frag, ts, out)
+            return
+        if ctype == CT_HANDSHAKE:
+            self._handshake_bytes(d, st, frag, ts, out)
+        elif ctype == CT_CCS:
+            if not self.tls13 and self.sh is not None:
+                st.encrypted = True
+                st.dec = st.next_dec  # None: keys unknown yet, records are held
+                st.next_dec = None
+        elif ctype == CT_APPDATA:
+            # Application data before any handshake: the capture started mid-connection.
+            self.no_handshake = True
+
+    def _hold(self, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
+        ctx = self.ctx
+        size = len(frag) + 5
+        if (st.lost_records or st.held_bytes + size > ctx.max_hold_bytes_per_session
+                or ctx.held_bytes + size > ctx.max_hold_bytes_total):
+            st.lost_records += 1
+            self.held_dropped_bytes += size
+            return
+        st.held.append((ctype, ver, frag, ts))
+        st.held_bytes += size
+        ctx.held_bytes += size
+
+    def _decrypt(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
+                 out: list[Any]) -> None:
+        if self.tls13:
+            result = self._decrypt13(st, ctype, ver, frag)
+            if result is None:
+                return
+            itype, pt = result
+        else:
+            dec = st.dec
+            assert dec is not None
+            try:
+                itype, pt = dec.decrypt(ctype, ver, frag)
+            except DecryptError:
+                self.records_failed += 1
+                self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")
+                return
+            if st.inflate is not None:
+                try:
+                    pt = st.inflate.decompress(pt, MAX_RECORD)
+                except zlib.error:
+                    raise TlsParseError("TLS compression: bad DEFLATE data") from None
+        self.records_decrypted += 1
+        if itype == CT_APPDATA:
+            if pt:
+                out.append(TlsPlaintext(self.flow, d, ts, pt))
+        elif itype == CT_HANDSHAKE:
+            self._handshake_bytes(d, st, pt, ts, out)
+        elif itype == CT_CCS and not self.tls13:
+            # Renegotiation: the protected CCS puts the new handshake's keys in force.
+            st.dec = st.next_dec
+            st.next_dec = None
+        # alerts, heartbeats: nothing to report
+
+    def _decrypt13(self, st: _Direction, ctype: int, ver: int, frag: bytes) -> tuple[int, bytes] | None:
+        cands = st.cands
+        i = st.stage
+        last = len(cands) - 1
+        for j in range(i, last + 1):
+            dec = cands[j]
+            try:
+                result = dec.decrypt(ctype, ver, frag)
+            except DecryptError:
+                dec.seq -= 1  # a trial, not a record this key protected
+                continue
+            if j != i:
+                st.stage = j
+            if j == last:
+                st.app_ok = True
+            return result
+        if not st.app_ok:
+            # Before the first application record: a handshake (or rejected 0-RTT) record whose key we lack.
+            self.records_skipped += 1
+            return None
+        cands[i].seq += 1
+        self.records_failed += 1
+        self._set_failure("TLS 1.3 record failed authentication")
+        return None
+
+    # ------------------------------------------------------------------ handshake
+    def _handshake_bytes(self, d: int, st: _Direction, data: bytes, ts: float, out: list[Any]) -> None:
+        buf = st.hs_buf
+        buf += data
+        off = 0
+        n = len(buf)
+        while n - off >= 4:
+            mtype = buf[off]
+            length = int.from_bytes(buf[off + 1:off + 4], "big")
+            if length > MAX_HANDSHAKE_MESSAGE:
+                del buf[:]
+                raise TlsParseError("handshake message too large")
+            end = off + 4 + length
+            if end > n:
+                break
+            msg = bytes(buf[off:end])
+            off = end
+            self._handshake(d, st, mtype, msg, ts, out)
+        if off:
+            del buf[:off]
+
+    def _handshake(self, d: int, st: _Direction, mtype: int, msg: bytes, ts: float, out: list[Any]) -> None:
+        body = msg[4:]
+        if self.transcript is not None and not self.tls13:
+            self.transcript.append(msg)
+        if mtype == hs.CLIENT_HELLO and d == 0:
+            if self.ch is None or (not st.encrypted and self.ch.random == body[2:34]):
+                self.ch = hs.parse_client_hello(body)
+                self._wait_for(self.ch.random)
+            elif st.encrypted and not self.tls13 and self.sh is not None:
+                self._renegotiation(hs.parse_client_hello(body), msg)
+        elif mtype == hs.SERVER_HELLO and d == 1 and self.sh is None:
+            self._server_hello(hs.parse_server_hello(body), ts, out)
+        elif mtype == hs.CLIENT_KEY_EXCHANGE and d == 0 and self.suite is not None:
+            if self.suite.kex == "RSA":
+                self.enc_pms = hs.parse_rsa_client_key_exchange(body, self.version)
+                if len(self.enc_pms) >= 8:
+                    self._wait_for(self.enc_pms[:8])
+            if self.transcript is not None and self.sh is not None and self.sh.ems:
+                self.session_hash = self._transcript_hash()
+            self.transcript = None
+            if not self.keys_ready:
+                self._try_keys(out)
+        elif mtype == hs.NEW_SESSION_TICKET and d == 1 and not self.tls13:
+            self.ticket = hs.parse_new_session_ticket_12(body)
+            if self.master is not None and self.ticket:
+                self.ctx.cache.put(b"tk:" + self.ticket, self.master)
+        elif mtype == hs.ENCRYPTED_EXTENSIONS and d == 1:
+            alpn = hs.parse_encrypted_extensions_alpn(body)
+            if alpn:
+                self.alpn = alpn
+        elif mtype == hs.FINISHED and self.tls13:
+            if st.cands and st.stage < len(st.cands) - 1:
+                st.stage = len(st.cands) - 1
+        elif mtype == hs.END_OF_EARLY_DATA and self.tls13 and d == 0:
+            if st.cands and st.stage == 0 and len(st.cands) > 2:
+                st.stage = 1
+        elif mtype == hs.KEY_UPDATE and self.tls13 and st.app_secret and self.suite is not None:
+            st.app_secret = tls13_next_secret(self.suite, st.app_secret)
+            st.cands[-1] = tls13_decryptor(self.suite, st.app_secret)
+
+    def _renegotiation(self, ch: hs.ClientHello, msg: bytes) -> None:
+        """A ClientHello inside an established TLS <= 1.2 session: new keys at the next CCS."""
+        self.renegotiations += 1
+        self.ch = ch
+        self.sh = None
+        self.enc_pms = None
+        self.transcript = [msg]
+        self.session_hash = None
+        self.master = None
+        self.keys_ready = False
+        self._wait_for(ch.random)
+
+    def _transcript_hash(self) -> bytes:
+        assert self.suite is not None and self.transcript is not None
+        if self.version >= 0x0303:
+            h = hashlib.new(self.suite.prf_hash)
+            for m in self.transcript:
+                h.update(m)
+            return h.digest()
+        md5 = hashlib.md5()
+        sha1 = hashlib.sha1()
+        for m in self.transcript:
+            md5.update(m)
+            sha1.update(m)
+        return md5.digest() + sha1.digest()
+
+    def _server_hello(self, sh: hs.ServerHello, ts: float, out: list[Any]) -> None:
+        if sh.is_hrr:
+            return
+        first = self.version == 0
+        self.sh = sh
+        self.version = sh.version
+        self.suite = suite_for(sh.suite)
+        self.tls13 = sh.version == 0x0304
+        if self.tls13:
+            self.transcript = None
+            for st in self.dirs:
+                st.encrypted = True
+        else:
+            if sh.alpn:
+                self.alpn = sh.alpn
+            ch = self.ch
+            if ch is not None and sh.session_id and sh.session_id == ch.session_id:
+                self.resumed = True
+            if sh.session_id:
+                self._wait_for(sh.session_id)
+        if self.tls13 and sh.alpn:
+            self.alpn = sh.alpn
+        if self.ch is None:
+            self.no_handshake = True
+        if sh.compression == 1 and not self.tls13:
+            for st in self.dirs:
+                st.inflate = zlib.decompressobj()
+        elif sh.compression != 0:
+            self.unsupported = f"TLS compression method {sh.compression} is not supported"
+        if not self.suite.supported:
+            self.unsupported = f"cipher suite {self.suite.name} is not supported"
+        elif self.version < 0x0300 or self.version > 0x0304:
+            self.unsupported = f"protocol version 0x{self.version:04x} is not supported"
+        if first:
+            out.append(TlsHandshake(self.flow, ts, self.client_dir, hs.version_name(self.version),
+                                    self.suite.name, self.ch.sni if self.ch else None,
+                                    self.alpn, self.resumed))
+        self._try_keys(out)
+
+    def _wait_for(self, ident: bytes) -> None:
+        if ident and ident not in self.wait_idents:
+            self.wait_idents.append(ident)
+
+    # ------------------------------------------------------------------ keys
+    def _try_keys(self, out: list[Any]) -> None:
+        if self.keys_ready or self.unsupported or self.sh is None or self.ch is None or self.suite is None:
+            return
+        try:
+            ready = self._keys13() if self.tls13 else self._keys12()
+        except UnsupportedError as exc:
+            self.unsupported = str(exc)
+            return
+        if not ready:
+            return
+        self.keys_ready = True
+        self._release_held(out)
+
+    def _keys12(self) -> bool:
+        ch, sh, suite, store = self.ch, self.sh, self.suite, self.ctx.store
+        assert ch is not None and sh is not None and suite is not None
+        master = store.get(kl.CLIENT_RANDOM, ch.random)
+        if master is None and sh.session_id:
+            master = store.get(kl.RSA_SESSION, sh.session_id)
+        if master is None and self.resumed:
+            master = self.ctx.cache.get(b"id:" + sh.session_id)
+        if master is None and ch.ticket:
+            master = self.ctx.cache.get(b"tk:" + ch.ticket)
+            if master is not None:
+                self.resumed = True
+        if master is None:
+            pms = store.get(kl.PMS_CLIENT_RANDOM, ch.random)
+            if pms is None and self.enc_pms is not None:
+                pms = store.get(kl.RSA, self.enc_pms[:8])
+                if pms is None:
+                    for key in self.ctx.rsa_keys:
+                        pms = rsa_decrypt_premaster(key, self.enc_pms, ch.version)
+                        if pms is not None:
+                            break
+            if pms is None:
+                return False
+            if sh.ems and self.session_hash is None:
+                return False  # wait for ClientKeyExchange to close the session hash
+            master = master_secret(self.version, suite, pms, ch.random, sh.random,
+                                   self.session_hash if sh.ems else None)
+        self.master = master
+        if sh.session_id:
+            self.ctx.cache.put(b"id:" + sh.session_id, master)
+        if self.ticket:
+            self.ctx.cache.put(b"tk:" + self.ticket, master)
+        kb = key_block(self.version, suite, master, ch.random, sh.random)
+        etm = sh.etm and suite.mac != "AEAD" and suite.block_size > 1
+        for d, st in enumerate(self.dirs):
+            dec = decryptor_from_key_block(self.version, suite, kb, d == 0, etm)
+            if st.encrypted and st.dec is None:
+                st.dec = dec  # this side already switched (CCS seen): its held records use these keys
+            else:
+                st.next_dec = dec
+        return True
+
+    def _keys13(self) -> bool:
+        ch, suite, store = self.ch, self.suite, self.ctx.store
+        assert ch is not None and suite is not None
+        cr = ch.random
+        c_app = store.get(kl.CLIENT_TRAFFIC_SECRET_0, cr)
+        s_app = store.get(kl.SERVER_TRAFFIC_SECRET_0, cr)
+        if c_app is None or s_app is None:
+            return False
+        client, server = self.dirs
+        if ch.early_data:
+            early = store.get(kl.CLIENT_EARLY_TRAFFIC_SECRET, cr)
+            if early is not None:
+                client.cands.append(tls13_decryptor(suite, early))
+        for st, label in ((client, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET),
+                          (server, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET)):
+            secret = store.get(label, cr)
+            if secret is not None:
+                st.cands.append(tls13_decryptor(suite, secret))
+        client.cands.append(tls13_decryptor(suite, c_app))
+        server.cands.append(tls13_decryptor(suite, s_app))
+        client.app_secret = c_app
+        server.app_secret = s_app
+        return True
+
+    def _release_held(self, out: list[Any]) -> None:
+        for d, st in enumerate(self.dirs):
+            held = st.held
+            if not held and not st.lost_records:
+                continue
+            self.late_key = True
+            st.held = []
+            self.ctx.held_bytes -= st.held_bytes
+            st.held_bytes = 0
+            for ctype, ver, frag, ts in held:
+                if self.unsupported is not None:
+                    break
+                try:
+                    self._decrypt(d, st, ctype, ver, frag, ts, out)
+                except UnsupportedError as exc:
+                    self.unsupported = str(exc)
+                except TlsError as exc:
+                    self._set_failure(str(exc))
+            if st.lost_records:
+                # Records dropped while waiting: skip them by sequence number and say so.
+                if self.tls13:
+                    st.cands[st.stage].seq += st.lost_records
+                elif st.dec is not None:
+                    st.dec.seq += st.lost_records
+                out.append(TlsGap(self.flow, d, held[-1][3] if held else self.ts_first, 0))
+                self.had_gap = True
+                st.lost_records = 0

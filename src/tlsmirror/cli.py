@@ -1,18 +1,30 @@
-"""Command line: `tlsmirror decrypt ...` and friends."""
+"""Command line entry point. Each command lives in its own shell module with a ``register`` function."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 
 from . import __version__
 
 EXIT_OK = 0
-EXIT_INPUT = 1  # a file is missing, unreadable or not what it should be
+EXIT_INPUT = 1  # a file is missing, unreadable or not what it should be; bad configuration
 EXIT_USAGE = 2  # bad command line (argparse)
 
+# Modules under tlsmirror.shell that each add one command (``register(subparsers)``); the
+# command's parser sets ``func``: a callable taking the parsed arguments and returning an exit code.
+COMMAND_MODULES = ("cmd_decrypt", "cmd_replay", "cmd_run", "cmd_keys", "cmd_f5", "cmd_config", "cmd_status",
+                   "cmd_doctor")
 
-def _port(text: str) -> int:
+
+class CliError(Exception):
+    """A user-facing, one-line error (exit code 1)."""
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port."""
     try:
         n = int(text)
     except ValueError:
@@ -27,48 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tlsmirror {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    d = sub.add_parser("decrypt", help="decrypt the TLS connections of a capture file",
-                       description="Decrypt every TLS connection of a pcap/pcapng(.gz) file and write one "
-                                   "JSON line per connection.")
-    d.add_argument("capture", help="pcap or pcapng file, optionally gzip-compressed")
-    d.add_argument("--keylog", action="append", default=[], metavar="FILE",
-                   help="NSS key log file (repeatable)")
-    d.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
-                   help="server RSA private key for static-RSA key exchange (repeatable)")
-    d.add_argument("--rsa-password-env", metavar="VAR",
-                   help="environment variable holding the RSA key password")
-    d.add_argument("--port", action="append", default=[], type=_port, metavar="N",
-                   help="only look at TCP flows with this port (repeatable; default: all ports)")
-    d.add_argument("-o", "--output", default="-", metavar="OUT", help="JSON lines output (default stdout)")
-    d.add_argument("--dump-dir", metavar="DIR", help="also write each connection's decrypted streams here")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"tlsmirror.shell.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tlsmirror.shell.{name}":
+                raise
+            continue  # a command not built yet
+        module.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .shell.decrypt import InputError
-    from .shell.pcapfile import CaptureFileError
+    from .shell.errors import user_errors
 
     try:
-        if args.command == "decrypt":
-            import os
-
-            from .shell.decrypt import decrypt_main
-            password = None
-            if args.rsa_password_env:
-                value = os.environ.get(args.rsa_password_env)
-                if value is None:
-                    raise InputError(f"environment variable {args.rsa_password_env} is not set")
-                password = value.encode()
-            return decrypt_main(args.capture, args.keylog, args.rsa_key, args.port, args.output,
-                                args.dump_dir, password)
-    except (InputError, CaptureFileError) as exc:
+        code: int = args.func(args)
+        return code
+    except user_errors() as exc:
         print(f"tlsmirror: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
-    return EXIT_USAGE
+    except BrokenPipeError:
+        # Output piped into a command that stopped reading (head, less): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,37 +9,64 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .calls import ApiCall, Connection, HttpIssue
+from .frames.addresses import ip_text
 from .frames.decoder import FrameDecoder
 from .frames.events import TcpSegment
+from .http.connection import HttpConnection
+from .http.events import Exchange
 from .keys.events import RsaKey, Secret
 from .keys.store import KeyStore
-from .tcp.events import FlowClosed, FlowOpened, StreamData, StreamGap
+from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
 from .tcp.reassembly import TcpReassembler
 from .tls.context import TlsContext
+from .tls.events import TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import TlsSession, looks_like_client_hello, looks_like_tls
 
 STARTTLS_CHUNKS = 64  # a cleartext flow is watched this many chunks for a ClientHello (STARTTLS)
 
 
+_HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+                b"TRACE ", b"PRI * HTTP/2.0", b"HTTP/1.")
+
+
+def looks_like_http(data: bytes) -> bool:
+    return data.startswith(_HTTP_STARTS)
+
+
 class _Cleartext:
     """Flow.app of a flow whose bytes are not TLS (yet: STARTTLS may switch it)."""
 
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "conn", "http")
 
     def __init__(self) -> None:
         self.chunks = 0
+        self.http: HttpConnection | None = None  # cleartext HTTP, when the engine reports exchanges
+        self.conn: Connection | None = None
 
 
 class EngineConfig:
     """Tunables of one engine (all sizes in bytes, times in seconds of packet time)."""
 
-    __slots__ = ("expire_interval", "idle_timeout", "key_wait", "max_flow_buffer", "max_flows",
-                 "max_hold_bytes_per_session", "max_hold_bytes_total", "max_total_buffer", "ports")
+    __slots__ = (
+        "body_limit",
+        "expire_interval",
+        "http",
+        "idle_timeout",
+        "key_wait",
+        "max_flow_buffer",
+        "max_flows",
+        "max_hold_bytes_per_session",
+        "max_hold_bytes_total",
+        "max_total_buffer",
+        "ports",
+    )
 
     def __init__(self, *, ports: Iterable[int] | None = None, idle_timeout: float = 300.0,
                  key_wait: float = 30.0, max_flow_buffer: int = 4 << 20, max_total_buffer: int = 256 << 20,
                  max_flows: int = 200_000, max_hold_bytes_per_session: int = 4 << 20,
-                 max_hold_bytes_total: int = 256 << 20, expire_interval: float = 1.0) -> None:
+                 max_hold_bytes_total: int = 256 << 20, expire_interval: float = 1.0,
+                 http: bool = False, body_limit: int = 128 * 1024) -> None:
         self.ports = frozenset(ports) if ports else None
         self.idle_timeout = idle_timeout
         self.key_wait = key_wait
@@ -49,6 +76,34 @@ class EngineConfig:
         self.max_hold_bytes_per_session = max_hold_bytes_per_session
         self.max_hold_bytes_total = max_hold_bytes_total
         self.expire_interval = expire_interval
+        self.http = http  # also parse HTTP and emit ApiCall / HttpIssue events
+        self.body_limit = body_limit
+
+
+def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connection:
+    c, s = client_dir, client_dir ^ 1
+    ends = (flow.id, ip_text(flow.addr[c]), flow.port[c], ip_text(flow.addr[s]), flow.port[s])
+    if sess is None:
+        return Connection(*ends, False)
+    return Connection(*ends, True, sess.version_name, sess.suite.name if sess.suite else None,
+                      sess.ch.sni if sess.ch else None, sess.alpn)
+
+
+class _TlsHttp:
+    """HTTP parsing attached to one TLS session (``TlsSession.user``)."""
+
+    __slots__ = ("_conn_info", "conn", "sess")
+
+    def __init__(self, sess: TlsSession, body_limit: int) -> None:
+        self.sess = sess
+        self.conn = HttpConnection(alpn=sess.alpn, body_limit=body_limit)
+        self._conn_info: Connection | None = None
+
+    def connection(self) -> Connection:
+        info = self._conn_info
+        if info is None:
+            info = self._conn_info = _connection(self.sess.flow, self.sess.client_dir, self.sess)
+        return info
 
 
 class Engine:
@@ -132,10 +187,18 @@ class Engine:
                     app = flow.app = TlsSession(flow, self.tls, ev.ts)
                     self.stats["tls_flows"] += 1
                 else:
-                    flow.app = _Cleartext()
+                    app = flow.app = _Cleartext()
                     self.stats["other_flows"] += 1
+                    if self.config.http and looks_like_http(ev.data):
+                        app.http = HttpConnection(body_limit=self.config.body_limit)
+                        app.conn = _connection(flow, 0, None)
+                        self._http_events(app.conn, app.http.feed(ev.direction, ev.data, ev.ts), out)
                     return
             elif type(app) is _Cleartext:
+                if app.http is not None:
+                    assert app.conn is not None
+                    self._http_events(app.conn, app.http.feed(ev.direction, ev.data, ev.ts), out)
+                    return
                 if app.chunks >= STARTTLS_CHUNKS:
                     return
                 app.chunks += 1
@@ -144,21 +207,68 @@ class Engine:
                 app = flow.app = TlsSession(flow, self.tls, ev.ts)  # STARTTLS
                 self.stats["tls_flows"] += 1
                 self.stats["starttls_flows"] = self.stats.get("starttls_flows", 0) + 1
-            app.data(ev.direction, ev.data, ev.ts, out)
+            if self.config.http:
+                mark = len(out)
+                app.data(ev.direction, ev.data, ev.ts, out)
+                if len(out) > mark:
+                    self._tls_to_http(app, out, mark)
+            else:
+                app.data(ev.direction, ev.data, ev.ts, out)
             if app.wait_idents and not app.keys_ready:
                 self._register_wait(app)
         elif cls is StreamGap:
             app = ev.flow.app
             if isinstance(app, TlsSession):
+                mark = len(out)
                 app.gap(ev.direction, ev.size, ev.ts, out)
+                if self.config.http:
+                    self._tls_to_http(app, out, mark)
+            elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
+                self._http_events(app.conn, app.http.gap(ev.direction, ev.size, ev.ts), out)
         elif cls is FlowClosed:
             app = ev.flow.app
             if isinstance(app, TlsSession):
+                mark = len(out)
                 app.close(ev.ts, out)
                 self._unwait(app)
+                if self.config.http:
+                    self._tls_to_http(app, out, mark)
+            elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
+                self._http_events(app.conn, app.http.close(ev.ts), out)
             ev.flow.app = None
         elif cls is FlowOpened:
             pass
+
+    # ------------------------------------------------------------------ http
+    def _tls_to_http(self, sess: TlsSession, out: list[Any], mark: int) -> None:
+        """Feed the TLS events appended to ``out`` since ``mark`` to the session's HTTP parser."""
+        n = len(out)
+        i = mark
+        while i < n:
+            ev = out[i]
+            i += 1
+            cls = type(ev)
+            if cls is TlsPlaintext:
+                http = sess.user
+                if http is None:
+                    http = sess.user = _TlsHttp(sess, self.config.body_limit)
+                self._http_events(http.connection(), http.conn.feed(ev.direction, ev.data, ev.ts), out)
+            elif cls is TlsHandshake:
+                pass
+            elif cls is TlsGap:
+                if sess.user is not None:
+                    http = sess.user
+                    self._http_events(http.connection(), http.conn.gap(ev.direction, ev.size, ev.ts), out)
+            elif cls is TlsOutcome and sess.user is not None:
+                http = sess.user
+                self._http_events(http.connection(), http.conn.close(ev.ts), out)
+
+    def _http_events(self, conn: Connection, events: list[Any], out: list[Any]) -> None:
+        for ev in events:
+            if type(ev) is Exchange:
+                out.append(ApiCall(conn, ev))
+            else:
+                out.append(HttpIssue(conn, ev))
 
     def _register_wait(self, sess: TlsSession) -> None:
         waiting = self._waiting

@@ -17,11 +17,8 @@ from ..keys.keylog import parse_keylog
 from ..keys.rsa import load_rsa_key
 from ..pipeline import Engine, EngineConfig
 from ..tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from .errors import InputError
 from .pcapfile import CapturedFrame, read_capture
-
-
-class InputError(Exception):
-    """A user-facing, one-line error about an input file (exit code 1)."""
 
 
 def load_keylog_files(paths: Iterable[str], warn: IO[str]) -> list[Secret]:

@@ -114,6 +114,11 @@ class TlsSession:
         self.held_dropped_bytes = 0
         self.wait_idents: list[bytes] = []  # idents this session waits on (client random, session id, ...)
         self.closed = False
+        self.user: Any = None  # the engine's attachment (e.g. the HTTP parser fed by this session)
+
+    @property
+    def version_name(self) -> str | None:
+        return hs.version_name(self.version) if self.version else None
 
     # ------------------------------------------------------------------ input
     def data(self, tcp_dir: int, data: bytes, ts: float, out: list[Any]) -> None:

@@ -1,0 +1,26 @@
+"""Exporters: where API calls go (JSON lines, HAR, OTLP). All implement :class:`Exporter`."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ...calls import ApiCall
+
+
+class Exporter(Protocol):
+    """A destination for API calls. ``export`` must not block for long: an exporter that can fall
+    behind keeps a bounded queue (or spool) and counts what it drops in ``stats``."""
+
+    stats: dict[str, int]
+
+    def export(self, call: ApiCall) -> None: ...
+
+    def flush(self, timeout: float) -> bool:
+        """Deliver what is pending within ``timeout`` seconds; True when nothing is left."""
+        ...
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen files (log rotation)."""
+        ...
+
+    def close(self) -> None: ...

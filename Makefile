@@ -1,0 +1,7 @@
+bundle:
+	scripts/build_bundle.sh
+
+test:
+	python3 -m pytest
+
+.PHONY: bundle test

@@ -197,8 +197,10 @@ else
       echo "  enabled: $([ "$KEYS" = 1 ] && echo true || echo false)"
       echo "  port: $PORT"
       echo "  state_dir: \"/var/lib/tlsmirror\""
-      echo "  cert: \"/var/lib/tlsmirror/listener.crt\""
-      echo "  key: \"/var/lib/tlsmirror/listener.key\""
+      if [ "$KEYS" = 1 ]; then
+        echo "  cert: \"/var/lib/tlsmirror/listener.crt\""
+        echo "  key: \"/var/lib/tlsmirror/listener.key\""
+      fi
       echo "otlp:"
       echo "  endpoint: \"$ENDPOINT\""
       echo "  service_name: \"$SERVICE\""

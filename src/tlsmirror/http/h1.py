@@ -23,7 +23,19 @@ MAX_WAIT = 1024 * 1024  # client bytes held while waiting to learn whether an up
 HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE = range(9)
 
 _CRLF = b"\r\n"
-_HEAD_END = b"\r\n\r\n"
+
+
+def _head_end(buf: bytes, start: int) -> int:
+    """The end of the message head (just past its empty line) in ``buf[start:]``, or -1."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(buf))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+def _has_bare_lf(head: bytes) -> bool:
+    return head.count(b"\n") != head.count(b"\r\n")
 
 
 def _text(b: bytes) -> str:
@@ -109,8 +121,8 @@ class _Pending:
 class _Dir:
     """Parsing state of one direction."""
 
-    __slots__ = ("buf", "chunked", "fed", "head_ts", "msg", "parser", "proto", "remaining", "scan",
-                 "state", "trailer_bytes")
+    __slots__ = ("bare_lf", "buf", "chunked", "fed", "head_ts", "msg", "parser", "proto", "remaining",
+                 "scan", "state", "trailer_bytes")
 
     def __init__(self) -> None:
         self.buf = b""
@@ -124,6 +136,7 @@ class _Dir:
         self.head_ts: float | None = None
         self.chunked = False
         self.trailer_bytes = 0
+        self.bare_lf = False  # the head being read has LF-only line ends: parse it whole at its end
 
 
 class H1Connection:
@@ -136,6 +149,7 @@ class H1Connection:
         self._out: list[Exchange | HttpProblem] = []
         self.problems: list[str] = []
         self.stopped = False
+        self.heads = 0  # message heads parsed (either direction)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -191,6 +205,8 @@ class H1Connection:
 
     def _stop(self, ts: float, reason: str) -> None:
         """End HTTP parsing of this connection: report why, flush what is in flight."""
+        if not self.heads and "llhttp:" in reason:
+            reason = "not HTTP: " + reason  # the very first message is not HTTP/1.x at all
         self.problems.append(reason)
         self._out.append(HttpProblem(ts, reason))
         for i in (0, 1):
@@ -354,27 +370,43 @@ class H1Connection:
             d.head_ts = ts
             d.fed = pos
             d.scan = pos
-        end = buf.find(_HEAD_END, d.scan)
+            d.bare_lf = False
+        end = _head_end(buf, d.scan)
         parser = d.parser
         if end < 0:
             if len(buf) - pos > MAX_HEAD:
                 raise HttpError("message head too large")
-            if d.fed < len(buf):
-                self._feed_parser(parser, buf[d.fed:])
+            if d.fed < len(buf) and not d.bare_lf:
+                try:
+                    self._feed_parser(parser, buf[d.fed:])
+                except HttpError:
+                    if not _has_bare_lf(buf[pos:]):
+                        raise
+                    d.bare_lf = True  # decided when the head is complete
             # keep offsets relative to the unconsumed buffer, which restarts at ``pos``
             d.fed = len(buf) - pos
             d.scan = max(0, len(buf) - pos - 3)
             return pos
-        end += 4
         if end - pos > MAX_HEAD:
             raise HttpError("message head too large")
-        self._feed_parser(parser, buf[d.fed:end])
+        head = buf[pos:end]
+        if d.bare_lf or _has_bare_lf(head):
+            # LF-only line ends (tolerated by most servers; llhttp refuses some of them): parse the
+            # whole head again with CRLF line ends
+            d.proto = _Head()
+            parser = d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
+                                 else httptools.HttpResponseParser(d.proto))
+            parser.set_dangerous_leniencies(lenient_chunked_length=True)
+            self._feed_parser(parser, head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        else:
+            self._feed_parser(parser, buf[d.fed:end])
         proto = d.proto
         assert proto is not None
         if not proto.complete:
             raise HttpError("message head not understood")
         d.parser = None
         d.proto = None
+        self.heads += 1
         head_ts = d.head_ts if d.head_ts is not None else ts
         d.head_ts = None
         msg = _Msg(head_ts)

@@ -1,0 +1,192 @@
+"""The exchange record: one :class:`~tlsmirror.calls.ApiCall` as a JSON-able dict.
+
+This is the format of ``tlsmirror replay`` (JSON lines) and of the daemon's file output; it is
+documented field by field in ``docs/exchange-schema.md``. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .calls import ApiCall, Connection
+from .http.bodies import is_text
+from .http.events import Body, Exchange, Headers
+
+BODY_MODES = ("auto", "base64", "none")
+RECORD_VERSION = 1
+
+# Content types whose bodies are binary even when their bytes happen to be valid UTF-8.
+_BINARY_PREFIXES = ("image/", "audio/", "video/", "font/", "application/octet-stream", "application/zip",
+                    "application/gzip", "application/pdf", "application/grpc", "application/protobuf",
+                    "application/x-protobuf", "application/vnd.google.protobuf", "application/wasm",
+                    "application/cbor", "application/msgpack", "application/x-msgpack")
+# C0 controls other than TAB, LF, FF, CR, plus DEL: their presence means "not text"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def iso_time(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with microseconds, e.g. ``2024-05-01T12:00:00.123456Z``."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """The first value of header ``name`` (case-insensitive), or None."""
+    name = name.lower()
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def split_target(target: str | None) -> tuple[str | None, str | None]:
+    """A request target split at the first ``?`` into (path, query string or None)."""
+    if target is None:
+        return None, None
+    path, sep, query = target.partition("?")
+    if sep:
+        return path, query
+    return path, None
+
+
+def query_params(query: str | None) -> list[list[str]]:
+    """The query string as ``[name, value]`` pairs, in order, repeats kept, percent-decoded."""
+    if not query:
+        return []
+    return [[k, v] for k, v in parse_qsl(query, keep_blank_values=True)]
+
+
+def scheme_of(call: ApiCall) -> str:
+    """The exchange's scheme: what the stage saw, else "https" over TLS and "http" otherwise."""
+    return call.exchange.scheme or ("https" if call.connection.tls else "http")
+
+
+def url_of(call: ApiCall) -> str | None:
+    """``scheme://authority/target`` (None without a request target; authority falls back to the
+    server address)."""
+    ex = call.exchange
+    target = ex.path
+    if target is None:
+        return None
+    if target.startswith(("http://", "https://")):
+        return target
+    authority = ex.authority or _server_authority(call.connection)
+    if target == "*":  # OPTIONS *: the server itself
+        target = ""
+    elif not target.startswith("/"):
+        target = "/" + target
+    return f"{scheme_of(call)}://{authority}{target}"
+
+
+def _server_authority(conn: Connection) -> str:
+    host = f"[{conn.server_ip}]" if ":" in conn.server_ip else conn.server_ip
+    default = 443 if conn.tls else 80
+    return host if conn.server_port == default else f"{host}:{conn.server_port}"
+
+
+def body_is_text(data: bytes, content_type: str | None) -> bool:
+    """Whether ``data`` is shown as a UTF-8 string (``auto`` mode): valid UTF-8 and either a text
+    content type, or no binary content type and no control characters."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if is_text(content_type):
+        return True
+    if content_type and content_type.strip().lower().startswith(_BINARY_PREFIXES):
+        return False
+    return _CONTROL.search(text) is None
+
+
+def body_dict(body: Body | None, content_type: str | None, mode: str = "auto") -> dict[str, Any] | None:
+    """One body of the record (None when the message had none)."""
+    if body is None:
+        return None
+    out: dict[str, Any] = {
+        "size": body.size,
+        "wire_size": body.wire_size,
+        "captured": len(body.data),
+        "truncated": body.truncated,
+        "decode_error": body.decode_error,
+    }
+    if mode == "none":
+        return out
+    data = body.data
+    if mode == "auto" and body_is_text(data, content_type):
+        out["encoding"] = "utf-8"
+        out["text"] = data.decode("utf-8")
+    else:
+        out["encoding"] = "base64"
+        out["text"] = base64.b64encode(data).decode("ascii")
+    return out
+
+
+def _headers(headers: Headers) -> list[list[str]]:
+    return [[n, v] for n, v in headers]
+
+
+def _ts(out: dict[str, Any], name: str, ts: float | None) -> None:
+    if ts is None:
+        out[name] = None
+        out[name + "_ts"] = None
+    else:
+        out[name] = iso_time(ts)
+        out[name + "_ts"] = round(ts, 6)
+
+
+def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
+    """The JSON record of one API call (``docs/exchange-schema.md``).
+
+    ``body_mode``: ``auto`` (text bodies as UTF-8 strings, others base64), ``base64`` (every body
+    base64) or ``none`` (sizes and flags only, no content).
+    """
+    if body_mode not in BODY_MODES:
+        raise ValueError(f"body_mode must be one of {', '.join(BODY_MODES)}: {body_mode!r}")
+    ex: Exchange = call.exchange
+    conn = call.connection
+    path, query = split_target(ex.path)
+    start = ex.request_ts if ex.request_ts is not None else ex.response_ts
+    end = ex.response_end_ts if ex.response_end_ts is not None else ex.request_end_ts
+    rec: dict[str, Any] = {"v": RECORD_VERSION}
+    _ts(rec, "request_start", ex.request_ts)
+    _ts(rec, "request_end", ex.request_end_ts)
+    _ts(rec, "response_start", ex.response_ts)
+    _ts(rec, "response_end", ex.response_end_ts)
+    rec["duration_ms"] = (round(max(end - start, 0.0) * 1000.0, 3)
+                          if start is not None and end is not None else None)
+    rec["connection_id"] = conn.id
+    rec["client"] = {"ip": conn.client_ip, "port": conn.client_port}
+    rec["server"] = {"ip": conn.server_ip, "port": conn.server_port}
+    rec["tls"] = ({"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni, "alpn": conn.alpn}
+                  if conn.tls else None)
+    rec["http_version"] = ex.http_version
+    rec["stream_id"] = ex.stream_id
+    rec["method"] = ex.method
+    rec["scheme"] = scheme_of(call)
+    rec["authority"] = ex.authority
+    rec["target"] = ex.path
+    rec["path"] = path
+    rec["query_string"] = query
+    rec["query"] = query_params(query)
+    rec["url"] = url_of(call)
+    rec["status"] = ex.status
+    rec["reason"] = ex.reason
+    req_ct = header_value(ex.request_headers, "content-type")
+    resp_ct = header_value(ex.response_headers, "content-type")
+    rec["request"] = {
+        "headers": _headers(ex.request_headers),
+        "trailers": _headers(ex.request_trailers),
+        "content_type": req_ct,
+        "body": body_dict(ex.request_body, req_ct, body_mode),
+    }
+    rec["response"] = {
+        "headers": _headers(ex.response_headers),
+        "trailers": _headers(ex.response_trailers),
+        "content_type": resp_ct,
+        "body": body_dict(ex.response_body, resp_ct, body_mode),
+    }
+    rec["flags"] = sorted(ex.flags)
+    return rec

@@ -1,0 +1,100 @@
+"""`tlsmirror replay`: the command line of shell/replay.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from typing import Any
+
+from ..cli import port_number
+from .cmd_decrypt import rsa_password
+from .errors import InputError
+
+OTLP_MODULE = "tlsmirror.shell.export.otlp"
+
+
+def _otlp_present() -> bool:
+    """Whether the OTLP exporter is part of this install (checked without importing it: slow)."""
+    try:
+        return importlib.util.find_spec(OTLP_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def byte_size(text: str) -> int:
+    """argparse type: a byte count, with an optional k/m/g suffix (powers of 1024)."""
+    t = text.strip().lower().removesuffix("b")
+    mult = 1
+    if t and t[-1] in "kmg":
+        mult = 1024 ** ("kmg".index(t[-1]) + 1)
+        t = t[:-1]
+    try:
+        n = int(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return n
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return v
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("replay", help="turn the HTTP API calls of capture files into records",
+                       description="Decrypt the TLS connections of one or more pcap/pcapng(.gz) files "
+                                   "(in order, as one stream), parse HTTP/1.x and HTTP/2 (cleartext HTTP "
+                                   "too) and write one record per exchange.")
+    p.add_argument("capture", nargs="+", help="pcap or pcapng file, optionally gzip-compressed")
+    p.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                   help="NSS key log file (repeatable)")
+    p.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
+                   help="server RSA private key for static-RSA key exchange (repeatable)")
+    p.add_argument("--rsa-password-env", metavar="VAR",
+                   help="environment variable holding the RSA key password")
+    p.add_argument("--port", action="append", default=[], type=port_number, metavar="N",
+                   help="only look at TCP flows with this port (repeatable; default: all ports)")
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (default stdout)")
+    p.add_argument("--format", choices=("jsonl", "har"), default="jsonl",
+                   help="jsonl: one exchange record per line (default); har: an HTTP Archive 1.2")
+    p.add_argument("--body-limit", type=byte_size, default=128 * 1024, metavar="BYTES",
+                   help="keep at most this many bytes of each body (default 128k; k/m/g suffixes)")
+    p.add_argument("--bodies", choices=("auto", "base64", "none"), default="auto",
+                   help="jsonl body content: auto (text as UTF-8, else base64), base64, none (sizes only)")
+    if _otlp_present():
+        p.add_argument("--otlp-endpoint", metavar="HOST:PORT|URL",
+                       help="also export spans over OTLP to this collector")
+        p.add_argument("--otlp-protocol", choices=("grpc", "http"), default="grpc",
+                       help="OTLP transport (default grpc)")
+        p.add_argument("--flush-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
+                       help="how long to wait at the end for OTLP export to finish (default 60)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .replay import replay_main
+
+    extra = []
+    endpoint = getattr(args, "otlp_endpoint", None)
+    if endpoint:
+        try:
+            otlp = importlib.import_module(OTLP_MODULE)
+        except ImportError as exc:
+            raise InputError(f"OTLP export is not available: {exc}") from None
+        try:
+            config = otlp.OtlpConfig(endpoint=endpoint, protocol=args.otlp_protocol,
+                                     flush_timeout=args.flush_timeout)
+            extra.append(otlp.OtlpExporter(config))
+        except (ValueError, OSError) as exc:
+            raise InputError(f"--otlp-endpoint {endpoint}: {exc}") from None
+    return replay_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.format,
+                       args.body_limit, rsa_password(args.rsa_password_env), extra,
+                       getattr(args, "flush_timeout", 60.0), args.bodies)

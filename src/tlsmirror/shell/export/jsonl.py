@@ -1,0 +1,142 @@
+"""JSON Lines exporter: one exchange record (``tlsmirror.record``) per line, with size-based rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO
+
+from ...calls import ApiCall
+from ...record import call_to_dict
+from ..errors import InputError
+
+
+class JsonlExporter:
+    """Writes one JSON object per line to ``path`` (``-`` = stdout), as calls come.
+
+    With ``max_bytes``, the file is rotated before a line would make it larger than that:
+    ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the oldest is deleted; ``backups=0`` keeps
+    none). :meth:`reopen` (SIGHUP) reopens ``path`` for appending, for external log rotation.
+    A write error is counted (``stats["errors"]``, the message in ``last_error``) and the record
+    dropped; the exporter keeps going.
+    """
+
+    def __init__(self, path: str, *, max_bytes: int | None = None, backups: int = 5,
+                 body_mode: str = "auto") -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        if backups < 0:
+            raise ValueError("backups must be >= 0")
+        self.path = path
+        self.max_bytes = max_bytes if path != "-" else None
+        self.backups = backups
+        self.body_mode = body_mode
+        self.stats: dict[str, int] = {"exported": 0, "bytes": 0, "rotations": 0, "errors": 0, "dropped": 0}
+        self.last_error: str | None = None
+        self._size = 0
+        self._fh: IO[bytes] | None = None
+        self._closed = False
+        self._open("ab")
+
+    # ------------------------------------------------------------------ file handling
+    def _open(self, mode: str) -> None:
+        if self.path == "-":
+            self._fh = sys.stdout.buffer
+            self._size = 0
+            return
+        try:
+            self._fh = open(self.path, mode)  # noqa: SIM115  (closed by close())
+            self._size = self._fh.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot write output: {exc.strerror or exc}") from None
+
+    def _close_file(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        if self.path == "-":
+            fh.flush()
+        else:
+            fh.close()
+
+    def _rotate(self) -> None:
+        self._close_file()
+        path = self.path
+        if self.backups == 0:
+            os.unlink(path)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                src = f"{path}.{i}"
+                if os.path.exists(src):
+                    os.replace(src, f"{path}.{i + 1}")
+            os.replace(path, f"{path}.1")
+        self.stats["rotations"] += 1
+        self._open("ab")
+
+    # ------------------------------------------------------------------ Exporter
+    def export(self, call: ApiCall) -> None:
+        if self._closed:
+            self.stats["dropped"] += 1
+            return
+        line = (json.dumps(call_to_dict(call, body_mode=self.body_mode), ensure_ascii=False,
+                           separators=(",", ":")) + "\n").encode("utf-8", "surrogatepass")
+        self.write_line(line)
+
+    def write_line(self, line: bytes) -> None:
+        """Append one ready-made line (used by :meth:`export`; the daemon may reuse it)."""
+        try:
+            if self.max_bytes is not None and self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            fh = self._fh
+            if fh is None:
+                self._open("ab")
+                fh = self._fh
+                assert fh is not None
+            fh.write(line)
+        except BrokenPipeError:
+            raise  # stdout piped into a reader that stopped: the CLI ends quietly
+        except (OSError, InputError) as exc:
+            self.stats["errors"] += 1
+            self.stats["dropped"] += 1
+            self.last_error = str(getattr(exc, "strerror", None) or exc)
+            return
+        self._size += len(line)
+        self.stats["exported"] += 1
+        self.stats["bytes"] += len(line)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        fh = self._fh
+        if fh is not None:
+            try:
+                fh.flush()
+            except OSError as exc:
+                self.stats["errors"] += 1
+                self.last_error = str(exc.strerror or exc)
+                return False
+        return True
+
+    def reopen(self) -> None:
+        if self._closed or self.path == "-":
+            self.flush()
+            return
+        try:
+            self._close_file()
+        except OSError as exc:
+            self.stats["errors"] += 1
+            self.last_error = str(exc.strerror or exc)
+        try:
+            self._open("ab")
+        except InputError as exc:
+            self.stats["errors"] += 1
+            self.last_error = str(exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._close_file()
+        except OSError as exc:
+            self.stats["errors"] += 1
+            self.last_error = str(exc.strerror or exc)

@@ -193,6 +193,11 @@ class CaptureReader:
     def _offset(self) -> int:
         return self._consumed + self._pos
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the capture consumed so far (after gzip decompression): for progress reports."""
+        return self._consumed + self._pos
+
     def _cut(self, what: str) -> None:
         self.truncated = True
         self._warn(f"{self.name}: truncated {what} at offset {self._offset()}; stopped reading")

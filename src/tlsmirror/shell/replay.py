@@ -46,18 +46,17 @@ class _Progress:
     def __init__(self, out: IO[str], path: str, index: int, count: int) -> None:
         self.out = out
         self.label = os.path.basename(path) if count == 1 else f"[{index}/{count}] {os.path.basename(path)}"
-        self.total, self.overhead = _estimate_size(path)
+        self.total = _estimate_size(path)
         self.done = 0
         self.last = 0.0
         self.shown = False
 
-    def update(self, reader: CaptureReader, frame_bytes: int, frames: int) -> None:
+    def update(self, reader: CaptureReader, frames: int) -> None:
         now = time.monotonic()
         if now - self.last < 0.25:
             return
         self.last = now
-        exact = getattr(reader, "bytes_read", None)  # a future CaptureReader counter, when there is one
-        done = int(exact) if isinstance(exact, int) else frame_bytes + frames * self.overhead
+        done = reader.bytes_read
         if self.total:
             frac = min(done / self.total, 0.999)
             width = 30
@@ -76,8 +75,8 @@ class _Progress:
             self.out.flush()
 
 
-def _estimate_size(path: str) -> tuple[int, int]:
-    """(bytes of capture data to read, or 0 when unknown; per-frame record overhead)."""
+def _estimate_size(path: str) -> int:
+    """Bytes of capture data to read (after gzip decompression), or 0 when unknown."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -87,9 +86,8 @@ def _estimate_size(path: str) -> tuple[int, int]:
                 isize = struct.unpack("<I", f.read(4))[0]  # uncompressed size mod 2**32
                 size = isize if isize >= size else 0
     except OSError:
-        return 0, 16
-    overhead = 34 if head == b"\x0a\x0d\x0d\x0a" else 16  # pcapng EPB (+ average padding) / pcap
-    return size, overhead
+        return 0
+    return size
 
 
 class ReplayRun:
@@ -122,20 +120,17 @@ class ReplayRun:
         reader = CaptureReader(path)
         bar = None
         if self.progress is not None:
-            size, _ = _estimate_size(path)
+            size = _estimate_size(path)
             if size >= PROGRESS_MIN_BYTES or (size == 0 and os.path.getsize(path) >= PROGRESS_MIN_BYTES // 8):
                 bar = _Progress(self.progress, path, index, count)
         frames = 0
-        frame_bytes = 0
         try:
             with reader:
                 for item in reader:
                     if type(item) is CapturedFrame:
                         frames += 1
-                        if bar is not None:
-                            frame_bytes += len(item.data)
-                            if frames % _PROGRESS_EVERY == 0:
-                                bar.update(reader, frame_bytes, frames)
+                        if bar is not None and frames % _PROGRESS_EVERY == 0:
+                            bar.update(reader, frames)
                         events = feed(item.linktype, item.data, item.ts)
                     else:
                         secrets, problems = parse_keylog(item.data)

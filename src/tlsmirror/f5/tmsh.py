@@ -1,0 +1,183 @@
+"""The BIG-IP objects for tlsmirror as a bash script of tmsh commands (run in the BIG-IP's bash shell).
+
+Objects, in order: a node for the sensor; the key listener pool (TCP 8001, ``tcp`` monitor); for the
+sideband transport a server-ssl profile and an internal virtual server enabled on no VLAN (only
+iRules reach it) that wraps the iRule's sideband connections in TLS; the iRule (loaded with
+``tmsh load sys config merge``); the clone pool that copies the client-side packets to the
+sensor's capture interface; finally the iRule and the clone pool attached to the API's virtual
+server, keeping the iRules already there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .. import __version__
+from .irule import TRANSPORTS, IruleOptions, render_irule
+from .names import F5ConfigError, check_partition, full_path
+
+__all__ = ["TmshOptions", "render_tmsh"]
+
+
+@dataclass(frozen=True, slots=True)
+class TmshOptions:
+    """Names and addresses for the generated commands. Names without a partition go in ``partition``."""
+
+    sensor: str  # the sensor's key listener address
+    virtual: str  # the API's virtual server (client SSL profile) that gets the iRule and clone pool
+    port: int = 8001
+    partition: str = "Common"
+    transport: str = "sideband"
+    capture_ip: str | None = None  # the sensor's capture interface for the clone pool (default: sensor)
+    node_name: str = "tlsmirror_sensor"
+    capture_node_name: str = "tlsmirror_sensor_capture"
+    pool_name: str = "tlsmirror_keys_pool"
+    sideband_name: str = "tlsmirror_keys_vs"
+    sideband_destination: str = "192.0.2.1"  # any unused address: the virtual server is on no VLAN
+    serverssl_name: str = "tlsmirror_keys_serverssl"
+    rule_name: str = "tlsmirror_keys"
+    clone_pool_name: str = "tlsmirror_clone_pool"
+    clone: bool = True
+    sensor_cert_file: str | None = None  # path on the BIG-IP of the listener's certificate or its CA
+    client_cert_file: str | None = None  # paths on the BIG-IP of a client certificate/key (mTLS)
+    client_key_file: str | None = None
+    timeout_ms: int = 1000
+    merge_file: str = "/var/tmp/tlsmirror_keys_rule.conf"  # where the script writes the iRule for tmsh
+
+
+def _ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise F5ConfigError(f"{what} must be an IP address, got {text!r}") from None
+
+
+def _member(node: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    return f"{node}.{port}" if ip.version == 6 else f"{node}:{port}"
+
+
+def _local_file(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not path.startswith("/") or any(c.isspace() or c in "'\"$`\\;&|<>(){}*?[]" for c in path):
+        raise F5ConfigError(f"{what} must be an absolute path on the BIG-IP without spaces or shell "
+                            f"characters, got {path!r}")
+    return path
+
+
+def render_tmsh(o: TmshOptions) -> str:
+    """A bash script of tmsh commands creating every object, commented step by step."""
+    if o.transport not in TRANSPORTS:
+        raise F5ConfigError(f"unknown transport {o.transport!r} (expected one of {', '.join(TRANSPORTS)})")
+    if not 0 < o.port < 65536:
+        raise F5ConfigError(f"port out of range 1-65535: {o.port}")
+    check_partition(o.partition)
+    sensor = _ip(o.sensor, "the sensor address")
+    capture = _ip(o.capture_ip, "the capture address") if o.capture_ip else sensor
+    sideband_ip = _ip(o.sideband_destination, "the sideband virtual server's destination")
+    p = o.partition
+    node = full_path(o.node_name, p, "node")
+    capture_node = node if capture == sensor else full_path(o.capture_node_name, p, "node")
+    pool = full_path(o.pool_name, p, "pool")
+    sideband = full_path(o.sideband_name, p, "virtual server")
+    serverssl = full_path(o.serverssl_name, p, "profile")
+    rule = full_path(o.rule_name, p, "iRule")
+    clone_pool = full_path(o.clone_pool_name, p, "pool")
+    virtual = full_path(o.virtual, p, "virtual server")
+    sensor_cert = _local_file(o.sensor_cert_file, "--sensor-cert-file")
+    client_cert = _local_file(o.client_cert_file, "--client-cert-file")
+    client_key = _local_file(o.client_key_file, "--client-key-file")
+    merge = _local_file(o.merge_file, "the merge file")
+    if bool(client_cert) != bool(client_key):
+        raise F5ConfigError("a client certificate needs both the certificate and the key file")
+    if o.transport == "hsl" and (sensor_cert or client_cert):
+        raise F5ConfigError("the hsl transport is plain TCP: it takes no certificates")
+    irule = render_irule(IruleOptions(transport=o.transport, virtual=sideband, pool=pool, partition=p,
+                                      timeout_ms=o.timeout_ms))
+    sep = "." if sideband_ip.version == 6 else ":"
+    L: list[str] = []
+    add = L.append
+    add("#!/bin/bash")
+    add(f"# tlsmirror: BIG-IP objects for key export ({o.transport}) and packet cloning, generated by")
+    add(f"# `tlsmirror f5 tmsh` (tlsmirror {__version__}). Run it in the BIG-IP's bash shell as an")
+    add("# administrator, or type the tmsh lines one by one into tmsh (without the leading 'tmsh').")
+    add("# Read docs/f5.md first. Nothing here changes traffic until the last step attaches the iRule")
+    add(f"# and the clone pool to {virtual}.")
+    add("set -euo pipefail")
+    add("")
+    add("# 1. The sensor, as a node (the address of its key listener).")
+    add(f"tmsh create ltm node {node} address {sensor}")
+    add("")
+    add(f"# 2. The pool of the sensor's key listener, TCP {o.port}. The tcp monitor only opens and closes a")
+    add("#    connection; the listener counts it as a probe, not an error.")
+    add(f"tmsh create ltm pool {pool} members add {{ {_member(node, sensor, o.port)} }} monitor tcp")
+    add("")
+    if o.transport == "sideband":
+        add("# 3. The server-ssl profile: the TLS client side of the sideband connections to the sensor.")
+        extra = ""
+        if sensor_cert:
+            add("#    Verify the sensor: its listener certificate (the self-signed keyserver-cert.pem")
+            add("#    from its state directory, or the CA that issued its certificate), copied to the")
+            add("#    BIG-IP first.")
+            add(f"tmsh install sys crypto cert /{p}/tlsmirror_sensor_ca.crt from-local-file {sensor_cert}")
+            extra += f" ca-file /{p}/tlsmirror_sensor_ca.crt peer-cert-mode require"
+        else:
+            add("#    WARNING: the sensor's certificate is not verified (no --sensor-cert-file): the keys")
+            add("#    are encrypted in transit, but the BIG-IP would send them to anyone answering on that")
+            add("#    address.")
+            extra += " peer-cert-mode ignore"
+        if client_cert and client_key:
+            add("#    The BIG-IP's client certificate, for a listener that requires one (client_ca).")
+            add(f"tmsh install sys crypto key /{p}/tlsmirror_client.key from-local-file {client_key}")
+            add(f"tmsh install sys crypto cert /{p}/tlsmirror_client.crt from-local-file {client_cert}")
+            extra += f" cert /{p}/tlsmirror_client.crt key /{p}/tlsmirror_client.key"
+        add(f"tmsh create ltm profile server-ssl {serverssl} defaults-from /Common/serverssl{extra}")
+        add("")
+        add("# 4. The sideband virtual server: the iRule's `connect` goes to it by name; it is enabled on no")
+        add("#    VLAN (vlans-enabled with an empty list), so nothing outside the BIG-IP reaches it. Its")
+        add("#    server-ssl profile wraps each connection in TLS; SNAT automap makes the sensor answer the")
+        add("#    BIG-IP's self IP.")
+        add(f"tmsh create ltm virtual {sideband} destination {sideband_ip}{sep}{o.port} ip-protocol tcp"
+            f" profiles add {{ /Common/tcp {{ }} {serverssl} {{ context serverside }} }} pool {pool}"
+            " source-address-translation { type automap } vlans-enabled")
+        add("")
+        step = 5
+    else:
+        add("# 3. (hsl transport: no server-ssl profile and no sideband virtual server. The iRule streams")
+        add("#    PLAIN TCP to the pool above; run the sensor's listener with plain TCP and an allow list.)")
+        add("")
+        step = 4
+    add(f"# {step}. The iRule (printed by `tlsmirror f5 irule`), loaded as a config merge file.")
+    add(f"cat > {merge} <<'TLSMIRROR_IRULE_END'\nltm rule {rule} {{")
+    add(irule.rstrip("\n"))
+    add("}\nTLSMIRROR_IRULE_END")
+    add(f"tmsh load sys config merge file {merge} verify")
+    add(f"tmsh load sys config merge file {merge}")
+    add(f"rm -f {merge}")
+    add("")
+    step += 1
+    if o.clone:
+        add(f"# {step}. The clone pool: the BIG-IP copies every client-side packet of the virtual server to")
+        add("#    this member (the sensor's capture interface, on a VLAN directly attached to the BIG-IP;")
+        add("#    port 0 = any). The sensor captures them there (tlsmirror run, capture interface).")
+        if capture_node != node:
+            add(f"tmsh create ltm node {capture_node} address {capture}")
+        add(f"tmsh create ltm pool {clone_pool} members add {{ {_member(capture_node, capture, 0)} }}"
+            " monitor gateway_icmp")
+        add("")
+        step += 1
+    add(f"# {step}. Attach to the API's virtual server {virtual} (it must have a client-ssl profile).")
+    add("#    `rules` replaces the whole list, so the iRules already attached are read first and kept,")
+    add("#    in order, with the tlsmirror iRule last.")
+    short = rule.rsplit("/", 1)[1]
+    add(f"tlsmirror_rules=$(tmsh list ltm virtual {virtual} rules | awk '/rules \\{{/{{f=1; next}} "
+        f"/\\}}/{{f=0}} f && $1 != \"{rule}\" && $1 != \"{short}\" {{print $1}}' | tr '\\n' ' ')")
+    add(f"tmsh modify ltm virtual {virtual} rules {{ ${{tlsmirror_rules}} {rule} }}")
+    if o.clone:
+        add(f"tmsh modify ltm virtual {virtual} clone-pools add {{ {clone_pool} {{ context clientside }} }}")
+    add("")
+    add("tmsh save sys config")
+    check = "rules clone-pools" if o.clone else "rules"
+    add(f"echo 'tlsmirror objects created; check with: tmsh list ltm virtual {virtual} {check}'")
+    return "\n".join(L) + "\n"

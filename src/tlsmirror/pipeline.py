@@ -24,6 +24,7 @@ from .tls.events import TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import TlsSession, looks_like_client_hello, looks_like_tls
 
 STARTTLS_CHUNKS = 64  # a cleartext flow is watched this many chunks for a ClientHello (STARTTLS)
+SNIFF_BYTES = 6  # bytes of a stream needed to tell TLS (record header + handshake type) from the rest
 
 
 _HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
@@ -34,13 +35,41 @@ def looks_like_http(data: bytes) -> bool:
     return data.startswith(_HTTP_STARTS)
 
 
+class _Sniff:
+    """Flow.app of a flow whose first bytes came in pieces too small to tell what it is."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[StreamData] = []
+
+    def ready(self) -> int:
+        """The direction with enough bytes to decide, or -1."""
+        size = [0, 0]
+        for p in self.parts:
+            size[p.direction] += len(p.data)
+            if size[p.direction] >= SNIFF_BYTES:
+                return p.direction
+        return -1
+
+    def merged(self, first: int) -> list[StreamData]:
+        """The parts as one event per direction, ``first``'s direction first."""
+        out = []
+        for d in (first, first ^ 1):
+            mine = [p for p in self.parts if p.direction == d]
+            if mine:
+                out.append(StreamData(mine[0].flow, d, mine[-1].ts, b"".join(p.data for p in mine)))
+        return out
+
+
 class _Cleartext:
     """Flow.app of a flow whose bytes are not TLS (yet: STARTTLS may switch it)."""
 
-    __slots__ = ("chunks", "conn", "http")
+    __slots__ = ("chunks", "conn", "http", "partial")
 
     def __init__(self) -> None:
         self.chunks = 0
+        self.partial: StreamData | None = None  # the start of what may be a ClientHello (STARTTLS)
         self.http: HttpConnection | None = None  # cleartext HTTP, when the engine reports exchanges
         self.conn: Connection | None = None
 
@@ -69,7 +98,7 @@ class EngineConfig:
                  http: bool = False, body_limit: int = 128 * 1024) -> None:
         self.ports = frozenset(ports) if ports else None
         self.idle_timeout = idle_timeout
-        self.key_wait = key_wait
+        self.key_wait = key_wait  # ciphertext held this long for a missing key is dropped (0: no wait)
         self.max_flow_buffer = max_flow_buffer
         self.max_total_buffer = max_total_buffer
         self.max_flows = max_flows
@@ -119,6 +148,12 @@ class Engine:
                               max_hold_bytes_per_session=cfg.max_hold_bytes_per_session,
                               max_hold_bytes_total=cfg.max_hold_bytes_total)
         self._waiting: dict[bytes, set[TlsSession]] = {}
+        # Sessions holding ciphertext for a key, oldest first (value: held_since). Checked against
+        # key_wait in _expire from the front only: no scan of all flows.
+        self._holding: dict[TlsSession, float] = {}
+        # Sessions whose TCP flow ended while they held ciphertext for a key: their outcome waits for
+        # the key, for key_wait, or for finish() (value: close time).
+        self._deferred: dict[TlsSession, float] = {}
         self._next_expire = 0.0
         self.stats: dict[str, int] = {"frames": 0, "segments": 0, "filtered": 0, "tls_flows": 0,
                                       "other_flows": 0}
@@ -158,10 +193,17 @@ class Engine:
             sessions = self._waiting.get(s.ident)
             if sessions:
                 woken.extend(sessions)
+        http = self.config.http
         for sess in dict.fromkeys(woken):
+            mark = len(out)
             sess.keys_changed(ts, out)
+            if http and len(out) > mark:
+                self._tls_to_http(sess, out, mark)
             if sess.keys_ready:
                 self._unwait(sess)
+                self._holding.pop(sess, None)
+                if sess in self._deferred:
+                    self._close_tls(sess, self._deferred[sess], out)  # the time it ended
         return out
 
     def expire(self, now: float) -> list[Any]:
@@ -172,9 +214,20 @@ class Engine:
     def finish(self) -> list[Any]:
         """End of input: flush every flow and report every TLS connection."""
         out: list[Any] = []
+        # Connections that ended earlier and still waited for a key first (in the order they ended),
+        # then the ones open at the end of input.
+        for sess, ts in list(self._deferred.items()):
+            self._close_tls(sess, ts, out)
         for ev in self.tcp.finish(self.last_ts):
             self._tcp_event(ev, out)
+        for sess, ts in list(self._deferred.items()):
+            self._close_tls(sess, ts, out)
         return out
+
+    @property
+    def sessions_waiting(self) -> int:
+        """TLS sessions holding ciphertext until their key arrives (closed ones included)."""
+        return len(self._holding) + sum(1 for s in self._deferred if s not in self._holding)
 
     # ------------------------------------------------------------------ internals
     def _tcp_event(self, ev: Any, out: list[Any]) -> None:
@@ -183,6 +236,9 @@ class Engine:
             flow = ev.flow
             app = flow.app
             if app is None:
+                if len(ev.data) < SNIFF_BYTES:
+                    self._sniff(ev, out)
+                    return
                 if looks_like_tls(ev.data):
                     app = flow.app = TlsSession(flow, self.tls, ev.ts)
                     self.stats["tls_flows"] += 1
@@ -202,11 +258,21 @@ class Engine:
                 if app.chunks >= STARTTLS_CHUNKS:
                     return
                 app.chunks += 1
+                part = app.partial
+                if part is not None and part.direction == ev.direction:
+                    app.partial = None
+                    ev = StreamData(flow, ev.direction, ev.ts, part.data + ev.data)
+                if len(ev.data) < SNIFF_BYTES and ev.data[:1] == b"\x16":
+                    app.partial = ev  # maybe the start of a ClientHello: wait for more
+                    return
                 if not looks_like_client_hello(ev.data):
                     return
                 app = flow.app = TlsSession(flow, self.tls, ev.ts)  # STARTTLS
                 self.stats["tls_flows"] += 1
                 self.stats["starttls_flows"] = self.stats.get("starttls_flows", 0) + 1
+            elif type(app) is _Sniff:
+                self._sniff(ev, out)
+                return
             if self.config.http:
                 mark = len(out)
                 app.data(ev.direction, ev.data, ev.ts, out)
@@ -214,9 +280,14 @@ class Engine:
                     self._tls_to_http(app, out, mark)
             else:
                 app.data(ev.direction, ev.data, ev.ts, out)
-            if app.wait_idents and not app.keys_ready:
-                self._register_wait(app)
+            if not app.keys_ready:
+                if app.wait_idents:
+                    self._register_wait(app)
+                if app.held_since is not None and app not in self._holding:
+                    self._holding[app] = app.held_since
         elif cls is StreamGap:
+            if type(ev.flow.app) is _Sniff:
+                self._unsniff(ev.flow, out)
             app = ev.flow.app
             if isinstance(app, TlsSession):
                 mark = len(out)
@@ -226,13 +297,15 @@ class Engine:
             elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
                 self._http_events(app.conn, app.http.gap(ev.direction, ev.size, ev.ts), out)
         elif cls is FlowClosed:
+            if type(ev.flow.app) is _Sniff:
+                self._unsniff(ev.flow, out)
             app = ev.flow.app
             if isinstance(app, TlsSession):
-                mark = len(out)
-                app.close(ev.ts, out)
-                self._unwait(app)
-                if self.config.http:
-                    self._tls_to_http(app, out, mark)
+                if (app.held_since is not None and not app.keys_ready and self.config.key_wait > 0
+                        and not app.keys_incomplete()):
+                    self._deferred[app] = ev.ts  # the key may still come: decide later
+                else:
+                    self._close_tls(app, ev.ts, out)
             elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
                 self._http_events(app.conn, app.http.close(ev.ts), out)
             ev.flow.app = None
@@ -288,6 +361,60 @@ class Engine:
                 if not bucket:
                     del waiting[ident]
 
+    def _sniff(self, ev: StreamData, out: list[Any]) -> None:
+        """Collect the first bytes of a flow until there are enough to tell TLS from the rest."""
+        flow = ev.flow
+        app = flow.app
+        if app is None:
+            app = flow.app = _Sniff()
+        app.parts.append(ev)
+        if app.ready() >= 0:
+            self._unsniff(flow, out)
+
+    def _unsniff(self, flow: Flow, out: list[Any]) -> None:
+        """Decide on what was collected (enough, or all there will be) and feed it on."""
+        app = flow.app
+        assert type(app) is _Sniff
+        first = app.ready()
+        events = app.merged(first if first >= 0 else app.parts[0].direction)
+        flow.app = None
+        for i, ev in enumerate(events):
+            if i == 0 and len(ev.data) < SNIFF_BYTES:
+                # The flow ends (or breaks) before its first bytes could tell: decide on what there is.
+                flow.app = TlsSession(flow, self.tls, ev.ts) if looks_like_tls(ev.data) else _Cleartext()
+                self.stats["tls_flows" if type(flow.app) is TlsSession else "other_flows"] += 1
+            self._tcp_event(ev, out)
+
+    def _close_tls(self, sess: TlsSession, ts: float, out: list[Any]) -> None:
+        mark = len(out)
+        sess.close(ts, out)
+        self._unwait(sess)
+        self._holding.pop(sess, None)
+        self._deferred.pop(sess, None)
+        if self.config.http:
+            self._tls_to_http(sess, out, mark)
+
     def _expire(self, now: float, out: list[Any]) -> None:
         for ev in self.tcp.expire(now):
             self._tcp_event(ev, out)
+        holding = self._holding
+        if not holding:
+            return
+        wait = self.config.key_wait
+        limit = now - wait
+        while holding:
+            sess, since = next(iter(holding.items()))
+            if since > limit:
+                break
+            del holding[sess]
+            held_since = sess.held_since
+            if held_since is None or sess.keys_ready:
+                continue  # released (or dropped) since it was registered
+            if held_since > limit:
+                holding[sess] = held_since  # holding again, since later: back of the line
+                continue
+            sess.drop_held(f"no key within {wait:g} s", limit)
+            if sess.held_since is not None:
+                holding[sess] = sess.held_since  # newer records stay held
+            elif sess in self._deferred:
+                self._close_tls(sess, self._deferred[sess], out)

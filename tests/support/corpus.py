@@ -49,7 +49,7 @@ def run_case(case: dict[str, object]) -> list[dict[str, object]]:
         run = DecryptRun(engine, out, dump)
         run.run(str(CORPUS / str(case["capture"])))
         run.finish()
-        conns = [json.loads(line) for line in out.getvalue().splitlines()]
+        conns = sorted((json.loads(line) for line in out.getvalue().splitlines()), key=lambda c: int(c["id"]))
         for c in conns:
             for d in ("c2s", "s2c"):
                 f = Path(dump) / f"conn{c['id']:06d}-{d}.bin"

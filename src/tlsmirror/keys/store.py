@@ -46,6 +46,10 @@ class KeyStore:
             self.stats["matched"] += 1
         return hit[0]
 
+    def has(self, label: str, ident: bytes) -> bool:
+        """Is a secret known (without counting it as matched)?"""
+        return (label, ident) in self._entries
+
     def expire(self, now: float) -> int:
         """Drop entries older than ``ttl``; returns how many were dropped."""
         if self.ttl is None:

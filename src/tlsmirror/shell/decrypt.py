@@ -18,7 +18,9 @@ from ..keys.rsa import load_rsa_key
 from ..pipeline import Engine, EngineConfig
 from ..tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .errors import InputError
-from .pcapfile import CapturedFrame, read_capture
+from .pcapfile import CapturedFrame, CaptureReader
+
+MAX_KEYLOG_WARNINGS = 20  # skipped lines reported per key log; the rest are counted
 
 
 def load_keylog_files(paths: Iterable[str], warn: IO[str]) -> list[Secret]:
@@ -29,8 +31,13 @@ def load_keylog_files(paths: Iterable[str], warn: IO[str]) -> list[Secret]:
         except OSError as exc:
             raise InputError(f"{path}: cannot read key log: {exc.strerror or exc}") from None
         found, problems = parse_keylog(data)
-        for p in problems:
+        for p in problems[:MAX_KEYLOG_WARNINGS]:
             print(f"{path}:{p.line_no}: skipped key log line: {p.reason}", file=warn)
+        if len(problems) > MAX_KEYLOG_WARNINGS:
+            print(f"{path}: {len(problems) - MAX_KEYLOG_WARNINGS} more key log lines skipped", file=warn)
+        if problems and not found:
+            print(f"{path}: no usable key log line ({len(problems)} skipped): is this an NSS key log?",
+                  file=warn)
         secrets.extend(found)
     return secrets
 
@@ -67,19 +74,25 @@ class DecryptRun:
         self.conns: dict[int, _Conn] = {}
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.connections = 0
+        self.warnings: list[str] = []  # non-fatal notes on the input (truncated file, bad secrets lines)
 
     def run(self, path: str) -> None:
         engine = self.engine
         feed = engine.feed_frame
         handle = self.handle
-        for item in read_capture(path):
-            if type(item) is CapturedFrame:
-                events = feed(item.linktype, item.data, item.ts)
-            else:
-                secrets, _problems = parse_keylog(item.data)
-                events = engine.add_secrets(secrets, item.ts)
-            if events:
-                handle(events)
+        with CaptureReader(path) as reader:
+            for item in reader:
+                if type(item) is CapturedFrame:
+                    events = feed(item.linktype, item.data, item.ts)
+                else:
+                    secrets, problems = parse_keylog(item.data)
+                    for p in problems[:MAX_KEYLOG_WARNINGS]:
+                        self.warnings.append(f"{path}: decryption secrets block: line {p.line_no}: "
+                                             f"skipped key log line: {p.reason}")
+                    events = engine.add_secrets(secrets, item.ts)
+                if events:
+                    handle(events)
+        self.warnings.extend(reader.warnings)
 
     def finish(self) -> None:
         self.handle(self.engine.finish())
@@ -153,6 +166,7 @@ class DecryptRun:
 def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int],
                  output: str, dump_dir: str | None, rsa_password: bytes | None = None) -> int:
     warn = sys.stderr
+    CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
     secrets = load_keylog_files(keylogs, warn)
     keys = load_rsa_files(rsa_keys, rsa_password)
     if dump_dir is not None:
@@ -175,5 +189,7 @@ def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: l
             run = DecryptRun(engine, fh, dump_dir)
             run.run(capture)
             run.finish()
+    for w in run.warnings:
+        print(w, file=warn)
     print(run.summary(), file=warn)
     return 0

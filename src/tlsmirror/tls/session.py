@@ -39,6 +39,8 @@ CT_HANDSHAKE = 22
 CT_APPDATA = 23
 CT_HEARTBEAT = 24
 
+_CLIENT_RANDOM_LABELS = tuple(sorted(kl.LABELS - {kl.RSA, kl.RSA_SESSION}))
+
 MAX_RECORD = (1 << 14) + 2048
 MAX_HANDSHAKE_MESSAGE = 1 << 20
 
@@ -60,7 +62,7 @@ class _Direction:
     """Per-direction record state (TLS roles: 0 = client, 1 = server)."""
 
     __slots__ = ("app_ok", "app_secret", "broken", "buf", "cands", "dec", "encrypted", "held",
-                 "held_bytes", "hs_buf", "inflate", "lost_records", "next_dec", "stage")
+                 "held_bytes", "hs_buf", "inflate", "next_dec", "resync", "stage")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -72,9 +74,11 @@ class _Direction:
         self.stage = 0  # index into cands
         self.app_ok = False  # TLS 1.3: a record decrypted with the application key
         self.app_secret = b""
-        self.held: list[tuple[int, int, bytes, float]] = []  # (type, version, fragment, ts)
-        self.held_bytes = 0
-        self.lost_records = 0  # dropped while holding (budget): skipped by sequence number later
+        # Records waiting for keys, in order: (type, version, fragment, ts), or a run of records that
+        # were dropped (budget, key wait): (-bytes, count, b"", ts), skipped by sequence number later.
+        self.held: list[tuple[int, int, bytes, float]] = []
+        self.held_bytes = 0  # ciphertext bytes in ``held`` (dropped runs not counted)
+        self.resync = 0  # TLS 1.3: records dropped unseen; the next one is found by trial over them
         self.broken: str | None = None  # record framing lost (gap, garbage)
         self.inflate: Any = None  # zlib decompressor when the session uses TLS compression (DEFLATE)
 
@@ -112,6 +116,8 @@ class TlsSession:
         self.records_skipped = 0
         self.renegotiations = 0
         self.held_dropped_bytes = 0
+        self.held_since: float | None = None  # packet time of the oldest record held now (None: none)
+        self.drop_reasons: list[str] = []  # why held ciphertext was dropped (budget, key wait)
         self.wait_idents: list[bytes] = []  # idents this session waits on (client random, session id, ...)
         self.closed = False
         self.user: Any = None  # the engine's attachment (e.g. the HTTP parser fed by this session)
@@ -194,13 +200,66 @@ class TlsSession:
         if self.closed:
             return
         self.closed = True
+        self.drop_held("connection ended before the key arrived")
         for st in self.dirs:
-            if st.held:
-                self.held_dropped_bytes += st.held_bytes
-                self.ctx.held_bytes -= st.held_bytes
-                st.held = []
-                st.held_bytes = 0
+            st.held = []
         out.append(self.outcome(ts))
+
+    def keys_incomplete(self) -> bool:
+        """Some secret for this session's client random is known, yet not enough to decrypt.
+
+        Key logs write all lines of a session at about the same time, so the missing ones are not
+        late but absent: waiting for them after the connection ended would only delay the outcome.
+        """
+        ch = self.ch
+        if ch is None:
+            return False
+        has = self.ctx.store.has
+        return any(has(label, ch.random) for label in _CLIENT_RANDOM_LABELS)
+
+    def drop_held(self, reason: str, before: float | None = None) -> int:
+        """Give up on held ciphertext (its key is too late); returns the bytes dropped.
+
+        Drops the records held since ``before`` or earlier (all when None), oldest first. They are
+        remembered as a run of a known count, so that if the key still comes, the records after them
+        decrypt (TLS <= 1.2: their sequence numbers are known; TLS 1.3: found again by trial) and a
+        :class:`TlsGap` marks the loss.
+        """
+        dropped = 0
+        oldest: float | None = None
+        for st in self.dirs:
+            if not st.held_bytes:
+                continue
+            held = st.held
+            n = len(held)
+            i = 0
+            while i < n and (held[i][0] < 0 or before is None or held[i][3] <= before):
+                i += 1
+            size = count = 0
+            for rec in held[:i]:
+                if rec[0] < 0:
+                    size -= rec[0]
+                    count += rec[1]
+                else:
+                    size += len(rec[2]) + 5
+                    count += 1
+            if i:
+                run_bytes = size - sum(-rec[0] for rec in held[:i] if rec[0] < 0)
+                st.held = [(-size, count, b"", held[0][3]), *held[i:]]
+                st.held_bytes -= run_bytes
+                self.ctx.held_bytes -= run_bytes
+                dropped += run_bytes
+            if i < n and (oldest is None or held[i][3] < oldest):
+                oldest = held[i][3]
+        self.held_since = oldest
+        if dropped:
+            self.held_dropped_bytes += dropped
+            if reason not in self.drop_reasons:
+                self.drop_reasons.append(reason)
+        return dropped
+
+    def _drop_text(self) -> str:
+        return ", ".join(self.drop_reasons)
 
     def outcome(self, ts: float) -> TlsOutcome:
         encrypted_seen = any(st.encrypted for st in self.dirs)
@@ -214,11 +273,16 @@ class TlsSession:
             outcome = NO_KEY
             reason = "no secret for client random " + (self.ch.random[:8].hex() + "..." if self.ch else "?")
             if self.held_dropped_bytes:
-                reason += f"; {self.held_dropped_bytes} bytes of ciphertext dropped"
+                reason += f"; {self.held_dropped_bytes} bytes of ciphertext dropped ({self._drop_text()})"
         elif self.failure:
             outcome, reason = DECRYPT_FAILED, self.failure
-        elif self.had_gap:
-            outcome, reason = GAP, "TCP gap: bytes missing from the capture"
+        elif self.had_gap or self.held_dropped_bytes:
+            outcome = GAP
+            parts = ["TCP gap: bytes missing from the capture"] if self.had_gap else []
+            if self.held_dropped_bytes:
+                parts.append(f"{self.held_dropped_bytes} bytes of ciphertext dropped while waiting for the "
+                             f"key ({self._drop_text()})")
+            reason = "; ".join(parts)
         elif self.ch is None:
             outcome, reason = NO_HANDSHAKE, "no ClientHello seen"
         else:
@@ -273,19 +337,32 @@ class TlsSession:
     def _hold(self, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
         ctx = self.ctx
         size = len(frag) + 5
-        if (st.lost_records or st.held_bytes + size > ctx.max_hold_bytes_per_session
-                or ctx.held_bytes + size > ctx.max_hold_bytes_total):
-            st.lost_records += 1
-            self.held_dropped_bytes += size
+        held = st.held
+        if self.dirs[0].held_bytes + self.dirs[1].held_bytes + size > ctx.max_hold_bytes_per_session:
+            why = "hold budget per session exceeded"
+        elif ctx.held_bytes + size > ctx.max_hold_bytes_total:
+            why = "total hold budget exceeded"
+        else:
+            held.append((ctype, ver, frag, ts))
+            st.held_bytes += size
+            ctx.held_bytes += size
+            if self.held_since is None:
+                self.held_since = ts
             return
-        st.held.append((ctype, ver, frag, ts))
-        st.held_bytes += size
-        ctx.held_bytes += size
+        # Dropped: remembered as (part of) a run of records to skip by sequence number.
+        if held and held[-1][0] < 0:
+            last = held[-1]
+            held[-1] = (last[0] - size, last[1] + 1, b"", last[3])
+        else:
+            held.append((-size, 1, b"", ts))
+        self.held_dropped_bytes += size
+        if why not in self.drop_reasons:
+            self.drop_reasons.append(why)
 
     def _decrypt(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
                  out: list[Any]) -> None:
         if self.tls13:
-            result = self._decrypt13(st, ctype, ver, frag)
+            result = self._decrypt13(d, st, ctype, ver, frag)
             if result is None:
                 return
             itype, pt = result
@@ -315,8 +392,11 @@ class TlsSession:
             st.next_dec = None
         # alerts, heartbeats: nothing to report
 
-    def _decrypt13(self, st: _Direction, ctype: int, ver: int, frag: bytes) -> tuple[int, bytes] | None:
+    def _decrypt13(self, d: int, st: _Direction, ctype: int, ver: int,
+                   frag: bytes) -> tuple[int, bytes] | None:
         cands = st.cands
+        if st.resync:
+            return self._resync13(d, st, ctype, ver, frag)
         i = st.stage
         last = len(cands) - 1
         for j in range(i, last + 1):
@@ -337,7 +417,33 @@ class TlsSession:
             return None
         cands[i].seq += 1
         self.records_failed += 1
-        self._set_failure("TLS 1.3 record failed authentication")
+        self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")
+        return None
+
+    def _resync13(self, d: int, st: _Direction, ctype: int, ver: int,
+                  frag: bytes) -> tuple[int, bytes] | None:
+        """The first record after ``st.resync`` dropped ones: find its key and sequence number by trial."""
+        skip, st.resync = st.resync, 0
+        cands = st.cands
+        last = len(cands) - 1
+        for j in range(last, st.stage - 1, -1):  # most likely under the application key
+            dec = cands[j]
+            base = dec.seq
+            for k in range(skip + 1):
+                dec.seq = base + k
+                try:
+                    result = dec.decrypt(ctype, ver, frag)
+                except DecryptError:
+                    continue
+                st.stage = j
+                if j == last:
+                    st.app_ok = True
+                return result
+            dec.seq = base
+        st.broken = "lost track of records after dropped ones"
+        self.records_failed += 1
+        self._set_failure(f"{'client' if d == 0 else 'server'} records lost while waiting for the key: "
+                          "the next one could not be placed")
         return None
 
     # ------------------------------------------------------------------ handshake
@@ -392,8 +498,11 @@ class TlsSession:
             if alpn:
                 self.alpn = alpn
         elif mtype == hs.FINISHED and self.tls13:
-            if st.cands and st.stage < len(st.cands) - 1:
+            # This side's handshake is over: its next records are protected with the application key,
+            # so from now on a record that fails to decrypt is a failure, not a skipped trial.
+            if st.cands:
                 st.stage = len(st.cands) - 1
+                st.app_ok = True
         elif mtype == hs.END_OF_EARLY_DATA and self.tls13 and d == 0:
             if st.cands and st.stage == 0 and len(st.cands) > 2:
                 st.stage = 1
@@ -447,8 +556,10 @@ class TlsSession:
                 self.resumed = True
             if sh.session_id:
                 self._wait_for(sh.session_id)
-        if self.tls13 and sh.alpn:
-            self.alpn = sh.alpn
+        if self.tls13:
+            if sh.alpn:
+                self.alpn = sh.alpn
+            self.resumed = sh.psk  # the server accepted a pre-shared key: a resumed session
         if self.ch is None:
             self.no_handshake = True
         if sh.compression == 1 and not self.tls13:
@@ -551,9 +662,10 @@ class TlsSession:
         return True
 
     def _release_held(self, out: list[Any]) -> None:
+        self.held_since = None
         for d, st in enumerate(self.dirs):
             held = st.held
-            if not held and not st.lost_records:
+            if not held:
                 continue
             self.late_key = True
             st.held = []
@@ -562,18 +674,17 @@ class TlsSession:
             for ctype, ver, frag, ts in held:
                 if self.unsupported is not None:
                     break
+                if ctype < 0:
+                    # Records dropped while waiting: skip them by sequence number and say so.
+                    if self.tls13:
+                        st.resync += ver  # handshake or application records: the next record tells
+                    elif st.dec is not None:
+                        st.dec.seq += ver
+                    out.append(TlsGap(self.flow, d, ts, -ctype))
+                    continue
                 try:
                     self._decrypt(d, st, ctype, ver, frag, ts, out)
                 except UnsupportedError as exc:
                     self.unsupported = str(exc)
                 except TlsError as exc:
                     self._set_failure(str(exc))
-            if st.lost_records:
-                # Records dropped while waiting: skip them by sequence number and say so.
-                if self.tls13:
-                    st.cands[st.stage].seq += st.lost_records
-                elif st.dec is not None:
-                    st.dec.seq += st.lost_records
-                out.append(TlsGap(self.flow, d, held[-1][3] if held else self.ts_first, 0))
-                self.had_gap = True
-                st.lost_records = 0

@@ -1,0 +1,625 @@
+"""Configuration of the daemon: one YAML file, environment variables and flags, validated at start.
+
+Every key lives in a section (``capture``, ``keys``, ``engine``, ``output``, ``otlp``, ``metrics``,
+``log``) and can be set three ways; the first that sets it wins:
+
+1. a flag (``--workers 4``, or the generic ``--set capture.workers=4``),
+2. an environment variable ``TLSMIRROR_<SECTION>_<KEY>`` (``TLSMIRROR_CAPTURE_WORKERS=4``),
+3. the YAML file (``--config FILE``, ``$TLSMIRROR_CONFIG``, else ``/etc/tlsmirror/config.yaml`` if present),
+4. the default below.
+
+A bad value raises :class:`~tlsmirror.shell.errors.InputError` naming where it came from, the key, the
+value (never for secrets) and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+DEFAULT_PATH = "/etc/tlsmirror/config.yaml"
+ENV_PREFIX = "TLSMIRROR_"
+ENV_CONFIG = "TLSMIRROR_CONFIG"
+MASK = "********"
+
+
+def _k(help: str, kind: str = "", *, choices: tuple[str, ...] = (), minimum: float | None = None,
+       maximum: float | None = None, secret: bool = False, path: bool = False) -> dict[str, Any]:
+    """Field metadata: its documentation and how to parse and check it."""
+    return {"help": help, "kind": kind, "choices": choices, "min": minimum, "max": maximum, "secret": secret,
+            "path": path}
+
+
+@dataclass
+class CaptureConfig:
+    interfaces: list[str] = field(default_factory=list, metadata=_k(
+        "network interfaces to capture on (promiscuous, AF_PACKET); the mirror/TAP port(s)"))
+    bpf: str = field(default="", metadata=_k(
+        "BPF filter expression (tcpdump syntax); empty: all TCP, VLAN-tagged TCP and VXLAN/GENEVE/GRE "
+        "tunnels, minus the key listener, metrics and OTLP export traffic"))
+    workers: int = field(default=0, metadata=_k("worker processes (0: one per CPU core)", minimum=0,
+                                                maximum=256))
+    pcap: str | None = field(default=None, metadata=_k(
+        "read this capture file through the daemon path instead of live interfaces", path=True))
+    pcap_speed: float = field(default=0.0, metadata=_k(
+        "replay speed of `pcap` (0: as fast as possible, 1: real time, 2: twice as fast)", minimum=0))
+    pcap_linger: float = field(default=0.0, metadata=_k(
+        "seconds to keep running after the end of `pcap` so late secrets still unlock held records",
+        minimum=0))
+    snaplen: int = field(default=65535, metadata=_k("bytes captured per packet", minimum=128, maximum=262144))
+    buffer_bytes: int = field(default=64 << 20, metadata=_k(
+        "socket receive buffer per worker and interface (kernel-side queue before drops)", "size",
+        minimum=65536))
+    fanout_group: int = field(default=0, metadata=_k(
+        "PACKET_FANOUT group id of the first interface (0: derived from the process id)", minimum=0,
+        maximum=65535))
+    batch: int = field(default=256, metadata=_k("packets read per socket per wake-up", minimum=1,
+                                                maximum=65536))
+
+
+@dataclass
+class KeysConfig:
+    enabled: bool = field(default=True, metadata=_k("run the key listener (NSS key log lines over TCP/TLS)"))
+    host: str = field(default="0.0.0.0", metadata=_k("address the key listener binds"))
+    port: int = field(default=8001, metadata=_k("key listener port", minimum=0, maximum=65535))
+    tls: bool = field(default=True, metadata=_k("key listener speaks TLS (strongly recommended)"))
+    cert: str | None = field(default=None, metadata=_k(
+        "PEM certificate of the key listener (none: a self-signed one is made in state_dir)", path=True))
+    key: str | None = field(default=None, metadata=_k("PEM private key for `cert`", path=True))
+    state_dir: str | None = field(default=None, metadata=_k(
+        "where the self-signed listener certificate is generated (0600) and reused (none: "
+        "$STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/tlsmirror or ~/.local/state/tlsmirror)"))
+    client_ca: str | None = field(default=None, metadata=_k(
+        "PEM CA bundle: when set, key senders must present a certificate signed by it", path=True))
+    allow: list[str] = field(default_factory=list, metadata=_k(
+        "CIDRs allowed to send keys (empty: any)"))
+    keylog_out: str | None = field(default=None, metadata=_k(
+        "also append received key log lines to this file (it holds secrets: protect it)"))
+    plain: bool = field(default=False, metadata=_k(
+        "acknowledge that secrets cross the network unencrypted when tls is false on a non-loopback host"))
+    keylog_files: list[str] = field(default_factory=list, metadata=_k(
+        "NSS key log files whose secrets are loaded at start (--keylog)"))
+    max_connections: int = field(default=1024, metadata=_k("concurrent key sender connections",
+                                                           minimum=1))
+    replay: int = field(default=100_000, metadata=_k(
+        "recent secrets kept to hand to a restarted worker", minimum=0))
+
+
+@dataclass
+class EngineSection:
+    idle_timeout: float = field(default=300.0, metadata=_k("seconds a TCP flow may be silent before it is "
+                                                           "closed and reported", minimum=1))
+    key_wait: float = field(default=30.0, metadata=_k("seconds encrypted records wait for their secrets",
+                                                      minimum=0))
+    max_flows: int = field(default=200_000, metadata=_k("TCP flows tracked per worker (oldest evicted)",
+                                                        minimum=1))
+    max_flow_buffer: int = field(default=4 << 20, metadata=_k(
+        "out-of-order bytes held per flow", "size", minimum=0))
+    max_total_buffer: int = field(default=256 << 20, metadata=_k(
+        "out-of-order bytes held per worker", "size", minimum=0))
+    max_hold_bytes_per_session: int = field(default=4 << 20, metadata=_k(
+        "ciphertext held per TLS session while its secrets are missing", "size", minimum=0))
+    max_hold_bytes_total: int = field(default=256 << 20, metadata=_k(
+        "ciphertext held per worker while secrets are missing", "size", minimum=0))
+    body_limit: int = field(default=128 * 1024, metadata=_k("body bytes kept per message", "size",
+                                                            minimum=0))
+    ports: list[int] = field(default_factory=list, metadata=_k(
+        "only look at TCP flows with one of these ports (empty: every flow that looks like TLS/HTTP)",
+        "ports"))
+
+
+@dataclass
+class OutputConfig:
+    jsonl: str | None = field(default=None, metadata=_k("JSON lines file of API calls ('-': stdout)"))
+    max_bytes: int = field(default=0, metadata=_k("rotate the JSON lines file at this size (0: never)",
+                                                  "size", minimum=0))
+    backups: int = field(default=5, metadata=_k("rotated files kept", minimum=0, maximum=1000))
+    queue_size: int = field(default=10_000, metadata=_k(
+        "API calls waiting for the exporters; beyond it calls are dropped and counted", minimum=1))
+    drain_timeout: float = field(default=30.0, metadata=_k(
+        "seconds allowed on shutdown for workers to finish and exporters to flush", minimum=0))
+
+
+@dataclass
+class OtlpSection:
+    endpoint: str | None = field(default=None, metadata=_k(
+        "OTLP collector (host:port for grpc, URL for http); none: OTLP export off"))
+    protocol: str = field(default="grpc", metadata=_k("OTLP transport", choices=("grpc", "http")))
+    insecure: bool = field(default=True, metadata=_k("plaintext connection to the collector"))
+    ca: str | None = field(default=None, metadata=_k("PEM CA bundle to verify the collector", path=True))
+    cert: str | None = field(default=None, metadata=_k("client certificate (mTLS)", path=True))
+    key: str | None = field(default=None, metadata=_k("client private key (mTLS)", path=True))
+    headers: dict[str, str] = field(default_factory=dict, metadata=_k(
+        "extra request headers (values are masked in `config show`)", "dict", secret=True))
+    token: str | None = field(default=None, metadata=_k(
+        "agent token (prefer token_file or the environment; never logged)", secret=True))
+    token_file: str | None = field(default=None, metadata=_k("file holding the agent token", path=True))
+    token_header: str = field(default="x-traceable-refresh-token", metadata=_k("header carrying the token"))
+    span_profile: str = field(default="hypertrace", metadata=_k(
+        "span attribute naming", choices=("hypertrace", "semconv")))
+    service_name: str = field(default="tlsmirror", metadata=_k("service.name of the spans"))
+    environment: str | None = field(default=None, metadata=_k("deployment.environment of the spans"))
+    spool_dir: str | None = field(default=None, metadata=_k(
+        "directory where spans wait while the collector is unreachable (none: memory only)"))
+    spool_max_bytes: int = field(default=256 << 20, metadata=_k("spool size limit", "size", minimum=0))
+    batch_size: int = field(default=512, metadata=_k("spans per export request", minimum=1))
+    batch_timeout: float = field(default=1.0, metadata=_k("seconds a partial batch waits", minimum=0))
+    flush_timeout: float = field(default=60.0, metadata=_k("seconds allowed to flush at shutdown",
+                                                           minimum=0))
+    compression: str = field(default="gzip", metadata=_k("request compression", choices=("gzip", "none")))
+    redact: bool = field(default=True, metadata=_k("mask sensitive headers and body fields in spans"))
+    redact_headers: list[str] = field(default_factory=list, metadata=_k(
+        "header names masked in addition to the built-in list (authorization, cookie, ...)"))
+    redact_fields: list[str] = field(default_factory=list, metadata=_k(
+        "JSON/form field names whose values are masked in bodies"))
+    redact_patterns: list[str] = field(default_factory=list, metadata=_k(
+        "regular expressions whose matches are masked in bodies"))
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = field(default=True, metadata=_k("serve /metrics and /healthz"))
+    host: str = field(default="127.0.0.1", metadata=_k("address of the metrics server"))
+    port: int = field(default=9464, metadata=_k("port of the metrics server (0: any free port)", minimum=0,
+                                                maximum=65535))
+    no_packets_after: float = field(default=60.0, metadata=_k(
+        "/healthz reports degraded when no packet arrived for this many seconds (0: never)", minimum=0))
+    stats_interval: float = field(default=1.0, metadata=_k("seconds between worker statistics reports",
+                                                           minimum=0.05))
+
+
+@dataclass
+class LogConfig:
+    level: str = field(default="info", metadata=_k("log level", choices=("debug", "info", "warning",
+                                                                         "error")))
+    format: str = field(default="text", metadata=_k("log line format", choices=("json", "text")))
+    rate: float = field(default=10.0, metadata=_k(
+        "log lines per second per message kind before they are suppressed (and counted)", minimum=0))
+
+
+@dataclass
+class Config:
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    engine: EngineSection = field(default_factory=EngineSection)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    otlp: OtlpSection = field(default_factory=OtlpSection)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: dict[str, str] = field(default_factory=dict)  # "section.key" -> where its value came from
+    path: str | None = None  # the YAML file read, if any
+    warnings: list[str] = field(default_factory=list)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name not in
+                                  ("source", "path", "warnings"))
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    section: str
+    name: str
+    type: str  # "str", "str?", "int", "float", "bool", "list[str]", "dict"
+    kind: str  # "", "size", "ports", "dict"
+    default: Any
+    help: str
+    choices: tuple[str, ...]
+    minimum: float | None
+    maximum: float | None
+    secret: bool
+    path: bool
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace(" ", "")
+    return {"str|None": "str?", "dict[str,str]": "dict"}.get(text, text)
+
+
+def _schema() -> dict[str, dict[str, KeySpec]]:
+    out: dict[str, dict[str, KeySpec]] = {}
+    top = Config()
+    for sec in SECTIONS:
+        obj = getattr(top, sec)
+        specs: dict[str, KeySpec] = {}
+        for f in dataclasses.fields(obj):
+            md = f.metadata
+            specs[f.name] = KeySpec(sec, f.name, _type_name(f.type), md["kind"], getattr(obj, f.name),
+                                    md["help"], md["choices"], md["min"], md["max"], md["secret"], md["path"])
+        out[sec] = specs
+    return out
+
+
+SCHEMA = _schema()
+
+
+def spec(dotted: str) -> KeySpec:
+    sec, _, name = dotted.partition(".")
+    try:
+        return SCHEMA[sec][name]
+    except KeyError:
+        raise InputError(f"unknown configuration key {dotted!r}{_suggest(dotted, _all_keys())}") from None
+
+
+def _all_keys() -> list[str]:
+    return [s.dotted for sec in SCHEMA.values() for s in sec.values()]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(options)}"
+
+
+# ---------------------------------------------------------------------------- value parsing
+_SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$")
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a text like ``64MiB``, ``1G``, ``512k`` (k/M/G: powers of 1024)."""
+    if isinstance(value, bool):
+        raise _Bad("is not a size", "give bytes as a number, or with a unit like 64MiB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    m = _SIZE.match(str(value))
+    if not m:
+        raise _Bad("is not a size", "give bytes as a number, or with a unit like 64MiB, 512k, 1G")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def _parse(s: KeySpec, value: Any) -> Any:
+    t = s.type
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "~")
+                         and t in ("str?",)):
+        if t == "str?":
+            return None
+        if t in ("list[str]", "list[int]"):
+            return []
+        if t == "dict":
+            return {}
+        raise _Bad("is empty", "give a value or remove the key to use the default "
+                   f"({_show_default(s)})")
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise _Bad("is not a boolean", "use true or false")
+    if t == "int":
+        if s.kind == "size":
+            n = parse_size(value)
+        elif isinstance(value, bool):
+            raise _Bad("is not an integer", "give a whole number")
+        elif isinstance(value, int):
+            n = value
+        else:
+            try:
+                n = int(str(value).strip(), 0)
+            except ValueError:
+                raise _Bad("is not an integer", "give a whole number") from None
+        _range(s, n)
+        return n
+    if t == "float":
+        if isinstance(value, bool):
+            raise _Bad("is not a number", "give a number")
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise _Bad("is not a number", "give a number (seconds or a ratio)") from None
+        if x != x or x in (float("inf"), float("-inf")):
+            raise _Bad("is not a finite number", "give a finite number")
+        _range(s, x)
+        return x
+    if t in ("str", "str?"):
+        if isinstance(value, (dict, list)):
+            raise _Bad("is not a string", "give a single value")
+        text = str(value)
+        if s.choices and text not in s.choices:
+            raise _Bad("is not allowed", f"use one of: {', '.join(s.choices)}")
+        return text
+    if t in ("list[str]", "list[int]"):
+        if isinstance(value, str):
+            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]
+        if t == "list[str]":
+            if any(isinstance(v, (dict, list)) for v in items):
+                raise _Bad("is not a list of strings", "give a list like [a, b] or a comma-separated text")
+            return [str(v) for v in items]
+        ports = []
+        for v in items:
+            try:
+                if isinstance(v, bool):
+                    raise ValueError
+                n = int(v)
+            except (TypeError, ValueError):
+                raise _Bad(f"has {v!r}, not a port number", "give port numbers 1-65535") from None
+            if not 0 < n < 65536:
+                raise _Bad(f"has {n}, out of range", "give port numbers 1-65535")
+            ports.append(n)
+        return ports
+    if t == "dict":
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, str):
+            out: dict[str, str] = {}
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                k, eq, v = part.partition("=")
+                if not eq or not k.strip():
+                    raise _Bad("is not a mapping", "write name=value pairs separated by commas")
+                out[k.strip()] = v.strip()
+            return out
+        raise _Bad("is not a mapping", "write name: value pairs (YAML) or name=value,name2=value2")
+    raise AssertionError(t)  # pragma: no cover
+
+
+def _range(s: KeySpec, x: float) -> None:
+    if s.minimum is not None and x < s.minimum:
+        raise _Bad(f"is below the minimum {_num(s.minimum)}", f"use a value >= {_num(s.minimum)}")
+    if s.maximum is not None and x > s.maximum:
+        raise _Bad(f"is above the maximum {_num(s.maximum)}", f"use a value <= {_num(s.maximum)}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _show_default(s: KeySpec) -> str:
+    return "none" if s.default is None else repr(s.default)
+
+
+def _error(where: str, s: KeySpec, value: Any, bad: _Bad) -> InputError:
+    shown = "(hidden)" if s.secret else repr(value)
+    return InputError(f"{where}: {s.dotted} = {shown} {bad.problem}; {bad.fix}")
+
+
+# ---------------------------------------------------------------------------- loading
+def default_path(env: Mapping[str, str]) -> str | None:
+    p = env.get(ENV_CONFIG)
+    if p:
+        return p
+    return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read configuration: {exc.strerror or exc}; "
+                         "fix the path given with --config / TLSMIRROR_CONFIG") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError(f"{where}: not valid YAML ({problem}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the configuration must be a mapping of sections "
+                         f"({', '.join(SECTIONS)})")
+    return data
+
+
+def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None, use_default_path: bool = True) -> Config:
+    """The effective configuration: *flags* ("section.key" -> value) > *env* > file > default."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    if path is None and use_default_path:
+        path = default_path(env)
+    if path is not None:
+        cfg.path = path
+        data = read_yaml(path)
+        for sec, body in data.items():
+            if sec not in SCHEMA:
+                raise InputError(f"{path}: unknown section {sec!r}{_suggest(str(sec), list(SECTIONS))}")
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise InputError(f"{path}: section {sec!r} must be a mapping of keys")
+            for name, value in body.items():
+                if name not in SCHEMA[sec]:
+                    raise InputError(f"{path}: unknown key {sec}.{name}"
+                                     f"{_suggest(f'{sec}.{name}', _all_keys())}")
+                _set(cfg, SCHEMA[sec][name], value, f"{path}")
+    known_env = {s.env: s for sec in SCHEMA.values() for s in sec.values()}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG:
+            continue
+        s = known_env.get(var)
+        if s is None:
+            cfg.warnings.append(f"environment variable {var} is not a configuration key; ignored")
+            continue
+        _set(cfg, s, value, f"environment {var}")
+    for dotted, value in (flags or {}).items():
+        _set(cfg, spec(dotted), value, f"flag for {dotted}")
+    validate(cfg)
+    return cfg
+
+
+def _set(cfg: Config, s: KeySpec, value: Any, where: str) -> None:
+    try:
+        parsed = _parse(s, value)
+    except _Bad as bad:
+        raise _error(where, s, value, bad) from None
+    setattr(getattr(cfg, s.section), s.name, parsed)
+    cfg.source[s.dotted] = where
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``section.key=value`` (the --set flag) -> (dotted key, raw value)."""
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise InputError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set capture.workers=4")
+    spec(key.strip())
+    return key.strip(), value
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve several keys or the file system. Raises InputError."""
+
+    def where(dotted: str) -> str:
+        return cfg.source.get(dotted, "default")
+
+    for sec in SCHEMA.values():
+        for s in sec.values():
+            if s.path:
+                value = getattr(getattr(cfg, s.section), s.name)
+                if value is not None and not os.path.isfile(value):
+                    raise InputError(f"{where(s.dotted)}: {s.dotted} = {value!r}: no such file; "
+                                     "give the path of an existing, readable file")
+    k = cfg.keys
+    if (k.cert is None) != (k.key is None):
+        missing = "keys.key" if k.key is None else "keys.cert"
+        raise InputError(f"{where('keys.cert' if k.cert else 'keys.key')}: keys.cert and keys.key go "
+                         f"together; set {missing} as well (or neither, for a self-signed certificate)")
+    if k.enabled and not k.tls and not _is_loopback(k.host) and not k.plain:
+        raise InputError(f"{where('keys.tls')}: keys.tls = False on host {k.host!r} would send secrets "
+                         "unencrypted over the network; keep keys.tls true, bind keys.host to 127.0.0.1, "
+                         "or set keys.plain: true to accept the risk")
+    for cidr in k.allow:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InputError(f"{where('keys.allow')}: keys.allow has {cidr!r}, not a CIDR; "
+                             "write networks like 10.0.0.0/8 or 192.0.2.7/32") from None
+    for dotted, host in (("keys.host", cfg.keys.host), ("metrics.host", cfg.metrics.host)):
+        if not host or any(c.isspace() for c in host):
+            raise InputError(f"{where(dotted)}: {dotted} = {host!r} is not an address; "
+                             "give an IP address or host name")
+    o = cfg.otlp
+    if o.token is not None and o.token_file is not None:
+        raise InputError(f"{where('otlp.token_file')}: otlp.token and otlp.token_file are both set; "
+                         "keep one of them")
+    if (o.cert is None) != (o.key is None):
+        raise InputError(f"{where('otlp.cert' if o.cert else 'otlp.key')}: otlp.cert and otlp.key go "
+                         "together; set both for mTLS, or neither")
+    c = cfg.capture
+    if c.pcap is not None and c.interfaces:
+        raise InputError(f"{where('capture.pcap')}: capture.pcap and capture.interfaces are both set; "
+                         "capture from a file or from interfaces, not both")
+    for name in c.interfaces:
+        if not name or "/" in name or len(name) > 15 or any(ch.isspace() for ch in name):
+            raise InputError(f"{where('capture.interfaces')}: {name!r} is not an interface name; "
+                             "give names like eth0 (see `ip link`)")
+    if cfg.keys.enabled and cfg.metrics.enabled and cfg.keys.port == cfg.metrics.port != 0:
+        raise InputError(f"{where('metrics.port')}: metrics.port and keys.port are both "
+                         f"{cfg.keys.port}; give them different ports")
+
+
+def effective(cfg: Config, *, mask: bool = True) -> dict[str, dict[str, Any]]:
+    """The configuration as plain data (secrets masked unless *mask* is False)."""
+    out: dict[str, dict[str, Any]] = {}
+    for sec, specs in SCHEMA.items():
+        body: dict[str, Any] = {}
+        obj = getattr(cfg, sec)
+        for name, s in specs.items():
+            value = getattr(obj, name)
+            if mask and s.secret and value:
+                value = dict.fromkeys(value, MASK) if isinstance(value, dict) else MASK
+            elif isinstance(value, list):
+                value = list(value)
+            body[name] = value
+        out[sec] = body
+    return out
+
+
+def show(cfg: Config) -> str:
+    """`tlsmirror config show`: the effective configuration as YAML, secrets masked."""
+    head = f"# effective configuration (file: {cfg.path or 'none'}; precedence flag > env > file > default)\n"
+    return head + yaml.safe_dump(effective(cfg), sort_keys=False, default_flow_style=False)
+
+
+def read_token(cfg: Config) -> str | None:
+    """The OTLP token from otlp.token or otlp.token_file (stripped), never logged."""
+    if cfg.otlp.token:
+        return cfg.otlp.token
+    if cfg.otlp.token_file:
+        try:
+            with open(cfg.otlp.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise InputError(f"otlp.token_file {cfg.otlp.token_file!r}: cannot read: "
+                             f"{exc.strerror or exc}") from None
+        if not token:
+            raise InputError(f"otlp.token_file {cfg.otlp.token_file!r} is empty; put the token in it")
+        return token
+    return None
+
+
+def engine_kwargs(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments of :class:`tlsmirror.pipeline.EngineConfig` from the engine section."""
+    e = cfg.engine
+    return {"ports": list(e.ports) or None, "idle_timeout": e.idle_timeout, "key_wait": e.key_wait,
+            "max_flow_buffer": e.max_flow_buffer, "max_total_buffer": e.max_total_buffer,
+            "max_flows": e.max_flows, "max_hold_bytes_per_session": e.max_hold_bytes_per_session,
+            "max_hold_bytes_total": e.max_hold_bytes_total, "http": True, "body_limit": e.body_limit}
+
+
+def reference_markdown() -> str:
+    """The table of every key (docs/configuration.md is generated from this, then edited around it)."""
+    lines = []
+    for sec, specs in SCHEMA.items():
+        lines.append(f"\n### `{sec}`\n\n| key | default | environment | meaning |\n|---|---|---|---|")
+        for s in specs.values():
+            default = s.default
+            if s.kind == "size" and isinstance(default, int) and default >= 1024:
+                default = _human(default)
+            d = "none" if default is None else (str(default).lower() if isinstance(default, bool)
+                                                else str(default))
+            extra = f" One of: {', '.join(s.choices)}." if s.choices else ""
+            lines.append(f"| `{s.name}` | `{d}` | `{s.env}` | {s.help}.{extra} |")
+    return "\n".join(lines) + "\n"
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1024)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)

@@ -1,0 +1,381 @@
+"""Worker processes: one :class:`~tlsmirror.pipeline.Engine` each, fed by live sockets or by the parent.
+
+A worker reads frames (from its own AF_PACKET sockets in a fanout group, or from its inbox queue when
+the parent replays a capture file), feeds its engine, and sends the parent
+
+- ``("calls", index, [ApiCall, ...])`` through a bounded outbox (full: the calls are dropped and counted,
+  capture never waits; in lossless mode, used for capture files, it waits instead),
+- ``("stats", index, {...})`` every ``stats_interval`` seconds (cumulative counters and gauges),
+- ``("done", index)`` after ``engine.finish()`` on stop, and ``("fatal", index, message)`` on a start-up
+  error.
+
+Secrets and commands reach it on its control queue: ``("secrets", [Secret, ...])``, ``("stop",)``.
+Every message is a tuple of picklable values; results travel over a pipe whose only writer is the
+worker (a killed worker cannot leave a lock held for anyone else).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import queue
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ..calls import ApiCall, HttpIssue
+from ..pipeline import Engine, EngineConfig
+from ..tls.events import OUTCOMES, TlsOutcome
+
+# Counters that are gauges (not summed over dead incarnations of a worker).
+GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "pid",
+                    "last_packet_wall", "fragments_pending", "wall", "alive"})
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs (picklable: crosses the process boundary)."""
+
+    index: int
+    mode: str  # "live" or "pcap"
+    engine: dict[str, Any]
+    interfaces: tuple[tuple[str, int | None], ...] = ()  # (name, fanout group id)
+    bpf: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
+    snaplen: int = 65535
+    buffer_bytes: int = 64 << 20
+    batch: int = 256
+    stats_interval: float = 1.0
+    expire_interval: float = 1.0
+    lossless: bool = False
+    outbox_size: int = 256  # messages (each a batch of calls)
+    key_ttl: float | None = None
+    # connection ids are unique over workers: (flow id + incarnation << 32) * workers + index
+    workers: int = 1
+    incarnation: int = 0
+    log_level: str = "info"
+    log_format: str = "text"
+    log_rate: float = 10.0
+
+
+class Outbox:
+    """Bounded queue of messages, sent to the parent by a thread (pickling off the capture path)."""
+
+    def __init__(self, conn: Connection, size: int) -> None:
+        self.conn = conn
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.broken = False
+        self.thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, msg: Any, *, block: bool = False, timeout: float | None = None) -> bool:
+        if self.broken:
+            return False
+        try:
+            self.q.put(msg, block=block, timeout=timeout)
+            return True
+        except queue.Full:
+            return False
+
+    def _run(self) -> None:
+        while True:
+            msg = self.q.get()
+            if msg is None:
+                return
+            try:
+                self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                self.broken = True  # the parent is gone
+                return
+
+    def close(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self.q.put(None, timeout=timeout)
+        self.thread.join(timeout)
+
+
+class Worker:
+    """The state and loop of one worker process."""
+
+    def __init__(self, spec: WorkerSpec, outbox: Outbox) -> None:
+        self.spec = spec
+        self.out = outbox
+        self.engine = Engine(EngineConfig(**spec.engine))
+        if spec.key_ttl:
+            self.engine.keys.ttl = spec.key_ttl
+        self.stop = False
+        self.eof = spec.mode != "pcap"
+        self.calls: list[ApiCall] = []
+        self.packets = 0
+        self.bytes = 0
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.late_key = 0
+        self.exchanges: dict[str, int] = {}
+        self.http_issues = 0
+        self.result_drops = 0
+        self.secrets_received = 0
+        self.last_ts = 0.0  # latest packet time
+        self.last_wall = time.time()  # wall clock when it arrived
+        self.last_packet_wall = 0.0
+        self.sockets: list[Any] = []
+        self._next_stats = 0.0
+        self._ppid = os.getppid()
+        self._id_base = spec.incarnation << 32
+        self._id_mul = max(1, spec.workers)
+        self._next_expire = time.monotonic() + spec.expire_interval
+
+    # ------------------------------------------------------------------ events
+    def handle(self, events: list[Any]) -> None:
+        for ev in events:
+            cls = type(ev)
+            if cls is ApiCall:
+                conn = ev.connection
+                ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
+                                                 + self.spec.index), ev.exchange)
+                self.calls.append(ev)
+                v = ev.exchange.http_version
+                self.exchanges[v] = self.exchanges.get(v, 0) + 1
+            elif cls is TlsOutcome:
+                self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
+                if ev.late_key:
+                    self.late_key += 1
+            elif cls is HttpIssue:
+                self.http_issues += 1
+
+    def flush_calls(self) -> None:
+        if not self.calls:
+            return
+        batch, self.calls = self.calls, []
+        if self.spec.lossless:
+            while not self.out.put(("calls", self.spec.index, batch), block=True, timeout=1.0):
+                if self.out.broken:
+                    return
+        elif not self.out.put(("calls", self.spec.index, batch)):
+            self.result_drops += len(batch)
+
+    def frames(self, linktype: int, frames: list[bytes], ts: float) -> None:
+        """Live frames read together at wall-clock time *ts*."""
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for data in frames:
+            size += len(data)
+            ev = feed(linktype, data, ts)
+            if ev:
+                handle(ev)
+        self._count(len(frames), size, ts)
+
+    def file_frames(self, frames: list[tuple[float, int, bytes]]) -> None:
+        """Frames of a capture file: (ts, linktype, data)."""
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for fts, lt, data in frames:
+            size += len(data)
+            ev = feed(lt, data, fts)
+            if ev:
+                handle(ev)
+        if frames:
+            self._count(len(frames), size, frames[-1][0])
+
+    def _count(self, n: int, size: int, ts: float) -> None:
+        if n:
+            self.packets += n
+            self.bytes += size
+            if ts > self.last_ts:
+                self.last_ts = ts
+            self.last_wall = self.last_packet_wall = time.time()
+
+    def now(self) -> float:
+        """Packet time now: the latest packet time, advanced by the wall clock since it arrived."""
+        if self.last_ts == 0.0:
+            return time.time() if self.spec.mode == "live" else 0.0
+        return self.last_ts + max(0.0, time.time() - self.last_wall)
+
+    def secrets(self, secrets: list[Any], ts: float | None = None) -> None:
+        self.secrets_received += len(secrets)
+        self.handle(self.engine.add_secrets(secrets, self.now() if ts is None else ts))
+
+    def control(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind == "secrets":
+            self.secrets(msg[1])
+        elif kind == "stop":
+            self.stop = True
+
+    # ------------------------------------------------------------------ timers
+    def timers(self, force_stats: bool = False) -> None:
+        mono = time.monotonic()
+        if mono >= self._next_expire:
+            self._next_expire = mono + self.spec.expire_interval
+            now = self.now()
+            if now:
+                self.handle(self.engine.expire(now))
+                if self.engine.keys.ttl:
+                    self.engine.keys.expire(now)
+        self.flush_calls()
+        if force_stats or mono >= self._next_stats:
+            self._next_stats = mono + self.spec.stats_interval
+            if self.out.broken or os.getppid() != self._ppid:  # the parent is gone: stop, do not linger
+                self.stop = self.eof = True
+            self.out.put(("stats", self.spec.index, self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        e = self.engine
+        kp = kd = 0
+        for s in self.sockets:
+            p, d = s.read_stats()
+            kp += p
+            kd += d
+        return {
+            "pid": os.getpid(), "wall": time.time(), "packets": self.packets, "bytes": self.bytes,
+            "kernel_packets": kp, "kernel_drops": kd, "result_drops": self.result_drops,
+            "engine": dict(e.stats), "tcp": e.tcp.stats, "frames": dict(e.frames.counters),
+            "keys": dict(e.keys.stats), "keys_stored": len(e.keys), "outcomes": dict(self.outcomes),
+            "late_key": self.late_key, "exchanges": dict(self.exchanges), "http_issues": self.http_issues,
+            "secrets_received": self.secrets_received, "held_bytes": e.tls.held_bytes,
+            "flows_open": e.tcp.open_flows, "tcp_buffered": e.tcp.buffered_bytes,
+            "fragments_pending": e.frames.fragments_pending, "rss": rss_bytes(),
+            "last_packet_wall": self.last_packet_wall, "outbox": self.out.q.qsize(),
+        }
+
+    def finish(self) -> None:
+        self.handle(self.engine.finish())
+        self.flush_calls()
+        self.out.put(("stats", self.spec.index, self.stats()), block=True, timeout=5.0)
+        self.out.put(("done", self.spec.index), block=True, timeout=5.0)
+
+    # ------------------------------------------------------------------ loops
+    def run_live(self, ctl: Any) -> None:
+        from .capture import LiveSocket
+
+        spec = self.spec
+        for name, group in spec.interfaces:
+            self.sockets.append(LiveSocket(name, program=spec.bpf.get(name), fanout_group=group,
+                                           buffer_bytes=spec.buffer_bytes, snaplen=spec.snaplen))
+        ctl_fd = _reader_fd(ctl)
+        poller = select.poll()
+        by_fd = {}
+        for s in self.sockets:
+            poller.register(s.fileno(), select.POLLIN)
+            by_fd[s.fileno()] = s
+        if ctl_fd is not None:
+            poller.register(ctl_fd, select.POLLIN)
+        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        batch: list[bytes] = []
+        limit = spec.batch
+        while not self.stop:
+            for fd, _ev in poller.poll(200 if ctl_fd is not None else 20):
+                s = by_fd.get(fd)
+                if s is None:
+                    continue
+                batch.clear()
+                s.read_batch(limit, batch)
+                if batch:
+                    self.frames(s.linktype, batch, time.time())
+            _drain(ctl, self.control)
+            self.timers()
+        for s in self.sockets:
+            s.read_stats()
+
+    def run_pcap(self, inbox: Any, ctl: Any) -> None:
+        spec = self.spec
+        readers = [r for r in (_reader(inbox), _reader(ctl)) if r is not None]
+        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        while not (self.stop and self.eof):
+            if readers:
+                wait(readers, timeout=0.2)
+            _drain(ctl, self.control)
+            for _ in range(64):
+                try:
+                    msg = inbox.get_nowait() if readers else inbox.get(timeout=0.05)
+                except queue.Empty:
+                    break
+                kind = msg[0]
+                if kind == "frames":
+                    self.file_frames(msg[1])
+                elif kind == "secrets":
+                    self.secrets(msg[1], msg[2])
+                elif kind == "eof":
+                    self.eof = True
+                _drain(ctl, self.control)
+                self.timers()
+            self.timers()
+
+
+def _reader(q: Any) -> Connection | None:
+    r = getattr(q, "_reader", None)  # multiprocessing.Queue's pipe end: lets us wait on several queues
+    return r if isinstance(r, Connection) else None
+
+
+def _reader_fd(q: Any) -> int | None:
+    r = _reader(q)
+    return r.fileno() if r is not None else None
+
+
+def _drain(ctl: Any, handle: Any) -> None:
+    while True:
+        try:
+            msg = ctl.get_nowait()
+        except queue.Empty:
+            return
+        except (EOFError, OSError):
+            handle(("stop",))
+            return
+        handle(msg)
+
+
+def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
+                preload: list[Any] | None = None) -> None:
+    """Entry point of a worker process."""
+    from .logs import get_logger, setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    setup_logging(spec.log_level, spec.log_format, spec.log_rate)
+    log = get_logger(f"worker{spec.index}")
+    outbox = Outbox(results, spec.outbox_size)
+    worker = Worker(spec, outbox)
+
+    def on_term(_signo: int, _frame: Any) -> None:
+        worker.stop = True
+        worker.eof = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if preload:
+            worker.secrets(preload, 0.0 if spec.mode == "pcap" else None)
+        if spec.mode == "live":
+            worker.run_live(ctl)
+        else:
+            worker.run_pcap(inbox, ctl)
+        worker.finish()
+    except Exception as exc:
+        from .errors import InputError
+
+        if isinstance(exc, InputError):  # a start-up problem the operator must fix: the parent stops
+            outbox.put(("fatal", spec.index, str(exc)), block=True, timeout=5.0)
+        else:  # a bug: the parent restarts this worker and counts the crash
+            log.exception("worker %d failed", spec.index)
+            outbox.close()
+            os._exit(70)
+    finally:
+        for s in worker.sockets:
+            s.close()
+        outbox.close()
+        results.close()

@@ -1,0 +1,388 @@
+"""`tlsmirror run`: capture files through the daemon path, keys from the listener, signals, worker
+restarts, and live capture on a veth pair in a network namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.pcapwriter import pcap_bytes
+from tlsmirror.calls import ApiCall
+from tlsmirror.pipeline import Engine, EngineConfig
+from tlsmirror.shell.config import Config, load_config
+from tlsmirror.shell.daemon import Daemon, load_preload
+from tlsmirror.shell.metrics import parse_metrics
+from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = str(ROOT / "samples" / "api-mixed.pcap")
+KEYLOG = str(ROOT / "samples" / "api-mixed.keylog")
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TLSMIRROR_")}
+ENV["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + ENV.get("PYTHONPATH", "")
+
+
+class ListExporter:
+    """A tiny Exporter for tests of the daemon itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[ApiCall] = []
+        self.stats: dict[str, int] = {"exported": 0}
+        self.reopened = 0
+        self.closed = False
+
+    def export(self, call: ApiCall) -> None:
+        self.calls.append(call)
+        self.stats["exported"] += 1
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return parse_metrics(r.read().decode())
+
+
+def value(m: dict[str, Any], name: str, **labels: str) -> float:
+    series = m.get(f"tlsmirror_{name}") or m.get(f"tlsmirror_{name}_total") or {}
+    return float(series.get(tuple(sorted(labels.items())), 0.0))
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def expected_requests() -> set[tuple[int, float]]:
+    """(client port, request time) of every exchange, from one engine over the sample."""
+    e = Engine(EngineConfig(http=True))
+    e.add_secrets(load_preload([KEYLOG]), 0.0)
+    out: set[tuple[int, float]] = set()
+    for item in read_capture(SAMPLE):
+        assert type(item) is CapturedFrame
+        for ev in e.feed_frame(item.linktype, item.data, item.ts):
+            if type(ev) is ApiCall:
+                assert ev.exchange.request_ts is not None
+                out.add((ev.connection.client_port, round(ev.exchange.request_ts, 6)))
+    assert len(out) == 60
+    return out
+
+
+def rewrite_sample(path: Path, *, stretch: float = 1.0, drop_fin: bool = False) -> str:
+    """The sample with its time line stretched, optionally without FIN/RST segments (flows stay open)."""
+    frames = []
+    t0 = None
+    for item in read_capture(SAMPLE):
+        assert type(item) is CapturedFrame
+        data = item.data
+        if drop_fin and struct.unpack_from("!H", data, 12)[0] == 0x0800:
+            ihl = (data[14] & 0x0F) * 4
+            if data[14 + ihl + 13] & 0x05:  # FIN or RST
+                continue
+        t0 = item.ts if t0 is None else t0
+        frames.append((t0 + (item.ts - t0) * stretch, data))
+    path.write_bytes(pcap_bytes(frames))
+    return str(path)
+
+
+def config(**flags: Any) -> Config:
+    base = {"keys.enabled": False, "metrics.port": 0, "capture.workers": 2, "log.level": "warning"}
+    base.update(flags)
+    return load_config(None, env={}, flags=base, use_default_path=False)
+
+
+class Running:
+    """A Daemon run in a thread (signals stay with pytest's main thread)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.error: BaseException | None = None
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.rc = self.daemon.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def no_tlsmirror_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in [v for v in os.environ if v.startswith("TLSMIRROR_")]:
+        monkeypatch.delenv(var)
+    yield
+
+
+# ---------------------------------------------------------------------------- capture files
+def test_run_pcap_cli_exports_every_exchange_once_and_metrics_account(tmp_path: Path) -> None:
+    out = tmp_path / "calls.jsonl"
+    mport = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlsmirror", "run", "--pcap", SAMPLE, "--keylog", KEYLOG, "--workers", "2",
+         "-o", str(out), "--no-keys", "--metrics-port", str(mport), "--pcap-linger", "3"],
+        env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        def done() -> bool:
+            m = scrape(mport)
+            return value(m, "tls_connections", outcome="decrypted") == 12 and \
+                value(m, "exchanges", http_version="1.1") + value(m, "exchanges", http_version="2") == 60
+        wait_for(done, 30, "metrics to account for the capture")
+        m = scrape(mport)
+        outcomes = {dict(k)["outcome"]: v for k, v in m["tlsmirror_tls_connections_total"].items()}
+        assert sum(outcomes.values()) == 12 == outcomes["decrypted"]
+        assert value(m, "packets") == 333
+        assert value(m, "workers_alive") == 2 and value(m, "worker_restarts") == 0
+        assert value(m, "keys_preloaded") == 20
+        assert value(m, "dropped", where="export_queue") == 0
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    got = [(r["client"]["port"], round(r["request_start_ts"], 6)) for r in records]
+    assert len(got) == 60 and set(got) == expected_requests()
+    assert len({r["connection_id"] for r in records}) == 12  # unique over the two workers
+    assert "TLS connections: decrypted 12" in err
+
+
+def test_keys_from_the_listener_unlock_held_records(tmp_path: Path) -> None:
+    pytest.importorskip("tlsmirror.shell.keyserver")
+    pcap = rewrite_sample(tmp_path / "open.pcap", stretch=10.0, drop_fin=True)  # 0.4 s, flows stay open
+    cfg = config(**{"capture.pcap": pcap, "capture.pcap_speed": 1, "capture.pcap_linger": 2.5,
+                    "keys.enabled": True, "keys.port": 0, "keys.host": "127.0.0.1",
+                    "keys.state_dir": str(tmp_path / "state")})
+    ex = ListExporter()
+    d = Daemon(cfg, exporters=[ex])
+    run = Running(d)
+    assert d.wait_ready(30)
+    time.sleep(1.0)  # the whole capture has been seen, without secrets
+    assert ex.calls == []
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    assert d.key_port
+    with socket.create_connection(("127.0.0.1", d.key_port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="sensor") as s:
+        s.sendall(Path(KEYLOG).read_bytes())
+    run.join(40)
+    t = d.state.totals()
+    assert len(ex.calls) == 60
+    assert t["outcomes"]["decrypted"] == 12 and t["late_key"] == 12
+    assert d.state.counters["secrets_received"] == 20
+    assert ex.closed
+
+
+def test_sigterm_drains_and_sighup_reopens(tmp_path: Path) -> None:
+    pcap = rewrite_sample(tmp_path / "open.pcap", drop_fin=True)
+    out = tmp_path / "calls.jsonl"
+    mport = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlsmirror", "run", "--pcap", pcap, "--keylog", KEYLOG, "--workers", "2",
+         "-o", str(out), "--no-keys", "--metrics-port", str(mport), "--pcap-linger", "120"],
+        env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: value(scrape(mport), "exported") == 60, 30, "60 exported calls")
+        m = scrape(mport)
+        assert sum(m["tlsmirror_tls_connections_total"].values()) == 0  # no FIN: nothing finished yet
+        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 60, 10, "calls in the file")
+        os.rename(out, tmp_path / "calls.jsonl.1")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(out.exists, 10, "the output file to be reopened")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stopping (signal)" in err
+    assert "TLS connections: decrypted 12" in err  # engine.finish() ran in every worker
+    assert len((tmp_path / "calls.jsonl.1").read_text().splitlines()) == 60
+
+
+def test_killed_worker_is_restarted_and_counted(tmp_path: Path) -> None:
+    cfg = config(**{"capture.pcap": SAMPLE, "capture.pcap_linger": 60})
+    ex = ListExporter()
+    d = Daemon(cfg, exporters=[ex], preload=load_preload([KEYLOG]))
+    run = Running(d)
+    try:
+        assert d.wait_ready(30)
+        wait_for(lambda: len(ex.calls) == 60, 20, "the capture to be processed")
+        victim = d.handles[0].proc.pid
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: d.state.restarts == 1 and d.handles[0].ready and d.handles[0].proc.pid != victim,
+                 20, "the worker to be restarted")
+        assert d.metrics_port is not None
+        m = scrape(d.metrics_port)
+        assert value(m, "worker_restarts") == 1
+        assert value(m, "workers_alive") == 2
+        assert value(m, "packets") >= 333  # the dead worker's counters are kept
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/healthz", timeout=5) as r:
+            assert json.loads(r.read())["workers_alive"] == 2
+    finally:
+        d.request_stop()
+        run.join(30)
+    assert d.state.crashes == 1
+
+
+def test_export_queue_overflow_is_counted_not_grown() -> None:
+    cfg = config(**{"capture.pcap": SAMPLE, "output.queue_size": 5})
+    d = Daemon(cfg, exporters=[ListExporter()])  # not started: nothing drains the export queue
+    d.lossless = False  # the live policy: never wait for exporters
+    d._export([object()] * 20)  # type: ignore[list-item]
+    assert d._export_q.qsize() == 5
+    assert d.state.counters["export_queue_drops"] == 15
+
+
+# ---------------------------------------------------------------------------- live capture
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+SERVER = r"""
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[3], 8443))
+srv.listen()
+print("ready", flush=True)
+while True:
+    c, _ = srv.accept()
+    try:
+        with ctx.wrap_socket(c, server_side=True) as s:
+            req = s.recv(65536)
+            body = b'{"path": "' + req.split(b" ")[1] + b'"}'
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+            s.recv(100)
+    except OSError:
+        pass
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tcpdump") is None,
+                    reason="needs root, iproute2 and tcpdump")
+def test_live_capture_on_a_veth_pair(tmp_path: Path) -> None:
+    pytest.importorskip("tlsmirror.shell.keyserver")
+    from tests.support.tlspair import _make_cert
+
+    tag = f"{os.getpid() % 100000}"
+    ns, host_if, ns_if = f"tlsm{tag}", f"tmh{tag}", f"tmn{tag}"
+    host_ip, ns_ip = "198.18.77.1", "198.18.77.2"
+    cert, key = _make_cert("ec")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    server = None
+    d = None
+    run = None
+    try:
+        _sh("ip", "netns", "add", ns)
+        _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _sh("ip", "link", "set", ns_if, "netns", ns)
+        _sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+        _sh("ip", "link", "set", host_if, "up")
+        _sh("ip", "-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        _sh("ip", "-n", ns, "link", "set", ns_if, "up")
+        _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER,
+                                   str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"), ns_ip],
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+        cfg = config(**{"capture.interfaces": [host_if], "keys.enabled": True, "keys.port": 0,
+                        "keys.host": "127.0.0.1", "keys.state_dir": str(tmp_path / "state")})
+        ex = ListExporter()
+        d = Daemon(cfg, exporters=[ex])
+        run = Running(d)
+        assert d.wait_ready(30)
+        keylog = tmp_path / "client.keys"
+        cctx = ssl.create_default_context()
+        cctx.check_hostname = False
+        cctx.verify_mode = ssl.CERT_NONE
+        cctx.keylog_filename = str(keylog)
+        kctx = ssl.create_default_context()
+        kctx.check_hostname = False
+        kctx.verify_mode = ssl.CERT_NONE
+        sent = 0
+        for i in range(3):
+            with socket.create_connection((ns_ip, 8443), timeout=5) as raw, \
+                    cctx.wrap_socket(raw, server_hostname="api.example.test") as s:
+                lines = keylog.read_bytes()
+                assert d.key_port
+                with socket.create_connection(("127.0.0.1", d.key_port), timeout=5) as kraw, \
+                        kctx.wrap_socket(kraw, server_hostname="sensor") as ks:
+                    ks.sendall(lines[sent:])  # this session's secrets, as the load balancer would
+                sent = len(lines)
+                s.sendall(f"GET /live/{i} HTTP/1.1\r\nHost: api.example.test\r\n\r\n".encode())
+                assert b"200 OK" in s.recv(65536)
+                time.sleep(0.2)
+        wait_for(lambda: len(ex.calls) == 3 and d is not None and
+                 d.state.totals().get("outcomes", {}).get("decrypted", 0) == 3, 15, "decrypted live calls")
+        assert sorted(c.exchange.path or "" for c in ex.calls) == ["/live/0", "/live/1", "/live/2"]
+        assert {c.connection.server_ip for c in ex.calls} == {ns_ip}
+        assert all(c.exchange.status == 200 for c in ex.calls)
+        t = d.state.totals()
+        assert t["kernel_drops"] == 0 and t["packets"] > 0
+    finally:
+        if d is not None and run is not None:
+            d.request_stop()
+            run.join(30)
+        if server is not None:  # `ip netns exec` forks: end its whole process group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for _ in range(50):  # the namespace (and the veth in it) goes when its last process has gone
+            if not Path(f"/sys/class/net/{host_if}").exists():
+                break
+            time.sleep(0.1)

@@ -71,7 +71,8 @@ done
 [[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "--server-port must be 1-65535, got '$PORT'"
 [ -z "$WORKERS" ] || [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got '$WORKERS'"
 [[ "$ENVIRONMENT$SERVICE" =~ ^[A-Za-z0-9._:/-]+$ ]] || die "-e and -s may hold letters, digits and . _ : / - only"
-[[ "$ENDPOINT" =~ ^[A-Za-z0-9.:/_\[\]-]+$ ]] || die "--tpa-endpoint looks wrong: '$ENDPOINT'"
+ENDPOINT_RE='^[][A-Za-z0-9.:/_-]+$'
+[[ "$ENDPOINT" =~ $ENDPOINT_RE ]] || die "--tpa-endpoint looks wrong: '$ENDPOINT' (host:port or URL)"
 
 PREFIX="$ROOT/opt/tlsmirror"
 CONFDIR="$ROOT/etc/tlsmirror"

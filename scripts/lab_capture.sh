@@ -5,6 +5,7 @@
 # CONNS connections in all, REQS keep-alive requests on each, request bodies of 0..BODY bytes, spread over
 # PARALLEL concurrent client processes (default 1) so that connections overlap as on a real mirror port.
 # Needs root, nginx-light, iproute2, ethtool, tcpdump. Only the lab's own addresses are used.
+# Refuses to start while the lab is up (another run); TLSMIRROR_LAB_RESET=1 tears a stale lab down first.
 set -euo pipefail
 out=$1; keylog=$2; conns=$3; reqs=$4; body=${5:-300}; par=${6:-1}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +20,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-bash "$lab/lab.sh" down >/dev/null 2>&1 || true
+if ip link show tmlab0 >/dev/null 2>&1; then
+  # another capture (or a crashed one) owns the lab: do not pull it from under a running job
+  [ "${TLSMIRROR_LAB_RESET:-0}" = 1 ] || {
+    echo "the lab is already up (tmlab0 exists): wait for the other run, or set TLSMIRROR_LAB_RESET=1" >&2
+    trap - EXIT; rm -rf "$work"; exit 1; }
+  bash "$lab/lab.sh" down >/dev/null 2>&1 || true
+fi
 bash "$lab/lab.sh" up >/dev/null
 rm -f "$keylog"
 # only the lab server's TLS port on the lab's own interface

@@ -242,7 +242,11 @@ if [ "$DRY" = 0 ] && [ -z "$ROOT" ]; then
 fi
 
 say "checking the configuration"
-run "$PREFIX/venv/bin/tlsmirror" config check --config "$CONFIG"
+if [ -n "$ROOT" ]; then
+  run "$PREFIX/venv/bin/tlsmirror" config check --config "$CONFIG" --root "$ROOT"
+else
+  run "$PREFIX/venv/bin/tlsmirror" config check --config "$CONFIG"
+fi
 
 # ---------------------------------------------------------------- systemd
 say "installing the systemd unit $UNIT"

@@ -18,6 +18,8 @@ def register(sub: Any) -> None:
     csub.required = True
     check = csub.add_parser("check", help="validate; exit 1 with the key, the bad value and the fix")
     add_config_flags(check)
+    check.add_argument("--root", default="", metavar="DIR",
+                       help="check file paths below this staging root (what install.sh --root installed)")
     check.set_defaults(func=run_check)
     show = csub.add_parser("show", help="print the effective configuration (YAML, secrets masked)")
     add_config_flags(show)
@@ -30,7 +32,7 @@ def _load(args: argparse.Namespace) -> Any:
     from .cmd_run import flags_from_args
     from .config import load_config
 
-    return load_config(args.config, env=os.environ, flags=flags_from_args(args))
+    return load_config(args.config, env=os.environ, flags=flags_from_args(args), root=getattr(args, "root", ""))
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -438,8 +438,11 @@ def read_yaml(path: str) -> dict[str, Any]:
 
 
 def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
-                flags: Mapping[str, Any] | None = None, use_default_path: bool = True) -> Config:
-    """The effective configuration: *flags* ("section.key" -> value) > *env* > file > default."""
+                flags: Mapping[str, Any] | None = None, use_default_path: bool = True, root: str = "") -> Config:
+    """The effective configuration: *flags* ("section.key" -> value) > *env* > file > default.
+
+    ``root``: file paths in the configuration are checked below this staging root (install --root).
+    """
     env = os.environ if env is None else env
     cfg = Config()
     if path is None and use_default_path:
@@ -470,7 +473,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
         _set(cfg, s, value, f"environment {var}")
     for dotted, value in (flags or {}).items():
         _set(cfg, spec(dotted), value, f"flag for {dotted}")
-    validate(cfg)
+    validate(cfg, root)
     return cfg
 
 
@@ -501,7 +504,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, root: str = "") -> None:
     """Checks that involve several keys or the file system. Raises InputError."""
 
     def where(dotted: str) -> str:
@@ -511,7 +514,7 @@ def validate(cfg: Config) -> None:
         for s in sec.values():
             if s.path:
                 value = getattr(getattr(cfg, s.section), s.name)
-                if value is not None and not os.path.isfile(value):
+                if value is not None and not os.path.isfile(os.path.join(root, value.lstrip("/")) if root else value):
                     raise InputError(f"{where(s.dotted)}: {s.dotted} = {value!r}: no such file; "
                                      "give the path of an existing, readable file")
     k = cfg.keys

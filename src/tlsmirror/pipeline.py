@@ -155,13 +155,22 @@ class Engine:
         # the key, for key_wait, or for finish() (value: close time).
         self._deferred: dict[TlsSession, float] = {}
         self._next_expire = 0.0
-        self.stats: dict[str, int] = {"frames": 0, "segments": 0, "filtered": 0, "tls_flows": 0,
+        self._frames = 0  # per-packet counters as plain ints; ``stats`` folds them in
+        self._segments = 0
+        self._stats: dict[str, int] = {"frames": 0, "segments": 0, "filtered": 0, "tls_flows": 0,
                                       "other_flows": 0}
         self.last_ts = 0.0
 
     # ------------------------------------------------------------------ input
+    @property
+    def stats(self) -> dict[str, int]:
+        """Engine counters: frames, segments, filtered, tls_flows, other_flows, starttls_flows."""
+        self._stats["frames"] = self._frames
+        self._stats["segments"] = self._segments
+        return self._stats
+
     def feed_frame(self, linktype: int, data: bytes, ts: float) -> list[Any]:
-        self.stats["frames"] += 1
+        self._frames += 1
         seg = self.frames.decode(linktype, data, ts)
         if seg is None:
             return []
@@ -170,14 +179,22 @@ class Engine:
     def feed_segment(self, seg: TcpSegment) -> list[Any]:
         ports = self.config.ports
         if ports is not None and seg.sport not in ports and seg.dport not in ports:
-            self.stats["filtered"] += 1
+            self._stats["filtered"] += 1
             return []
-        self.stats["segments"] += 1
+        self._segments += 1
         ts = seg.ts
         if ts > self.last_ts:
             self.last_ts = ts
         out: list[Any] = []
+        http = self.config.http
         for ev in self.tcp.feed(seg):
+            if type(ev) is StreamData and not http:
+                app = ev.flow.app
+                if type(app) is TlsSession:  # the common case: more bytes of a known TLS connection
+                    app.data(ev.direction, ev.data, ev.ts, out)
+                    if app.wait_idents and not app.keys_ready:
+                        self._register_wait(app)
+                    continue
             self._tcp_event(ev, out)
         if ts >= self._next_expire:
             self._next_expire = ts + self.config.expire_interval
@@ -241,10 +258,10 @@ class Engine:
                     return
                 if looks_like_tls(ev.data):
                     app = flow.app = TlsSession(flow, self.tls, ev.ts)
-                    self.stats["tls_flows"] += 1
+                    self._stats["tls_flows"] += 1
                 else:
                     app = flow.app = _Cleartext()
-                    self.stats["other_flows"] += 1
+                    self._stats["other_flows"] += 1
                     if self.config.http and looks_like_http(ev.data):
                         app.http = HttpConnection(body_limit=self.config.body_limit)
                         app.conn = _connection(flow, 0, None)
@@ -268,8 +285,8 @@ class Engine:
                 if not looks_like_client_hello(ev.data):
                     return
                 app = flow.app = TlsSession(flow, self.tls, ev.ts)  # STARTTLS
-                self.stats["tls_flows"] += 1
-                self.stats["starttls_flows"] = self.stats.get("starttls_flows", 0) + 1
+                self._stats["tls_flows"] += 1
+                self._stats["starttls_flows"] = self._stats.get("starttls_flows", 0) + 1
             elif type(app) is _Sniff:
                 self._sniff(ev, out)
                 return
@@ -382,7 +399,7 @@ class Engine:
             if i == 0 and len(ev.data) < SNIFF_BYTES:
                 # The flow ends (or breaks) before its first bytes could tell: decide on what there is.
                 flow.app = TlsSession(flow, self.tls, ev.ts) if looks_like_tls(ev.data) else _Cleartext()
-                self.stats["tls_flows" if type(flow.app) is TlsSession else "other_flows"] += 1
+                self._stats["tls_flows" if type(flow.app) is TlsSession else "other_flows"] += 1
             self._tcp_event(ev, out)
 
     def _close_tls(self, sess: TlsSession, ts: float, out: list[Any]) -> None:

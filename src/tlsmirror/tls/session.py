@@ -135,6 +135,13 @@ class TlsSession:
         if st.broken is not None:
             return
         buf = st.buf
+        if not buf:
+            fast = self._fast_decryptor(st)
+            if fast is not None:
+                used = self._fast_records(d, fast, data, ts, out)
+                if used == len(data):
+                    return
+                data = data[used:]
         buf += data
         n = len(buf)
         off = 0
@@ -164,6 +171,57 @@ class TlsSession:
                 self._set_failure(str(exc))
         if off:
             del buf[:off]
+
+    def _fast_decryptor(self, st: _Direction) -> RecordDecryptor | None:
+        """The decryptor of a direction in its steady state (application keys in force), else None."""
+        if not st.encrypted or st.held or self.unsupported is not None:
+            return None
+        if self.tls13:
+            cands = st.cands
+            if st.app_ok and not st.resync and st.stage == len(cands) - 1:
+                return cands[-1]
+            return None
+        if st.inflate is None:
+            return st.dec
+        return None
+
+    def _fast_records(self, d: int, dec: RecordDecryptor, data: bytes, ts: float, out: list[Any]) -> int:
+        """Decrypt the whole application-data records at the start of ``data`` without copying them;
+        return how many bytes were used (the rest goes through the general path)."""
+        n = len(data)
+        off = 0
+        view = memoryview(data)
+        flow = self.flow
+        while n - off >= 5:
+            if data[off] != CT_APPDATA or data[off + 1] != 3:
+                break
+            end = off + 5 + ((data[off + 3] << 8) | data[off + 4])
+            if end > n or end - off > MAX_RECORD + 5:
+                break
+            try:
+                itype, pt = dec.decrypt(CT_APPDATA, (3 << 8) | data[off + 2], view[off + 5:end])  # type: ignore[arg-type]
+            except DecryptError:
+                self.records_failed += 1
+                self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")
+                off = end
+                continue
+            except TlsError:
+                break  # let the general path report it
+            off = end
+            self.records_decrypted += 1
+            if itype == CT_APPDATA:
+                if pt:
+                    out.append(TlsPlaintext(flow, d, ts, pt))
+            else:
+                try:
+                    self._inner(d, self.dirs[d], itype, pt, ts, out)
+                except UnsupportedError as exc:
+                    self.unsupported = str(exc)
+                except TlsError as exc:
+                    self._set_failure(str(exc))
+                if self._fast_decryptor(self.dirs[d]) is not dec:
+                    break  # keys changed (KeyUpdate, renegotiation)
+        return off
 
     def _sslv2_hello(self, buf: bytearray) -> int:
         """Parse an SSLv2-compatible ClientHello at the start of ``buf``; bytes used, or -1."""
@@ -384,7 +442,12 @@ class TlsSession:
         if itype == CT_APPDATA:
             if pt:
                 out.append(TlsPlaintext(self.flow, d, ts, pt))
-        elif itype == CT_HANDSHAKE:
+        else:
+            self._inner(d, st, itype, pt, ts, out)
+
+    def _inner(self, d: int, st: _Direction, itype: int, pt: bytes, ts: float, out: list[Any]) -> None:
+        """A decrypted record that is not application data."""
+        if itype == CT_HANDSHAKE:
             self._handshake_bytes(d, st, pt, ts, out)
         elif itype == CT_CCS and not self.tls13:
             # Renegotiation: the protected CCS puts the new handshake's keys in force.

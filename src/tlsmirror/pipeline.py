@@ -186,14 +186,11 @@ class Engine:
         if ts > self.last_ts:
             self.last_ts = ts
         out: list[Any] = []
-        http = self.config.http
         for ev in self.tcp.feed(seg):
-            if type(ev) is StreamData and not http:
+            if type(ev) is StreamData:
                 app = ev.flow.app
                 if type(app) is TlsSession:  # the common case: more bytes of a known TLS connection
-                    app.data(ev.direction, ev.data, ev.ts, out)
-                    if app.wait_idents and not app.keys_ready:
-                        self._register_wait(app)
+                    self._tls_data(app, ev, out)
                     continue
             self._tcp_event(ev, out)
         if ts >= self._next_expire:
@@ -290,18 +287,7 @@ class Engine:
             elif type(app) is _Sniff:
                 self._sniff(ev, out)
                 return
-            if self.config.http:
-                mark = len(out)
-                app.data(ev.direction, ev.data, ev.ts, out)
-                if len(out) > mark:
-                    self._tls_to_http(app, out, mark)
-            else:
-                app.data(ev.direction, ev.data, ev.ts, out)
-            if not app.keys_ready:
-                if app.wait_idents:
-                    self._register_wait(app)
-                if app.held_since is not None and app not in self._holding:
-                    self._holding[app] = app.held_since
+            self._tls_data(app, ev, out)
         elif cls is StreamGap:
             if type(ev.flow.app) is _Sniff:
                 self._unsniff(ev.flow, out)
@@ -328,6 +314,20 @@ class Engine:
             ev.flow.app = None
         elif cls is FlowOpened:
             pass
+
+    def _tls_data(self, app: TlsSession, ev: StreamData, out: list[Any]) -> None:
+        if self.config.http:
+            mark = len(out)
+            app.data(ev.direction, ev.data, ev.ts, out)
+            if len(out) > mark:
+                self._tls_to_http(app, out, mark)
+        else:
+            app.data(ev.direction, ev.data, ev.ts, out)
+        if not app.keys_ready:
+            if app.wait_idents:
+                self._register_wait(app)
+            if app.held_since is not None and app not in self._holding:
+                self._holding[app] = app.held_since
 
     # ------------------------------------------------------------------ http
     def _tls_to_http(self, sess: TlsSession, out: list[Any], mark: int) -> None:

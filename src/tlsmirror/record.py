@@ -7,10 +7,13 @@ documented field by field in ``docs/exchange-schema.md``. Pure: no I/O, no clock
 from __future__ import annotations
 
 import base64
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
+
+import orjson
 
 from .calls import ApiCall, Connection
 from .http.bodies import is_text
@@ -28,9 +31,36 @@ _BINARY_PREFIXES = ("image/", "audio/", "video/", "font/", "application/octet-st
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
+_second_cache: dict[int, str] = {}
+
+
 def iso_time(ts: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with microseconds, e.g. ``2024-05-01T12:00:00.123456Z``."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Epoch seconds as ISO-8601 UTC with microseconds, e.g. ``2024-05-01T12:00:00.123456Z``.
+
+    The part up to the second is formatted once per second (a small cache): timestamps of one
+    capture cluster in few seconds, and strftime is the costly part.
+    """
+    sec = int(ts // 1)
+    us = round((ts - sec) * 1_000_000)
+    if us >= 1_000_000:
+        sec += 1
+        us -= 1_000_000
+    head = _second_cache.get(sec)
+    if head is None:
+        if len(_second_cache) > 4096:
+            _second_cache.clear()
+        head = _second_cache[sec] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{us:06d}Z"
+
+
+def to_json_line(record: dict[str, Any]) -> bytes:
+    """One compact JSON line (UTF-8, trailing newline). orjson where it can, the json module otherwise
+    (orjson refuses strings with lone surrogates)."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8",
+                                                                                              "surrogatepass")
 
 
 def header_value(headers: Headers, name: str) -> str | None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import IO
 
 from ...calls import ApiCall
-from ...record import call_to_dict
+from ...record import call_to_dict, to_json_line
 from ..errors import InputError
 
 
@@ -79,9 +78,7 @@ class JsonlExporter:
         if self._closed:
             self.stats["dropped"] += 1
             return
-        line = (json.dumps(call_to_dict(call, body_mode=self.body_mode), ensure_ascii=False,
-                           separators=(",", ":")) + "\n").encode("utf-8", "surrogatepass")
-        self.write_line(line)
+        self.write_line(to_json_line(call_to_dict(call, body_mode=self.body_mode)))
 
     def write_line(self, line: bytes) -> None:
         """Append one ready-made line (used by :meth:`export`; the daemon may reuse it)."""

@@ -72,7 +72,7 @@ class _Head:
 class _Msg:
     """One request or response being assembled."""
 
-    __slots__ = ("body", "end_ts", "flags", "headers", "method", "reason", "start_ts", "status",
+    __slots__ = ("_index", "body", "end_ts", "flags", "headers", "method", "reason", "start_ts", "status",
                  "target", "trailers", "upgrade", "version")
 
     def __init__(self, start_ts: float) -> None:
@@ -88,16 +88,28 @@ class _Msg:
         self.body: BodyCollector | None = None
         self.flags: set[str] = set()
         self.upgrade = False
+        self._index: dict[str, list[str]] | None = None  # lowercase name -> values, built on first use
+
+    def _values(self, name: str) -> list[str] | None:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for k, v in self.headers:
+                key = k.lower()
+                got = index.get(key)
+                if got is None:
+                    index[key] = [v]
+                else:
+                    got.append(v)
+        return index.get(name)
 
     def header(self, name: str) -> str | None:
         """The first value of field ``name`` (lowercase)."""
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        values = self._values(name)
+        return values[0] if values else None
 
     def headers_all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name]
+        return self._values(name) or []
 
     def finish_body(self, complete: bool) -> Body | None:
         return None if self.body is None else self.body.finish(complete)

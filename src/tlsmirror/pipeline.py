@@ -82,11 +82,13 @@ class EngineConfig:
         "expire_interval",
         "http",
         "idle_timeout",
+        "key_ttl",
         "key_wait",
         "max_flow_buffer",
         "max_flows",
         "max_hold_bytes_per_session",
         "max_hold_bytes_total",
+        "max_keys",
         "max_total_buffer",
         "ports",
     )
@@ -95,7 +97,8 @@ class EngineConfig:
                  key_wait: float = 30.0, max_flow_buffer: int = 4 << 20, max_total_buffer: int = 256 << 20,
                  max_flows: int = 200_000, max_hold_bytes_per_session: int = 4 << 20,
                  max_hold_bytes_total: int = 256 << 20, expire_interval: float = 1.0,
-                 http: bool = False, body_limit: int = 128 * 1024) -> None:
+                 http: bool = False, body_limit: int = 128 * 1024, key_ttl: float | None = None,
+                 max_keys: int = 1_000_000) -> None:
         self.ports = frozenset(ports) if ports else None
         self.idle_timeout = idle_timeout
         self.key_wait = key_wait  # ciphertext held this long for a missing key is dropped (0: no wait)
@@ -107,6 +110,10 @@ class EngineConfig:
         self.expire_interval = expire_interval
         self.http = http  # also parse HTTP and emit ApiCall / HttpIssue events
         self.body_limit = body_limit
+        # Secrets not used within key_ttl (of the time they were added) are dropped; None keeps them
+        # (offline runs, where key logs are loaded at time 0).
+        self.key_ttl = key_ttl
+        self.max_keys = max_keys
 
 
 def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connection:
@@ -143,7 +150,7 @@ class Engine:
         self.frames = FrameDecoder()
         self.tcp = TcpReassembler(idle_timeout=cfg.idle_timeout, max_flow_buffer=cfg.max_flow_buffer,
                                   max_total_buffer=cfg.max_total_buffer, max_flows=cfg.max_flows)
-        self.keys = KeyStore()
+        self.keys = KeyStore(max_entries=cfg.max_keys, ttl=cfg.key_ttl)
         self.tls = TlsContext(self.keys, rsa_keys,
                               max_hold_bytes_per_session=cfg.max_hold_bytes_per_session,
                               max_hold_bytes_total=cfg.max_hold_bytes_total)
@@ -202,8 +209,10 @@ class Engine:
         """Secrets became known at ``ts``: store them and wake the sessions waiting for them."""
         out: list[Any] = []
         woken: list[TlsSession] = []
+        # Secrets given before any packet (key log files) start their TTL at the first packet.
+        stamp = max(ts, self.last_ts) if self.last_ts else None
         for s in secrets:
-            self.keys.add(s, ts)
+            self.keys.add(s, stamp)
             sessions = self._waiting.get(s.ident)
             if sessions:
                 woken.extend(sessions)
@@ -414,6 +423,7 @@ class Engine:
     def _expire(self, now: float, out: list[Any]) -> None:
         for ev in self.tcp.expire(now):
             self._tcp_event(ev, out)
+        self.keys.expire(now)
         holding = self._holding
         if not holding:
             return

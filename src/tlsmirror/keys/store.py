@@ -15,16 +15,20 @@ class KeyStore:
     """
 
     def __init__(self, *, max_entries: int = 1_000_000, ttl: float | None = None) -> None:
-        self._entries: OrderedDict[tuple[str, bytes], tuple[bytes, float]] = OrderedDict()
+        # (label, ident) -> (value, time added; None = before packet time began: set at the next expire)
+        self._entries: OrderedDict[tuple[str, bytes], tuple[bytes, float | None]] = OrderedDict()
         self.max_entries = max_entries
         self.ttl = ttl
         self.stats: dict[str, int] = {"added": 0, "duplicates": 0, "evicted": 0, "expired": 0, "matched": 0}
         self._matched: set[tuple[str, bytes]] = set()
+        self._undated = False
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, secret: Secret, ts: float) -> None:
+    def add(self, secret: Secret, ts: float | None) -> None:
+        if ts is None:
+            self._undated = True
         key = (secret.label, secret.ident)
         if key in self._entries:
             self.stats["duplicates"] += 1
@@ -54,11 +58,19 @@ class KeyStore:
         """Drop entries older than ``ttl``; returns how many were dropped."""
         if self.ttl is None:
             return 0
+        entries = self._entries
+        if self._undated:
+            # Entries added before packet time began are dated now (they sit at the front).
+            for key, (value, ts) in list(entries.items()):
+                if ts is not None:
+                    break
+                entries[key] = (value, now)
+            self._undated = False
         limit = now - self.ttl
         dropped = 0
-        while self._entries:
-            key, (_, ts) = next(iter(self._entries.items()))
-            if ts >= limit:
+        while entries:
+            key, (_, ts) = next(iter(entries.items()))
+            if ts is not None and ts >= limit:
                 break
             self._entries.popitem(last=False)
             self._matched.discard(key)

@@ -103,6 +103,9 @@ class EngineSection:
                                                       minimum=0))
     max_flows: int = field(default=200_000, metadata=_k("TCP flows tracked per worker (oldest evicted)",
                                                         minimum=1))
+    key_ttl: float = field(default=600.0, metadata=_k("seconds a received secret is kept for connections "
+                                                      "that have not started yet", minimum=1))
+    max_keys: int = field(default=500_000, metadata=_k("secrets kept per worker (oldest evicted)", minimum=1))
     max_flow_buffer: int = field(default=4 << 20, metadata=_k(
         "out-of-order bytes held per flow", "size", minimum=0))
     max_total_buffer: int = field(default=256 << 20, metadata=_k(
@@ -601,7 +604,8 @@ def engine_kwargs(cfg: Config) -> dict[str, Any]:
     e = cfg.engine
     return {"ports": list(e.ports) or None, "idle_timeout": e.idle_timeout, "key_wait": e.key_wait,
             "max_flow_buffer": e.max_flow_buffer, "max_total_buffer": e.max_total_buffer,
-            "max_flows": e.max_flows, "max_hold_bytes_per_session": e.max_hold_bytes_per_session,
+            "max_flows": e.max_flows, "key_ttl": e.key_ttl, "max_keys": e.max_keys,
+            "max_hold_bytes_per_session": e.max_hold_bytes_per_session,
             "max_hold_bytes_total": e.max_hold_bytes_total, "http": True, "body_limit": e.body_limit}
 
 

@@ -19,8 +19,10 @@ Required:
   -s, --service-name NAME   service.name of the reported spans
 
 Options:
-  -t, --token               ask for the platform refresh token (no echo)
-      --token-file FILE     read the token from FILE (automation)
+  -t, --token               ask for the platform refresh token (no echo; read from standard input
+                            when that is not a terminal)
+      --token-file FILE     read the token from FILE ('-' = standard input)
+      --no-token            install without a token (a collector that needs none)
       --enable-tls-capture  run the key listener (F5 iRule sends session secrets to it)
       --server-port PORT    key listener port (default 8001; must be free)
       --tpa-endpoint URL    platform agent / collector OTLP endpoint (default localhost:4317)
@@ -44,7 +46,7 @@ case "$1" in
 esac
 
 IFACE="" ENVIRONMENT="" SERVICE="" ASK_TOKEN=0 TOKEN_FILE="" KEYS=0 PORT=8001 ENDPOINT="localhost:4317"
-WORKERS="" NO_DOWNLOAD=0 YES=0 DRY=0 ROOT=""
+WORKERS="" NO_DOWNLOAD=0 YES=0 DRY=0 ROOT="" NO_TOKEN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -i|--interface) IFACE=${2:?-i needs an interface}; shift 2 ;;
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     -s|--service-name) SERVICE=${2:?-s needs a value}; shift 2 ;;
     -t|--token) ASK_TOKEN=1; shift ;;
     --token-file) TOKEN_FILE=${2:?--token-file needs a file}; shift 2 ;;
+    --no-token) NO_TOKEN=1; shift ;;
     --enable-tls-capture) KEYS=1; shift ;;
     --server-port) PORT=${2:?--server-port needs a port}; shift 2 ;;
     --tpa-endpoint) ENDPOINT=${2:?--tpa-endpoint needs a URL}; shift 2 ;;
@@ -68,7 +71,9 @@ done
 [ -n "$IFACE" ] || die "-i IFACE is required (the interface that receives the mirrored packets; see 'ip link')"
 [ -n "$ENVIRONMENT" ] || die "-e ENVIRONMENT is required (e.g. -e production)"
 [ -n "$SERVICE" ] || die "-s SERVICE_NAME is required (e.g. -s payments-api)"
-[[ "$PORT" =~ ^[0-9]+$ ]] && [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "--server-port must be 1-65535, got '$PORT'"
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
+  die "--server-port must be 1-65535, got '$PORT'"
+fi
 [ -z "$WORKERS" ] || [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got '$WORKERS'"
 [[ "$ENVIRONMENT$SERVICE" =~ ^[A-Za-z0-9._:/-]+$ ]] || die "-e and -s may hold letters, digits and . _ : / - only"
 ENDPOINT_RE='^[][A-Za-z0-9.:/_-]+$'
@@ -120,14 +125,24 @@ fi
 
 # ---------------------------------------------------------------- token
 TOKEN=""
-if [ -n "$TOKEN_FILE" ]; then
+if [ "$TOKEN_FILE" = "-" ]; then
+  IFS= read -r TOKEN || true
+  TOKEN=${TOKEN%$'\r'}
+  [ -n "$TOKEN" ] || die "--token-file -: no token on standard input"
+elif [ -n "$TOKEN_FILE" ]; then
   [ -r "$TOKEN_FILE" ] || die "cannot read --token-file $TOKEN_FILE"
   TOKEN=$(tr -d '\r\n' < "$TOKEN_FILE")
   [ -n "$TOKEN" ] || die "--token-file $TOKEN_FILE is empty"
 elif [ "$ASK_TOKEN" = 1 ]; then
-  [ "$YES" = 0 ] && [ -t 0 ] || die "-t asks for the token at a prompt: use --token-file FILE with --yes or without a terminal"
-  read -r -s -p "Platform refresh token: " TOKEN; echo
-  [ -n "$TOKEN" ] || die "empty token"
+  if [ -t 0 ] && [ "$YES" = 0 ]; then
+    read -r -s -p "Platform refresh token: " TOKEN; echo
+  else
+    IFS= read -r TOKEN || true  # -t without a terminal: the token comes on standard input
+  fi
+  TOKEN=${TOKEN%$'\r'}
+  [ -n "$TOKEN" ] || die "-t: empty token (type it at the prompt, or pipe it on standard input)"
+elif [ "$NO_TOKEN" = 0 ]; then
+  die "the platform refresh token is required: -t (prompt or standard input) or --token-file FILE; --no-token to install without one"
 fi
 
 # ---------------------------------------------------------------- rollback

@@ -35,4 +35,4 @@ cp packaging/tlsmirror.service "$STAGE/packaging/"
 cp -r docs README.md "$STAGE/"
 if [ -d config ]; then cp -r config "$STAGE/"; fi
 tar -C "$WORK" -czf "$OUT/$NAME.tar.gz" "$NAME"
-echo "$OUT/$NAME.tar.gz ($(du -h "$OUT/$NAME.tar.gz" | cut -f1), $(ls "$STAGE/wheels" | wc -l) wheels)"
+echo "$OUT/$NAME.tar.gz ($(du -h "$OUT/$NAME.tar.gz" | cut -f1), $(find "$STAGE/wheels" -name '*.whl' | wc -l) wheels)"

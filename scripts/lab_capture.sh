@@ -11,11 +11,11 @@ out=$1; keylog=$2; conns=$3; reqs=$4; body=${5:-300}; par=${6:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 lab=${TLSMIRROR_LAB:-$here/../../shared/lab}
 [ -d "$lab" ] || { echo "lab not found at $lab (set TLSMIRROR_LAB)" >&2; exit 1; }
-[ "$par" -ge 1 ] && [ "$conns" -ge "$par" ] || { echo "PARALLEL must be 1..CONNS" >&2; exit 2; }
+if [ "$par" -lt 1 ] || [ "$conns" -lt "$par" ]; then echo "PARALLEL must be 1..CONNS" >&2; exit 2; fi
 work=$(mktemp -d)
 dump=
 cleanup() {
-  [ -n "$dump" ] && kill "$dump" 2>/dev/null || true
+  if [ -n "$dump" ]; then kill "$dump" 2>/dev/null || true; fi
   bash "$lab/lab.sh" down >/dev/null 2>&1 || true
   rm -rf "$work"
 }

@@ -51,13 +51,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / top
 
 
-def _install(bundle: Path, root: Path, *extra: str, token: str = "tok-SECRET-123") -> subprocess.CompletedProcess[str]:
-    token_file = root.parent / "token.txt"
-    token_file.write_text(token + "\n")
+def _install(bundle: Path, root: Path, *extra: str, token: str = "tok-SECRET-123",
+             port: int | None = None) -> subprocess.CompletedProcess[str]:
+    """install.sh as an operator types it (-t), the token arriving on standard input."""
     cmd = ["bash", str(bundle / "bin" / "install.sh"), "mirror", "-i", "lo", "-e", "staging", "-s", "orders-api",
-           "--token-file", str(token_file), "--enable-tls-capture", "--server-port", str(_free_port()),
+           "-t", "--enable-tls-capture", "--server-port", str(port or _free_port()),
            "--no-download", "--yes", "--root", str(root), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, input=token + "\n")
 
 
 def _mode(p: Path) -> int:
@@ -74,6 +74,12 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
     venv_tlsmirror = root / "opt/tlsmirror/venv/bin/tlsmirror"
     version = subprocess.run([str(venv_tlsmirror), "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("tlsmirror ")
+    # The installed program does the main job on a real capture.
+    replay = subprocess.run([str(venv_tlsmirror), "replay", str(REPO / "samples/api-mixed.pcap"), "--keylog",
+                             str(REPO / "samples/api-mixed.keylog")], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    assert len(replay.stdout.splitlines()) == 60
+    assert "12 decrypted" in replay.stderr
 
     config = root / "etc/tlsmirror/config.yaml"
     assert _mode(config) == 0o640
@@ -158,3 +164,34 @@ def test_dry_run_changes_nothing(bundle: Path, tmp_path: Path) -> None:
     assert "would run:" in proc.stdout
     assert not any(p.is_file() for p in root.rglob("*"))
     assert os.listdir(root) == []
+
+
+def test_taken_port_and_missing_token_are_one_clear_line(bundle: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = int(busy.getsockname()[1])
+        proc = _install(bundle, root, port=port)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and f"port {port} is already in use" in errors[0]
+    assert list(root.iterdir()) == []
+
+    cmd = ["bash", str(bundle / "bin" / "install.sh"), "mirror", "-i", "lo", "-e", "e", "-s", "s", "--no-download",
+           "--yes", "--root", str(root)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(errors) == 1 and "refresh token is required" in errors[0]
+    proc = subprocess.run([*cmd[:-2], "-t", "--root", str(root)], capture_output=True, text=True, timeout=120,
+                          input="")
+    assert proc.returncode == 1 and "empty token" in proc.stderr
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing")
+def test_scripts_pass_shellcheck() -> None:
+    scripts = [str(p) for p in [*(REPO / "bin").glob("*.sh"), *(REPO / "scripts").glob("*.sh")]]
+    proc = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout

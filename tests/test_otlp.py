@@ -156,6 +156,28 @@ def test_receiver_down_then_up_every_span_once_in_order(rcv: _Receiver, tmp_path
     assert exp.stats["exported"] == 60 and exp.stats["dropped"] == 0 and exp.stats["queue_depth"] == 0
 
 
+@pytest.mark.slow
+def test_receiver_down_for_20_seconds_every_span_arrives_once(tmp_path: Path) -> None:
+    """The issue's outage: the receiver is away for 20 s while the sensor keeps exporting."""
+    calls = sample_api_calls()
+    with receiver("grpc") as rcv:
+        rcv.stop()
+        exp = OtlpExporter(config(rcv, spool_dir=str(tmp_path / "spool"), batch_size=4, backoff_max=2.0))
+        try:
+            t0 = time.monotonic()
+            for i, c in enumerate(calls):  # spread over the outage
+                exp.export(c)
+                time.sleep(max(0.0, t0 + (i + 1) * 20.0 / len(calls) - time.monotonic()))
+            assert exp.stats["exported"] == 0 and exp.stats["retries"] >= 1
+            rcv.start()
+            assert exp.flush(30)
+        finally:
+            exp.close()
+        got = [request_id(s) for s in rcv.spans()]
+    assert got == ids(calls)  # every span once, in order
+    assert exp.stats["exported"] == 60 and exp.stats["dropped"] == 0
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_throttling_hints_honoured(protocol: str) -> None:
     with receiver(protocol) as rcv:

@@ -15,17 +15,22 @@ def register(sub: Any) -> None:
                        description="Decrypt every TLS connection of a pcap/pcapng(.gz) file and write one "
                                    "JSON line per connection.")
     d.add_argument("capture", help="pcap or pcapng file, optionally gzip-compressed")
-    d.add_argument("--keylog", action="append", default=[], metavar="FILE",
-                   help="NSS key log file (repeatable)")
-    d.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
-                   help="server RSA private key for static-RSA key exchange (repeatable)")
-    d.add_argument("--rsa-password-env", metavar="VAR",
-                   help="environment variable holding the RSA key password")
-    d.add_argument("--port", action="append", default=[], type=port_number, metavar="N",
-                   help="only look at TCP flows with this port (repeatable; default: all ports)")
+    add_secret_and_port_args(d)
     d.add_argument("-o", "--output", default="-", metavar="OUT", help="JSON lines output (default stdout)")
     d.add_argument("--dump-dir", metavar="DIR", help="also write each connection's decrypted streams here")
     d.set_defaults(func=run)
+
+
+def add_secret_and_port_args(p: argparse.ArgumentParser) -> None:
+    """The options that say where secrets come from and which flows to look at (decrypt, replay)."""
+    p.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                   help="NSS key log file (repeatable)")
+    p.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
+                   help="server RSA private key for static-RSA key exchange (repeatable)")
+    p.add_argument("--rsa-password-env", metavar="VAR",
+                   help="environment variable holding the RSA key password")
+    p.add_argument("--port", action="append", default=[], type=port_number, metavar="N",
+                   help="only look at TCP flows with this port (repeatable; default: all ports)")
 
 
 def rsa_password(var: str | None) -> bytes | None:

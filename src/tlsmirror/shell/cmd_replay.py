@@ -7,8 +7,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from ..cli import port_number
-from .cmd_decrypt import rsa_password
+from .cmd_decrypt import add_secret_and_port_args, rsa_password
 from .errors import InputError
 
 OTLP_MODULE = "tlsmirror.shell.export.otlp"
@@ -54,14 +53,7 @@ def register(sub: Any) -> None:
                                    "(in order, as one stream), parse HTTP/1.x and HTTP/2 (cleartext HTTP "
                                    "too) and write one record per exchange.")
     p.add_argument("capture", nargs="+", help="pcap or pcapng file, optionally gzip-compressed")
-    p.add_argument("--keylog", action="append", default=[], metavar="FILE",
-                   help="NSS key log file (repeatable)")
-    p.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
-                   help="server RSA private key for static-RSA key exchange (repeatable)")
-    p.add_argument("--rsa-password-env", metavar="VAR",
-                   help="environment variable holding the RSA key password")
-    p.add_argument("--port", action="append", default=[], type=port_number, metavar="N",
-                   help="only look at TCP flows with this port (repeatable; default: all ports)")
+    add_secret_and_port_args(p)
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (default stdout)")
     p.add_argument("--format", choices=("jsonl", "har"), default="jsonl",
                    help="jsonl: one exchange record per line (default); har: an HTTP Archive 1.2")

@@ -668,18 +668,17 @@ def _redaction(cfg: Config) -> Any:
         patterns=tuple(base.patterns) + tuple(o.redact_patterns))
 
 
+class _LogWriter:
+    """A text stream that logs each non-empty write as a warning (for the shared key log loader)."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.warning("%s", text.strip())
+        return len(text)
+
+
 def load_preload(paths: list[str]) -> list[Secret]:
     """Secrets of --keylog files (bad lines are logged by number and skipped)."""
-    from pathlib import Path
+    from .decrypt import load_keylog_files
 
-    secrets: list[Secret] = []
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read key log: {exc.strerror or exc}") from None
-        found, problems = parse_keylog(data)
-        for p in problems[:20]:
-            log.warning("%s:%d: skipped key log line: %s", path, p.line_no, p.reason)
-        secrets.extend(found)
-    return secrets
+    return load_keylog_files(paths, _LogWriter())  # type: ignore[arg-type]

@@ -30,8 +30,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..calls import ApiCall, HttpIssue
+from ..frames.addresses import endpoint
 from ..pipeline import Engine, EngineConfig
-from ..tls.events import OUTCOMES, TlsOutcome
+from ..tls.events import DECRYPTED, OUTCOMES, TlsOutcome
+from .logs import get_logger
+
+log = get_logger("worker")
 
 # Counters that are gauges (not summed over dead incarnations of a worker).
 GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "pid",
@@ -154,6 +158,12 @@ class Worker:
                 self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
                 if ev.late_key:
                     self.late_key += 1
+                if ev.outcome != DECRYPTED:
+                    # Rate-limited per outcome by the log filter; the reason never holds secrets.
+                    f, c = ev.flow, ev.client_dir
+                    log.info("TLS connection %s -> %s not decrypted: %s (%s)", endpoint(f.addr[c], f.port[c]),
+                             endpoint(f.addr[c ^ 1], f.port[c ^ 1]), ev.outcome, ev.reason,
+                             extra={"outcome": ev.outcome})
             elif cls is HttpIssue:
                 self.http_issues += 1
 

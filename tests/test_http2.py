@@ -303,3 +303,21 @@ def test_mutated_and_random_input_only_yields_events(draw: st.DataObject) -> Non
         assert isinstance(ev, (Exchange, HttpProblem))
         if isinstance(ev, HttpProblem):
             assert not ev.reason.startswith("internal error"), ev.reason
+
+
+def test_a_header_block_that_ends_the_stream_means_no_body() -> None:
+    """A GET (or a HEAD response) ending on its HEADERS frame has no body: None, as in HTTP/1."""
+    from hpack import Encoder
+    from hyperframe.frame import HeadersFrame, SettingsFrame
+
+    from tlsmirror.http.connection import HttpConnection
+    from tlsmirror.http.events import Exchange
+
+    c = HttpConnection(alpn="h2")
+    req = HeadersFrame(1, Encoder().encode([(":method", "GET"), (":scheme", "https"), (":authority", "a"),
+                                            (":path", "/")]), flags=["END_HEADERS", "END_STREAM"])
+    resp = HeadersFrame(1, Encoder().encode([(":status", "204")]), flags=["END_HEADERS", "END_STREAM"])
+    c.feed(0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + req.serialize(), 1.0)
+    out = [e for e in c.feed(1, SettingsFrame(0).serialize() + resp.serialize(), 2.0) if isinstance(e, Exchange)]
+    assert len(out) == 1
+    assert out[0].request_body is None and out[0].response_body is None and out[0].status == 204

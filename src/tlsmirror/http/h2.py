@@ -594,7 +594,7 @@ class H2Connection:
             if not complete:
                 ps.flags.add("partial_headers")
             h = ps.half[0]
-            self._set_headers(h, headers, start_ts)
+            self._set_headers(h, headers, start_ts, ends_stream=True)  # a promised request has no body
             h.ended = True
             h.end_ts = ts
             return
@@ -615,13 +615,14 @@ class H2Connection:
                 if len(status) == 3 and status[0] == "1" and status != "101":
                     s.flags.add("interim_response")
                     return  # 1xx: the final response follows
-            self._set_headers(h, headers, start_ts)
+            self._set_headers(h, headers, start_ts, ends_stream=d.block_end_stream)
         else:
             h.trailers.extend((k, v) for k, v in headers if not k.startswith(":"))
         if d.block_end_stream:
             self._end_half(s, i, ts)
 
-    def _set_headers(self, h: _Half, headers: Headers, ts: float) -> None:
+    def _set_headers(self, h: _Half, headers: Headers, ts: float, *, ends_stream: bool) -> None:
+        """The first header block of one side; a block that ends the stream means no body (None)."""
         h.seen = True
         h.ts = ts
         for k, v in headers:
@@ -635,7 +636,8 @@ class H2Connection:
                 enc = v if enc is None else f"{enc}, {v}"
             elif k == "content-type" and ct is None:
                 ct = v
-        h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct))
+        if not ends_stream:
+            h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct))
 
     def _new_stream(self, sid: int) -> _Stream | None:
         if sid in self._closed_set:

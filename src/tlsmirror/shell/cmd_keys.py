@@ -9,7 +9,6 @@ connection per TLS session, so operators can test the path end to end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import signal
@@ -110,6 +109,8 @@ def _setup_logging() -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: every command's start-up imports this module
+
     from .keyserver import KeyServerConfig, default_state_dir
 
     if args.key and not args.cert:
@@ -128,6 +129,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any, quiet: bool) -> int:
+    import asyncio
+
     from .keyserver import KeyServer
 
     def show(secrets: list[Secret]) -> None:

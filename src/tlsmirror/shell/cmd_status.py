@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from .errors import InputError
@@ -24,6 +22,9 @@ def register(sub: Any) -> None:
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[str, dict[str, Any] | None]:
+    import urllib.error  # here, not at the top: every command's start-up imports this module
+    import urllib.request
+
     base = url.rstrip("/")
     if base.endswith("/metrics"):
         base = base[: -len("/metrics")]

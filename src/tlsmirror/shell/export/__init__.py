@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ...calls import ApiCall
+if TYPE_CHECKING:  # annotations only: keeps `import tlsmirror.shell.export.<x>` light at start-up
+    from ...calls import ApiCall
 
 
 class Exporter(Protocol):

@@ -47,3 +47,12 @@ def test_duplicates_are_counted_not_stored_twice() -> None:
     store.add(_secret(1), 1.0)
     store.add(_secret(1), 2.0)
     assert len(store) == 1 and store.stats["duplicates"] == 1
+
+
+def test_pinned_secrets_do_not_age() -> None:
+    store = KeyStore(ttl=10.0)
+    store.add(_secret(1), None, pinned=True)
+    store.add(_secret(2), 100.0)
+    assert store.expire(1000.0) == 1
+    assert store.get(CLIENT_RANDOM, (1).to_bytes(32, "big")) == bytes(48)
+    assert store.has(CLIENT_RANDOM, (1).to_bytes(32, "big")) and len(store) == 1

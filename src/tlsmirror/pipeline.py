@@ -205,14 +205,16 @@ class Engine:
             self._expire(ts, out)
         return out
 
-    def add_secrets(self, secrets: Iterable[Secret], ts: float) -> list[Any]:
-        """Secrets became known at ``ts``: store them and wake the sessions waiting for them."""
+    def add_secrets(self, secrets: Iterable[Secret], ts: float, *, pinned: bool = False) -> list[Any]:
+        """Secrets became known at ``ts``: store them and wake the sessions waiting for them.
+
+        ``pinned``: keep them whatever ``key_ttl`` says (key log files given to a capture-file run)."""
         out: list[Any] = []
         woken: list[TlsSession] = []
         # Secrets given before any packet (key log files) start their TTL at the first packet.
         stamp = max(ts, self.last_ts) if self.last_ts else None
         for s in secrets:
-            self.keys.add(s, stamp)
+            self.keys.add(s, stamp, pinned=pinned)
             sessions = self._waiting.get(s.ident)
             if sessions:
                 woken.extend(sessions)

@@ -11,7 +11,8 @@ class KeyStore:
     """Secrets waiting for (or already matched to) TLS sessions.
 
     Bounded in entries (oldest evicted first) and, when ``ttl`` is set, in age: entries older than
-    ``ttl`` seconds at :meth:`expire` time are dropped. Both are counted in ``stats``.
+    ``ttl`` seconds at :meth:`expire` time are dropped. Both are counted in ``stats``. Pinned secrets
+    (key log files given at start) are kept regardless of age, still within ``max_entries``.
     """
 
     def __init__(self, *, max_entries: int = 1_000_000, ttl: float | None = None) -> None:
@@ -22,11 +23,20 @@ class KeyStore:
         self.stats: dict[str, int] = {"added": 0, "duplicates": 0, "evicted": 0, "expired": 0, "matched": 0}
         self._matched: set[tuple[str, bytes]] = set()
         self._undated = False
+        self._pinned: dict[tuple[str, bytes], bytes] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pinned)
 
-    def add(self, secret: Secret, ts: float | None) -> None:
+    def add(self, secret: Secret, ts: float | None, *, pinned: bool = False) -> None:
+        if pinned:
+            key = (secret.label, secret.ident)
+            self.stats["duplicates" if key in self._pinned else "added"] += 1
+            self._pinned[key] = secret.value
+            if len(self._pinned) > self.max_entries:
+                del self._pinned[next(iter(self._pinned))]
+                self.stats["evicted"] += 1
+            return
         if ts is None:
             self._undated = True
         key = (secret.label, secret.ident)
@@ -44,15 +54,19 @@ class KeyStore:
     def get(self, label: str, ident: bytes) -> bytes | None:
         hit = self._entries.get((label, ident))
         if hit is None:
-            return None
+            value = self._pinned.get((label, ident))
+            if value is None:
+                return None
+        else:
+            value = hit[0]
         if (label, ident) not in self._matched:
             self._matched.add((label, ident))
             self.stats["matched"] += 1
-        return hit[0]
+        return value
 
     def has(self, label: str, ident: bytes) -> bool:
         """Is a secret known (without counting it as matched)?"""
-        return (label, ident) in self._entries
+        return (label, ident) in self._entries or (label, ident) in self._pinned
 
     def expire(self, now: float) -> int:
         """Drop entries older than ``ttl``; returns how many were dropped."""

@@ -517,7 +517,9 @@ def validate(cfg: Config, root: str = "") -> None:
         for s in sec.values():
             if s.path:
                 value = getattr(getattr(cfg, s.section), s.name)
-                if value is not None and not os.path.isfile(os.path.join(root, value.lstrip("/")) if root else value):
+                where_on_disk = os.path.join(root, value.lstrip("/")) if root and value else value
+                # a file or a named pipe (a capture streamed in); a directory or nothing is an error
+                if value is not None and (not os.path.exists(where_on_disk) or os.path.isdir(where_on_disk)):
                     raise InputError(f"{where(s.dotted)}: {s.dotted} = {value!r}: no such file; "
                                      "give the path of an existing, readable file")
     k = cfg.keys

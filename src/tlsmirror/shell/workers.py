@@ -217,9 +217,9 @@ class Worker:
             return time.time() if self.spec.mode == "live" else 0.0
         return self.last_ts + max(0.0, time.time() - self.last_wall)
 
-    def secrets(self, secrets: list[Any], ts: float | None = None) -> None:
+    def secrets(self, secrets: list[Any], ts: float | None = None, *, pinned: bool = False) -> None:
         self.secrets_received += len(secrets)
-        self.handle(self.engine.add_secrets(secrets, self.now() if ts is None else ts))
+        self.handle(self.engine.add_secrets(secrets, self.now() if ts is None else ts, pinned=pinned))
 
     def control(self, msg: Any) -> None:
         kind = msg[0]
@@ -369,7 +369,9 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
     signal.signal(signal.SIGTERM, on_term)
     try:
         if preload:
-            worker.secrets(preload, 0.0 if spec.mode == "pcap" else None)
+            # A capture-file run keeps its key log secrets whatever engine.key_ttl says (as decrypt and
+            # replay do); a live sensor ages them like every received secret.
+            worker.secrets(preload, 0.0 if spec.mode == "pcap" else None, pinned=spec.mode == "pcap")
         if spec.mode == "live":
             worker.run_live(ctl)
         else:

@@ -377,9 +377,13 @@ def test_tls13_only_application_traffic_secrets(tmp: Path) -> None:
     assert len(keylog.splitlines()) == 2
     # (the ALPN answer is in the EncryptedExtensions, which cannot be read without handshake secrets)
     assert_decrypted(decrypt(t, keylog), t, alpn=None)
-    # One of the two is not enough.
+    # One of the two is not enough for the connection, but that side is decrypted (nothing held back
+    # that could be read), and the outcome says which secret is missing.
     run = decrypt(t, keylog_only(t.keylog, "CLIENT_TRAFFIC_SECRET_0"))
-    assert run.outcome.outcome == "no_key" and run.plaintext() == (b"", b"")
+    assert run.outcome.outcome == "no_key" and run.plaintext() == (t.app_c2s, b"")
+    assert "no server traffic secret" in run.outcome.reason and "client's side was decrypted" in run.outcome.reason
+    run = decrypt(t, keylog_only(t.keylog, "SERVER_TRAFFIC_SECRET_0"))
+    assert run.outcome.outcome == "no_key" and run.plaintext() == (b"", t.app_s2c)
 
 
 # ============================================================================ static RSA

@@ -330,6 +330,11 @@ class TlsSession:
         elif encrypted_seen and not self.keys_ready:
             outcome = NO_KEY
             reason = "no secret for client random " + (self.ch.random[:8].hex() + "..." if self.ch else "?")
+            if self.tls13 and (self.dirs[0].cands or self.dirs[1].cands):
+                known = "client" if self.dirs[0].cands else "server"
+                other = "server" if known == "client" else "client"
+                reason = (f"no {other} traffic secret for client random {self.ch.random[:8].hex() if self.ch else '?'}"
+                          f"...; the {known}'s side was decrypted")
             if self.held_dropped_bytes:
                 reason += f"; {self.held_dropped_bytes} bytes of ciphertext dropped ({self._drop_text()})"
         elif self.failure:
@@ -654,6 +659,8 @@ class TlsSession:
             self.unsupported = str(exc)
             return
         if not ready:
+            if self.tls13 and (self.dirs[0].cands or self.dirs[1].cands):
+                self._release_held(out)  # one side's secret is known: decrypt that side now
             return
         self.keys_ready = True
         self._release_held(out)
@@ -704,31 +711,32 @@ class TlsSession:
         ch, suite, store = self.ch, self.suite, self.ctx.store
         assert ch is not None and suite is not None
         cr = ch.random
-        c_app = store.get(kl.CLIENT_TRAFFIC_SECRET_0, cr)
-        s_app = store.get(kl.SERVER_TRAFFIC_SECRET_0, cr)
-        if c_app is None or s_app is None:
-            return False
         client, server = self.dirs
-        if ch.early_data:
-            early = store.get(kl.CLIENT_EARLY_TRAFFIC_SECRET, cr)
-            if early is not None:
-                client.cands.append(tls13_decryptor(suite, early))
-        for st, label in ((client, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET),
-                          (server, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET)):
-            secret = store.get(label, cr)
+        # Each side decrypts as soon as its own traffic secret is known: a key log that lacks one
+        # side's line (seen in the wild) still yields the other side.
+        for d, st, app_label, hs_label in ((0, client, kl.CLIENT_TRAFFIC_SECRET_0, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET),
+                                           (1, server, kl.SERVER_TRAFFIC_SECRET_0, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET)):
+            if st.cands:
+                continue
+            app = store.get(app_label, cr)
+            if app is None:
+                continue
+            if d == 0 and ch.early_data:
+                early = store.get(kl.CLIENT_EARLY_TRAFFIC_SECRET, cr)
+                if early is not None:
+                    st.cands.append(tls13_decryptor(suite, early))
+            secret = store.get(hs_label, cr)
             if secret is not None:
                 st.cands.append(tls13_decryptor(suite, secret))
-        client.cands.append(tls13_decryptor(suite, c_app))
-        server.cands.append(tls13_decryptor(suite, s_app))
-        client.app_secret = c_app
-        server.app_secret = s_app
-        return True
+            st.cands.append(tls13_decryptor(suite, app))
+            st.app_secret = app
+        return bool(client.cands) and bool(server.cands)
 
     def _release_held(self, out: list[Any]) -> None:
-        self.held_since = None
+        """Decrypt the records held by every side whose keys are now known."""
         for d, st in enumerate(self.dirs):
             held = st.held
-            if not held:
+            if not held or (self.tls13 and not st.cands):
                 continue
             self.late_key = True
             st.held = []
@@ -751,3 +759,5 @@ class TlsSession:
                     self.unsupported = str(exc)
                 except TlsError as exc:
                     self._set_failure(str(exc))
+        if not self.dirs[0].held and not self.dirs[1].held:
+            self.held_since = None

@@ -468,8 +468,25 @@ def test_corrupted_record_is_decrypt_failed(version: str, cipher: str | None, tm
     assert c2s == t.app_c2s[len(REQUESTS[0]):]  # the bad record is missing, the next one decrypts
 
 
-def test_dropped_segment_is_gap(tmp: Path) -> None:
-    t = session(tmp, tls_version="1.2", cipher="ECDHE-RSA-AES128-GCM-SHA256")
+def _cut_out_middle(whole: bytes, got: bytes) -> tuple[int, int]:
+    """``got`` is ``whole`` with one run removed: (kept prefix, kept suffix) lengths."""
+    a = 0
+    while a < min(len(whole), len(got)) and whole[a] == got[a]:
+        a += 1
+    suffix = got[a:]
+    assert whole.endswith(suffix), "bytes after the hole are not the original's tail"
+    return a, len(suffix)
+
+
+@pytest.mark.parametrize(("version", "cipher"), [("1.2", "ECDHE-RSA-AES128-GCM-SHA256"),
+                                                 ("1.2", "ECDHE-RSA-CHACHA20-POLY1305"),
+                                                 ("1.2", "ECDHE-RSA-AES128-SHA256"),
+                                                 ("1.3", None)])
+def test_dropped_segment_is_a_gap_and_records_are_found_again(version: str, cipher: str | None, tmp: Path) -> None:
+    """A lost segment costs the records it touched, not the rest of the connection."""
+    t = session(tmp, tls_version=version, cipher=cipher, responses=[
+        RESPONSES[0], b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n" + bytes(range(256)) * 156 + b"x" * 64])
+    # small records, as a busy API server writes them: many records per segment
     segs = segments(t)
     big = [i for i, s in enumerate(segs) if s.sport == 443 and len(s.payload) == 1460]
     del segs[big[len(big) // 2]]
@@ -478,9 +495,23 @@ def test_dropped_segment_is_gap(tmp: Path) -> None:
     assert o.outcome == "gap", o
     c2s, s2c = run.plaintext()
     assert c2s == t.app_c2s
+    prefix, suffix = _cut_out_middle(t.app_s2c, s2c)
+    assert prefix > 0 and suffix > 0 and prefix + suffix < len(t.app_s2c)
+    assert len(t.app_s2c) - prefix - suffix <= 2 * 16_384 + 1460  # at most the records the hole touched
+    assert [g.direction for g in run.of(TlsGap)] == [1]
+    assert "found again" in o.reason
+
+
+def test_dropped_segment_in_tls10_cbc_stops_that_side(tmp: Path) -> None:
+    """TLS 1.0 CBC chains IVs across records: after a hole the rest of that side cannot be read."""
+    t = session(tmp, tls_version="1.0", cipher="ECDHE-RSA-AES128-SHA:@SECLEVEL=0")
+    segs = segments(t)
+    big = [i for i, s in enumerate(segs) if s.sport == 443 and len(s.payload) == 1460]
+    del segs[big[len(big) // 2]]
+    run = Run.new().keys(t.keylog).segments(segs).finish()
+    assert run.outcome.outcome == "gap"
+    _c2s, s2c = run.plaintext()
     assert t.app_s2c.startswith(s2c) and 0 < len(s2c) < len(t.app_s2c)
-    gaps = run.of(TlsGap)
-    assert [g.direction for g in gaps] == [1]
 
 
 # ============================================================================ where TLS hides

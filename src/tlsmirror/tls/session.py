@@ -42,6 +42,9 @@ CT_HEARTBEAT = 24
 _CLIENT_RANDOM_LABELS = tuple(sorted(kl.LABELS - {kl.RSA, kl.RSA_SESSION}))
 
 MAX_RECORD = (1 << 14) + 2048
+SEEK_LIMIT = 256 << 10  # bytes searched for the first whole record after a gap before giving up
+SEEK_MAX_RECORDS = 4096  # records a gap may have swallowed that a trial covers
+MIN_PROTECTED_RECORD = 22  # header + the smallest protected record (TLS 1.3: type byte + tag)
 MAX_HANDSHAKE_MESSAGE = 1 << 20
 
 
@@ -62,7 +65,7 @@ class _Direction:
     """Per-direction record state (TLS roles: 0 = client, 1 = server)."""
 
     __slots__ = ("app_ok", "app_secret", "broken", "buf", "cands", "dec", "encrypted", "held",
-                 "held_bytes", "hs_buf", "inflate", "next_dec", "resync", "stage")
+                 "held_bytes", "hs_buf", "inflate", "next_dec", "resync", "seek", "stage")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -79,6 +82,7 @@ class _Direction:
         self.held: list[tuple[int, int, bytes, float]] = []
         self.held_bytes = 0  # ciphertext bytes in ``held`` (dropped runs not counted)
         self.resync = 0  # TLS 1.3: records dropped unseen; the next one is found by trial over them
+        self.seek = 0  # bytes lost in a TCP gap: record framing and sequence number are being found again
         self.broken: str | None = None  # record framing lost (gap, garbage)
         self.inflate: Any = None  # zlib decompressor when the session uses TLS compression (DEFLATE)
 
@@ -115,6 +119,7 @@ class TlsSession:
         self.records_failed = 0
         self.records_skipped = 0
         self.renegotiations = 0
+        self.resyncs = 0  # times a side found its records again after a TCP gap
         self.held_dropped_bytes = 0
         self.held_since: float | None = None  # packet time of the oldest record held now (None: none)
         self.drop_reasons: list[str] = []  # why held ciphertext was dropped (budget, key wait)
@@ -143,6 +148,13 @@ class TlsSession:
                     return
                 data = data[used:]
         buf += data
+        if st.seek:
+            start = self._seek(d, st, buf)
+            if start < 0:
+                if st.broken is not None:
+                    del buf[:]
+                return
+            del buf[:start]
         n = len(buf)
         off = 0
         if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None:
@@ -174,7 +186,7 @@ class TlsSession:
 
     def _fast_decryptor(self, st: _Direction) -> RecordDecryptor | None:
         """The decryptor of a direction in its steady state (application keys in force), else None."""
-        if not st.encrypted or st.held or self.unsupported is not None:
+        if not st.encrypted or st.held or st.seek or self.unsupported is not None:
             return None
         if self.tls13:
             cands = st.cands
@@ -244,9 +256,67 @@ class TlsSession:
         st = self.dirs[d]
         self.had_gap = True
         if st.broken is None:
-            st.broken = "gap"
             del st.buf[:]
+            if self._can_seek(st):
+                st.seek += size  # find the next whole record after the hole and carry on
+            else:
+                st.broken = "gap"
         out.append(TlsGap(self.flow, d, ts, size))
+
+    def _can_seek(self, st: _Direction) -> bool:
+        """After a gap, can this side's records be found again? Its application keys must be in force,
+        and records must not chain across the hole (TLS 1.0 / SSL 3.0 CBC IVs, RC4, compression)."""
+        if not st.encrypted or st.held or st.inflate is not None or self.unsupported is not None:
+            return False
+        if self.tls13:
+            return st.app_ok and not st.resync and st.stage == len(st.cands) - 1
+        suite = self.suite
+        if st.dec is None or suite is None:
+            return False
+        return suite.mac == "AEAD" or (suite.block_size > 1 and self.version >= 0x0302)
+
+    def _seek(self, d: int, st: _Direction, buf: bytearray) -> int:
+        """Where the first whole record after a gap starts in ``buf`` (its sequence number set), or -1
+        while more bytes are needed. Candidates are headers the decryptor's tag or MAC confirms."""
+        dec = st.cands[-1] if self.tls13 else st.dec
+        assert dec is not None
+        base = dec.seq
+        most = min(SEEK_MAX_RECORDS, st.seek // MIN_PROTECTED_RECORD + 2)
+        explicit = not self.tls13 and self.suite is not None and self.suite.mac == "AEAD" and \
+            self.suite.cipher != "CHACHA20_POLY1305"
+        n = len(buf)
+        pos = 0
+        while True:
+            o = buf.find(b"\x17\x03", pos)
+            if o < 0 or n - o < 5:
+                break
+            pos = o + 1
+            length = (buf[o + 3] << 8) | buf[o + 4]
+            end = o + 5 + length
+            if buf[o + 2] > 4 or length > MAX_RECORD or end > n:
+                continue
+            frag = bytes(buf[o + 5:end])
+            ver = (3 << 8) | buf[o + 2]
+            guesses: list[int] = []
+            if explicit and length >= 8:
+                guesses.append(int.from_bytes(frag[:8], "big"))  # most stacks send the sequence number
+            guesses.extend(base + k for k in range(most + 1))
+            for seq in guesses:
+                dec.seq = seq
+                try:
+                    dec.decrypt(CT_APPDATA, ver, frag)
+                except TlsError:
+                    continue
+                dec.seq = seq  # the record is decrypted again by the normal path
+                st.seek = 0
+                self.resyncs += 1
+                return o
+            dec.seq = base
+        if n > SEEK_LIMIT:
+            st.broken = "gap"
+            st.seek = 0
+            self._set_failure(f"{'client' if d == 0 else 'server'} records could not be found again after a gap")
+        return -1
 
     def keys_changed(self, ts: float, out: list[Any]) -> None:
         """A secret this session waits for has arrived: derive keys and decrypt what was held."""
@@ -342,6 +412,8 @@ class TlsSession:
         elif self.had_gap or self.held_dropped_bytes:
             outcome = GAP
             parts = ["TCP gap: bytes missing from the capture"] if self.had_gap else []
+            if self.resyncs:
+                parts.append(f"records found again after {self.resyncs} gap(s)")
             if self.held_dropped_bytes:
                 parts.append(f"{self.held_dropped_bytes} bytes of ciphertext dropped while waiting for the "
                              f"key ({self._drop_text()})")

@@ -189,12 +189,14 @@ def test_gap_in_chunked_data_and_unrecoverable_gap() -> None:
     out += c.feed(1, b"ghij\r\n0\r\n\r\n", 2.2)
     (e,) = exchanges(out)
     assert "gap" in e.flags and e.response_body is not None and e.response_body.data == b"ab"
-    # a hole in a message head cannot be resynced: the connection stops with a problem
+    # a hole in a message head: that message is lost, parsing resumes at the next request line
     c = HttpConnection()
     out = c.feed(0, b"GET / HTTP/1.1\r\nHo", 1.0) + c.gap(0, 10, 1.1) + c.feed(0, b"x\r\n\r\n", 1.2)
-    problems = [p for p in out if isinstance(p, HttpProblem)]
-    assert len(problems) == 1 and "gap" in problems[0].reason and c.problems
-    assert c.feed(0, b"GET / HTTP/1.1\r\n\r\n", 2.0) == []
+    assert not [p for p in out if isinstance(p, HttpProblem)] and not exchanges(out)
+    out = c.feed(0, b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n", 1.3)
+    out += c.feed(1, b"HTTP/1.1 204 No Content\r\n\r\n", 1.4)
+    (e,) = exchanges(out)
+    assert (e.path, e.status) == ("/next", 204)
 
 
 def test_parse_error_ends_connection_keeps_completed() -> None:
@@ -450,3 +452,33 @@ def test_real_curl_traffic(proxy: RecordingProxy) -> None:
     form = by_path["/form"]
     assert form.method == "POST" and form.request_body is not None
     assert form.request_body.data == b"a=1&b=2" and form.status == 201
+
+
+def test_keep_alive_after_a_server_gap_pairs_by_time() -> None:
+    """A response lost in a hole: the next response answers the newest request sent before it."""
+    c = HttpConnection()
+    out = c.feed(0, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", 1.0)
+    out += c.feed(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1.5)
+    out += c.feed(0, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n", 2.0)
+    out += c.feed(1, b"HTTP/1.1 200 OK\r\nContent-Len", 2.5)  # the response to /b, cut by a hole
+    out += c.gap(1, 300, 2.6)
+    out += c.feed(1, b"xxxxxx lost tail of /b's body", 2.7)
+    out += c.feed(0, b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n", 4.0)
+    out += c.feed(1, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 5.0)
+    out += c.close(6.0)
+    got = {(e.path, e.status, "no_response" in e.flags) for e in exchanges(out)}
+    assert got == {("/a", 200, False), ("/b", None, True), ("/c", 404, False)}
+    assert not [p for p in out if isinstance(p, HttpProblem)]
+
+
+def test_client_gap_loses_only_the_request_in_the_hole() -> None:
+    c = HttpConnection()
+    out = c.feed(0, b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\nabc", 1.0)
+    out += c.gap(0, 6000, 1.1)  # the rest of /a's body and the start of the next request
+    out += c.feed(1, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 1.5)
+    out += c.feed(0, b"tail of something\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n", 2.0)
+    out += c.feed(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2.5)
+    out += c.close(3.0)
+    ex = exchanges(out)
+    assert [(e.path, e.status) for e in ex] == [("/a", 201), ("/b", 200)]
+    assert "gap" in ex[0].flags and ex[0].request_body is not None and ex[0].request_body.wire_size == 5000

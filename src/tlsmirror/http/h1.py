@@ -10,6 +10,8 @@ lets a gap inside a body be skipped without losing the framing.
 
 from __future__ import annotations
 
+import re
+
 import httptools
 
 from .bodies import BodyCollector, is_text, parse_encodings
@@ -20,7 +22,13 @@ MAX_LINE = 4096  # one chunk-size line
 MAX_WAIT = 1024 * 1024  # client bytes held while waiting to learn whether an upgrade happened
 
 # per-direction parsing states
-HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE = range(9)
+HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE, SEEK = range(10)
+
+# After a gap that broke message framing, parsing starts again at the next line that opens a message.
+_REQUEST_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND|REPORT|MKCOL|COPY|MOVE"
+                            rb"|LOCK|UNLOCK|PROPPATCH|SEARCH|PURGE) [!-~]+ HTTP/1\.[01]\r?\n")
+_RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
+SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two chunks
 
 _CRLF = b"\r\n"
 
@@ -161,6 +169,8 @@ class H1Connection:
         self._out: list[Exchange | HttpProblem] = []
         self.problems: list[str] = []
         self.stopped = False
+        self.resyncs = 0  # times parsing started again after a gap
+        self._server_lost = False  # a server-side gap swallowed responses
         self.heads = 0  # message heads parsed (either direction)
 
     # -- public ---------------------------------------------------------------------------------
@@ -262,12 +272,27 @@ class H1Connection:
                 return
             msg.body.gap(d.remaining)
             msg.flags.add("gap")
-            raise HttpError(f"gap of {size} bytes runs past the end of a body; cannot resync")
-        if st == HEAD and not d.buf:
-            raise HttpError(f"gap of {size} bytes between messages; cannot resync")
+            if st == BODY_CL:
+                # every byte of this body is accounted for; the hole went on into what followed
+                self._complete(i, d, ts)
+                msg = None
+        if st in (WAIT, SEEK):
+            if st == WAIT:
+                raise HttpError(f"gap of {size} bytes while an upgrade was pending; cannot resync")
+            return
         if msg is not None:
+            # the message ends at the hole, cut short; parsing resumes at the next message start
             msg.flags.add("gap")
-        raise HttpError(f"gap of {size} bytes inside message framing; cannot resync")
+            msg.flags.add("truncated")
+            self._complete(i, d, ts, complete=False)
+        d.parser = None
+        d.proto = None
+        d.head_ts = None
+        d.buf = b""
+        d.state = SEEK
+        self.resyncs += 1
+        if i == 1:
+            self._server_lost = True  # the next response may not answer the oldest open request
 
     def _run(self, i: int, ts: float) -> None:
         d = self._dirs[i]
@@ -280,6 +305,13 @@ class H1Connection:
                 pos = self._head(i, d, buf, pos, ts)
                 if d.parser is not None:
                     break  # the head is incomplete: need more bytes
+            elif st == SEEK:
+                start = self._message_start(i, buf, pos)
+                if start < 0:
+                    pos = max(pos, n - SEEK_TAIL)
+                    break
+                pos = start
+                d.state = HEAD
             elif st in (BODY_CL, CHUNK_DATA):
                 take = min(d.remaining, n - pos)
                 assert d.msg is not None and d.msg.body is not None
@@ -495,9 +527,26 @@ class H1Connection:
         else:
             self._start_body(d, msg, kind, length)
 
+    @staticmethod
+    def _message_start(i: int, buf: bytes, pos: int) -> int:
+        """Offset of the first request line (``i`` 0) or status line (1) in ``buf``, or -1. Not only at
+        line starts: a message follows the previous body's last byte directly."""
+        m = (_REQUEST_START if i == 0 else _RESPONSE_START).search(buf, pos)
+        return -1 if m is None else m.start()
+
     def _response_head(self, d: _Dir, msg: _Msg, ts: float) -> None:
         status = msg.status or 0
-        p = next((x for x in self._pending if x.resp is None), None)
+        if self._server_lost and not (100 <= status < 200):
+            self._server_lost = False
+            # Responses were lost in a gap: this one answers the newest request sent before it started
+            # (exact for keep-alive without pipelining); the older open requests lost their responses.
+            waiting = [x for x in self._pending if x.resp is None]
+            before = [x for x in waiting if x.req is not None and x.req.start_ts <= msg.start_ts]
+            if before:
+                for x in waiting[:waiting.index(before[-1])]:
+                    x.flags.update(("no_response", "gap"))
+                    x.resp_done = True
+        p = next((x for x in self._pending if x.resp is None and not x.resp_done), None)
         if 100 <= status < 200 and status != 101:
             if p is not None:
                 p.flags.add("interim_response")

@@ -47,7 +47,7 @@ _HDR13 = struct.Struct(">BHH")  # type, version, length
 class RecordDecryptor(Protocol):
     seq: int  # sequence number of the next record; the session moves it to skip or retry records
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
         """Decrypt one record's fragment; return (content_type, plaintext).
 
         TLS 1.3 returns the inner content type with padding removed. The sequence number advances on
@@ -84,7 +84,7 @@ class _Tls12Aead:
         self._min = self._tag + (8 if self._explicit else 0)
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
@@ -113,7 +113,7 @@ class _Tls13Aead:
         self._min = suite.tag_len + 1
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
@@ -251,7 +251,7 @@ class _Cbc:
             return end, pad < self._bs
         return end, plain[n - pad - 1 :] == bytes((pad,)) * (pad + 1)
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
@@ -306,20 +306,20 @@ class _Stream:
             raise UnsupportedError(f"stream cipher {suite.cipher}")
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
         mac_len = self._mac.size
         if n > MAX_TLS12_CIPHERTEXT or n < mac_len:
             raise TlsParseError(f"record of {n} bytes")
-        plain = fragment if self._dec is None else self._dec.update(fragment)
+        plain = bytes(fragment) if self._dec is None else self._dec.update(fragment)
         pview = memoryview(plain)
         end = n - mac_len
         expected = self._mac.compute(seq, content_type, record_version, pview[:end])
         if not compare_digest(expected, pview[end:]):
             raise DecryptError("bad record MAC")
-        return content_type, bytes(pview[:end]) if self._dec is None else plain[:end]
+        return content_type, plain[:end]
 
 
 # --------------------------------------------------------------------------- factories

@@ -211,7 +211,7 @@ class TlsSession:
             if end > n or end - off > MAX_RECORD + 5:
                 break
             try:
-                itype, pt = dec.decrypt(CT_APPDATA, (3 << 8) | data[off + 2], view[off + 5:end])  # type: ignore[arg-type]
+                itype, pt = dec.decrypt(CT_APPDATA, (3 << 8) | data[off + 2], view[off + 5:end])
             except DecryptError:
                 self.records_failed += 1
                 self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")

@@ -19,7 +19,25 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 STAGE=$WORK/$NAME
 mkdir -p "$STAGE/wheels" "$STAGE/bin" "$STAGE/packaging" "$OUT"
-python3 -m pip wheel --quiet --no-deps --wheel-dir "$STAGE/wheels" .
+# tlsmirror itself: a pure-Python wheel for every Python, and a mypyc-compiled one for each Python of
+# the list found on this machine (pip prefers the compiled wheel where its tag fits).
+SRC=$WORK/src  # built from a clean copy of the tree: no stray build products in the wheels
+mkdir -p "$SRC"
+tar -C . --exclude=./.git --exclude='*.so' --exclude=./build --exclude=./dist --exclude=./bench/data \
+  --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$SRC" -xf -
+TLSMIRROR_COMPILE='' python3 -m pip wheel --quiet --no-deps --wheel-dir "$STAGE/wheels" "$SRC"
+for py in $PYTHONS; do
+  exe=$(command -v "python$py" || true)
+  if [ -z "$exe" ] && command -v pyenv >/dev/null; then
+    exe=$(find "$(pyenv root)/versions" -maxdepth 3 -path "*/versions/$py*/bin/python$py" 2>/dev/null | sort | tail -n 1)
+  fi
+  if [ -n "$exe" ]; then
+    TLSMIRROR_COMPILE=1 "$exe" -m pip wheel --quiet --no-deps --wheel-dir "$STAGE/wheels" "$SRC" \
+      || echo "warning: no compiled wheel for Python $py (the pure wheel serves it)" >&2
+  else
+    echo "note: Python $py not on this machine: its installs use the pure-Python wheel" >&2
+  fi
+done
 REQS=$WORK/requirements.txt
 python3 - > "$REQS" <<'PY'
 import tomllib

@@ -56,3 +56,18 @@ def test_pinned_secrets_do_not_age() -> None:
     assert store.expire(1000.0) == 1
     assert store.get(CLIENT_RANDOM, (1).to_bytes(32, "big")) == bytes(48)
     assert store.has(CLIENT_RANDOM, (1).to_bytes(32, "big")) and len(store) == 1
+
+
+def test_resumption_cache_is_bounded_in_age_and_entries() -> None:
+    from tlsmirror.tls.context import SessionCache
+
+    cache = SessionCache(max_entries=2, ttl=100.0)
+    cache.expire(1000.0)
+    cache.put(b"tk:" + b"t" * 2000, b"m1")  # a long ticket is stored by its digest
+    assert cache.get(b"tk:" + b"t" * 2000) == b"m1"
+    cache.expire(1050.0)
+    cache.put(b"id:2", b"m2")
+    cache.put(b"id:3", b"m3")
+    assert len(cache) == 2 and cache.get(b"tk:" + b"t" * 2000) is None  # oldest evicted by count
+    cache.expire(1151.0)
+    assert len(cache) == 0  # both dated 1050: older than 100 s at 1151

@@ -426,6 +426,7 @@ class Engine:
         for ev in self.tcp.expire(now):
             self._tcp_event(ev, out)
         self.keys.expire(now)
+        self.tls.cache.expire(now)
         holding = self._holding
         if not holding:
             return

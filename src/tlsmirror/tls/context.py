@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 from ..keys.events import RsaKey
@@ -9,20 +10,46 @@ from ..keys.store import KeyStore
 
 
 class SessionCache:
-    """TLS 1.2 resumption: session id or ticket -> master secret of the session that made it. Bounded."""
+    """TLS 1.2 resumption: session id or ticket -> master secret of the session that made it.
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+    Bounded in entries and in age (``ttl`` seconds of packet time, measured from the engine's last
+    :meth:`expire`): an F5 sends the secrets of resumed sessions too, so this is a fallback for senders
+    that do not, and it must not grow with every connection ever seen. Idents are stored hashed
+    (tickets can be kilobytes long).
+    """
+
+    def __init__(self, max_entries: int = 100_000, ttl: float = 900.0) -> None:
+        self._entries: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self.max_entries = max_entries
+        self.ttl = ttl
+        self.clock = 0.0  # packet time of the last expire()
+
+    @staticmethod
+    def _key(ident: bytes) -> bytes:
+        return hashlib.blake2b(ident, digest_size=16).digest()
 
     def put(self, ident: bytes, master: bytes) -> None:
-        self._entries[ident] = master
-        self._entries.move_to_end(ident)
+        key = self._key(ident)
+        self._entries[key] = (master, self.clock)
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def get(self, ident: bytes) -> bytes | None:
-        return self._entries.get(ident)
+        hit = self._entries.get(self._key(ident))
+        return None if hit is None else hit[0]
+
+    def expire(self, now: float) -> None:
+        """Drop entries older than ``ttl`` (packet time)."""
+        if now > self.clock:
+            self.clock = now
+        limit = now - self.ttl
+        entries = self._entries
+        while entries:
+            _, (_, stamp) = next(iter(entries.items()))
+            if stamp >= limit:
+                break
+            entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -62,3 +62,16 @@ class HttpError(ValueError):
 
 
 HttpEvent = Exchange | HttpProblem
+
+
+class EventQueue:
+    """Shared by the HTTP/1 and HTTP/2 engines: the events a call completed, handed out once."""
+
+    _out: list[Exchange | HttpProblem]
+
+    def _take(self) -> list[Exchange | HttpProblem]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out

@@ -15,7 +15,7 @@ import re
 import httptools
 
 from .bodies import BodyCollector, is_text, parse_encodings
-from .events import Body, Exchange, HttpError, HttpProblem
+from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
 
 MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
 MAX_LINE = 4096  # one chunk-size line
@@ -159,7 +159,7 @@ class _Dir:
         self.bare_lf = False  # the head being read has LF-only line ends: parse it whole at its end
 
 
-class H1Connection:
+class H1Connection(EventQueue):
     """Pairs HTTP/1.x requests (direction 0) with responses (direction 1), in order."""
 
     def __init__(self, body_limit: int = 128 * 1024) -> None:
@@ -217,13 +217,6 @@ class H1Connection:
         return self._take()
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _take(self) -> list[Exchange | HttpProblem]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
 
     def _stop(self, ts: float, reason: str) -> None:
         """End HTTP parsing of this connection: report why, flush what is in flight."""

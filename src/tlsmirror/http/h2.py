@@ -33,7 +33,7 @@ from hyperframe.frame import (
 )
 
 from .bodies import BodyCollector, is_text, parse_encodings
-from .events import Body, Exchange, HttpError, HttpProblem
+from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -231,7 +231,7 @@ class _Dir:
         self.block_ts = 0.0
 
 
-class H2Connection:
+class H2Connection(EventQueue):
     """Pairs HTTP/2 requests and responses by stream (direction 0 = client->server)."""
 
     def __init__(self, *, body_limit: int = 128 * 1024) -> None:
@@ -321,13 +321,6 @@ class H2Connection:
         return self._take()
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _take(self) -> list[Exchange | HttpProblem]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
 
     def _stop(self, ts: float, reason: str) -> None:
         self.problems.append(reason)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only: keeps `import tlsmirror.shell.export.<x>` light at start-up
     from ...calls import ApiCall
@@ -25,3 +25,22 @@ class Exporter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class FileSink:
+    """What the file exporters (JSON lines, HAR) share: an open file, counters, the last error."""
+
+    _fh: IO[Any] | None
+    stats: dict[str, int]
+    last_error: str | None
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        fh = self._fh
+        if fh is not None:
+            try:
+                fh.flush()
+            except OSError as exc:
+                self.stats["errors"] += 1
+                self.last_error = str(exc.strerror or exc)
+                return False
+        return True

@@ -19,6 +19,7 @@ from ...calls import ApiCall
 from ...http.events import Body, Headers
 from ...record import body_is_text, header_value, iso_time, query_params, split_target, url_of
 from ..errors import InputError
+from . import FileSink
 
 _HEAD = ('{"log":{"version":"1.2","creator":{"name":"tlsmirror","version":%s},'
          '"pages":[],"entries":[')
@@ -179,7 +180,7 @@ def har_entry(call: ApiCall) -> dict[str, Any]:
     return entry
 
 
-class HarExporter:
+class HarExporter(FileSink):
     """Streams a HAR 1.2 document to ``path`` (``-`` = stdout).
 
     :meth:`reopen` (SIGHUP): when ``path`` was moved away (log rotation), the current document is
@@ -247,17 +248,6 @@ class HarExporter:
             self.stats["exported"] += 1
         else:
             self.stats["dropped"] += 1
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        fh = self._fh
-        if fh is not None:
-            try:
-                fh.flush()
-            except OSError as exc:
-                self.stats["errors"] += 1
-                self.last_error = str(exc.strerror or exc)
-                return False
-        return True
 
     def reopen(self) -> None:
         if self._closed or self.path == "-" or self._fh is None:

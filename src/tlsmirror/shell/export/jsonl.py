@@ -9,9 +9,10 @@ from typing import IO
 from ...calls import ApiCall
 from ...record import call_to_dict, to_json_line
 from ..errors import InputError
+from . import FileSink
 
 
-class JsonlExporter:
+class JsonlExporter(FileSink):
     """Writes one JSON object per line to ``path`` (``-`` = stdout), as calls come.
 
     With ``max_bytes``, the file is rotated before a line would make it larger than that:
@@ -101,17 +102,6 @@ class JsonlExporter:
         self._size += len(line)
         self.stats["exported"] += 1
         self.stats["bytes"] += len(line)
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        fh = self._fh
-        if fh is not None:
-            try:
-                fh.flush()
-            except OSError as exc:
-                self.stats["errors"] += 1
-                self.last_error = str(exc.strerror or exc)
-                return False
-        return True
 
     def reopen(self) -> None:
         if self._closed or self.path == "-":

@@ -14,6 +14,9 @@ from setuptools import setup
 
 # The hot path, measured with bench/profile.py: what runs for every packet, record and exchange.
 COMPILED = [
+    "src/tlsmirror/frames/events.py",
+    "src/tlsmirror/tcp/events.py",
+    "src/tlsmirror/tls/events.py",
     "src/tlsmirror/frames/layers.py",
     "src/tlsmirror/frames/link.py",
     "src/tlsmirror/frames/ip.py",
@@ -24,6 +27,7 @@ COMPILED = [
     "src/tlsmirror/tls/session.py",
     "src/tlsmirror/pipeline.py",
     "src/tlsmirror/shell/pcapfile.py",
+    "src/tlsmirror/shell/decrypt.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",
     "src/tlsmirror/record.py",

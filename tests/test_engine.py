@@ -3,6 +3,7 @@ property tests (reordered / duplicated / re-split segments, random and mutated i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -131,7 +132,7 @@ def test_late_key_reaches_http() -> None:
 
 
 def _shift(segs: list[TcpSegment], start: int, dt: float) -> list[TcpSegment]:
-    return segs[:start] + [s._replace(ts=s.ts + dt) for s in segs[start:]]
+    return segs[:start] + [dataclasses.replace(s, ts=s.ts + dt) for s in segs[start:]]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -266,7 +267,7 @@ def reshaped(t: TlsTranscript, rnd: random.Random) -> list[TcpSegment]:
             if rnd.random() < 0.1:
                 out.append(s)  # retransmission
     out.extend(tail)
-    return [s._replace(ts=1.0 + i * 0.001) for i, s in enumerate(out)]
+    return [dataclasses.replace(s, ts=1.0 + i * 0.001) for i, s in enumerate(out)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 # TCP flag bits as they appear in the TCP header.
 FIN = 0x01
@@ -12,11 +12,13 @@ PSH = 0x08
 ACK = 0x10
 
 
-class TcpSegment(NamedTuple):
-    """One TCP segment of the innermost flow of a captured frame.
+@dataclass(slots=True)
+class TcpSegment:
+    """One TCP segment of the innermost flow of a captured frame. Treat it as immutable.
 
-    A NamedTuple rather than a frozen dataclass: equally immutable and slot-free, and built for every
-    packet at a quarter of the cost (measured: 0.39 us against 1.44 us).
+    Built for every packet, so not ``frozen``: a frozen dataclass costs 1.44 us to build against
+    0.3 us, and a plain slotted dataclass is what mypyc compiles into a native class (measured with the
+    compiled build: ``decrypt`` 37 % faster than with NamedTuple events).
 
     Addresses are packed (4 bytes for IPv4, 16 for IPv6) so that building the event costs
     no formatting; ``tlsmirror.frames.addresses.endpoint`` renders them for output.

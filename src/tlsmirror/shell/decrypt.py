@@ -110,7 +110,8 @@ class DecryptRun:
                 if self.dump_dir is not None:
                     self._dump(c, ev)
             elif cls is TlsOutcome:
-                self._report(ev, conns.pop(ev.flow.id, None) or _Conn())  # type: ignore[arg-type]
+                done = conns.pop(ev.flow.id, None)
+                self._report(ev, done if done is not None else _Conn())
             elif cls is TlsGap:
                 c = conns.get(ev.flow.id)
                 if c is None:

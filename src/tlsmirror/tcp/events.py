@@ -8,7 +8,7 @@ lookup in total.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 CLIENT = 0  # direction: client -> server (the side that sent SYN, or our best guess)
 SERVER = 1  # direction: server -> client
@@ -49,8 +49,9 @@ class FlowOpened:
     ts: float
 
 
-class StreamData(NamedTuple):
-    """In-order bytes of one direction (a NamedTuple: built per segment, see frames.events.TcpSegment)."""
+@dataclass(slots=True)
+class StreamData:
+    """In-order bytes of one direction (built per segment: not frozen, see frames.events.TcpSegment)."""
 
     flow: Flow
     direction: int

@@ -6,7 +6,6 @@ Directions here are TLS roles: 0 = from the TLS client (the ClientHello sender),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from ..tcp.events import Flow
 
@@ -34,8 +33,9 @@ class TlsHandshake:
     resumed: bool
 
 
-class TlsPlaintext(NamedTuple):
-    """Decrypted application data (a NamedTuple: built per record)."""
+@dataclass(slots=True)
+class TlsPlaintext:
+    """Decrypted application data (built per record: not frozen, see frames.events.TcpSegment)."""
 
     flow: Flow
     direction: int

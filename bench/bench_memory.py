@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, require_capture
+from common import REPO, client_port_offset, require_capture
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -36,34 +36,12 @@ from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
 
-SERVER_PORT = 443
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * PAGE / (1 << 20)
-
-
-def client_port_offset(linktype: int, data: bytes) -> int:
-    """Offset of the client's TCP port in an Ethernet/IPv4|IPv6 frame, or -1."""
-    if linktype != 1 or len(data) < 14:
-        return -1
-    etype = struct.unpack_from("!H", data, 12)[0]
-    if etype == 0x0800 and len(data) >= 34 and data[23] == 6:
-        tcp = 14 + (data[14] & 0x0F) * 4
-    elif etype == 0x86DD and len(data) >= 54 and data[20] == 6:
-        tcp = 54
-    else:
-        return -1
-    if len(data) < tcp + 4:
-        return -1
-    sport, dport = struct.unpack_from("!HH", data, tcp)
-    if dport == SERVER_PORT:
-        return tcp
-    if sport == SERVER_PORT:
-        return tcp + 2
-    return -1
 
 
 def main() -> int:
@@ -79,7 +57,8 @@ def main() -> int:
     frames: list[tuple[int, bytes, float, int]] = []
     for item in read_capture(str(cap)):
         if type(item) is CapturedFrame:
-            frames.append((item.linktype, item.data, item.ts, client_port_offset(item.linktype, item.data)))
+            off = client_port_offset(item.data) if item.linktype == 1 else -1
+            frames.append((item.linktype, item.data, item.ts, off))
     if not frames:
         sys.exit("no frames in the capture")
     t0, t1 = frames[0][2], frames[-1][2]

@@ -42,35 +42,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CONNS, DATA, REPO, REQS, child_env, print_table, require_capture, tlsmirror_cmd
+from common import CONNS, DATA, REPO, REQS, child_env, client_port_offset, print_table, require_capture, tlsmirror_cmd
 
 sys.path.insert(0, str(REPO / "src"))
 
 from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
 
-SERVER_PORT = 443
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20
 
 
 # ---------------------------------------------------------------------------- the soak capture
-def client_port_offset(data: bytes) -> int:
-    """Offset of the client's TCP port in an Ethernet IPv4/IPv6 frame, or -1."""
-    if len(data) < 14:
-        return -1
-    etype = struct.unpack_from("!H", data, 12)[0]
-    if etype == 0x0800 and len(data) >= 34 and data[23] == 6:
-        tcp = 14 + (data[14] & 0x0F) * 4
-    elif etype == 0x86DD and len(data) >= 54 and data[20] == 6:
-        tcp = 54
-    else:
-        return -1
-    if len(data) < tcp + 4:
-        return -1
-    sport, dport = struct.unpack_from("!HH", data, tcp)
-    return tcp if dport == SERVER_PORT else tcp + 2 if sport == SERVER_PORT else -1
-
-
 def load_frames(cap: Path) -> tuple[int, list[tuple[float, bytes, int]]]:
     frames: list[tuple[float, bytes, int]] = []
     linktype = -1

@@ -183,3 +183,21 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(fmt_row(r, widths))
+
+
+def client_port_offset(data: bytes, server_port: int = 443) -> int:
+    """Offset of the client's TCP port in an Ethernet IPv4/IPv6 frame, or -1 (used to move every pass of a
+    replayed capture onto new connections)."""
+    if len(data) < 14:
+        return -1
+    etype = struct.unpack_from("!H", data, 12)[0]
+    if etype == 0x0800 and len(data) >= 34 and data[23] == 6:
+        tcp = 14 + (data[14] & 0x0F) * 4
+    elif etype == 0x86DD and len(data) >= 54 and data[20] == 6:
+        tcp = 54
+    else:
+        return -1
+    if len(data) < tcp + 4:
+        return -1
+    sport, dport = struct.unpack_from("!HH", data, tcp)
+    return tcp if dport == server_port else tcp + 2 if sport == server_port else -1

@@ -28,8 +28,12 @@ COMPILED = [
     "src/tlsmirror/pipeline.py",
     "src/tlsmirror/shell/pcapfile.py",
     "src/tlsmirror/shell/decrypt.py",
+    "src/tlsmirror/http/events.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",
+    "src/tlsmirror/http/h2.py",
+    "src/tlsmirror/http/connection.py",
+    "src/tlsmirror/calls.py",
     "src/tlsmirror/record.py",
 ]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import given, settings
@@ -142,6 +144,25 @@ def test_bodies_text_binary_and_modes() -> None:
 def test_iso_time() -> None:
     assert iso_time(0.0) == "1970-01-01T00:00:00.000000Z"
     assert iso_time(1.5) == "1970-01-01T00:00:01.500000Z"
+    assert iso_time(1795703367.1453169) == "2026-11-26T14:29:27.145317Z"
+    assert iso_time(59.9999996) == "1970-01-01T00:01:00.000000Z"  # rounds into the next second
+    assert iso_time(-1.25) == "1969-12-31T23:59:58.750000Z"
+
+
+@given(st.floats(min_value=0, max_value=4e9))
+def test_times_match_datetime_and_round(ts: float) -> None:
+    """The record's fast time fields agree with the plain library forms."""
+    r = rec(request_ts=ts, request_end_ts=ts)
+    # within one microsecond of round(ts, 6) (they can differ on a half-microsecond tie)
+    assert r["request_start_ts"] == pytest.approx(round(ts, 6), abs=2e-6)
+    us = round(r["request_start_ts"] * 1_000_000)
+    want = datetime.fromtimestamp(us // 1_000_000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    assert r["request_start"] == f"{want}.{us % 1_000_000:06d}Z"
+
+
+@given(st.text(alphabet="ab=&;%+ x\u00e9", max_size=30))
+def test_query_fast_path_matches_parse_qsl(query: str) -> None:
+    assert query_params(query) == [[k, v] for k, v in parse_qsl(query, keep_blank_values=True)]
 
 
 def test_url_forms() -> None:

@@ -1,4 +1,7 @@
-"""The unit users consume: one API call (an HTTP exchange) with the facts of its connection."""
+"""The unit users consume: one API call (an HTTP exchange) with the facts of its connection.
+
+Plain slotted dataclasses, treated as immutable (built per exchange; see ``http.events``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass
 from .http.events import Exchange, HttpProblem
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Connection:
     """Facts of the TCP/TLS connection an exchange travelled on."""
 
@@ -23,13 +26,13 @@ class Connection:
     alpn: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ApiCall:
     connection: Connection
     exchange: Exchange
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpIssue:
     """HTTP parsing of one connection stopped (its exchanges so far were reported)."""
 

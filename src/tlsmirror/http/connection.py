@@ -7,6 +7,9 @@ from .h1 import H1Connection
 from .h2 import PREFACE, H2Connection
 
 _Out = list[Exchange | HttpProblem]
+# What a bug inside an engine can raise; HttpError is handled inside the engines themselves.
+_INTERNAL = (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError, OverflowError,
+             MemoryError)
 
 
 class HttpConnection:
@@ -42,7 +45,8 @@ class HttpConnection:
     def feed(self, direction: int, data: bytes, ts: float) -> _Out:
         if self._closed:
             return []
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             self._held.append((direction, data, ts))
             if direction == 0:
                 self._client_head += data[: len(PREFACE) - len(self._client_head)]
@@ -52,12 +56,16 @@ class HttpConnection:
                 if len(head) == len(PREFACE):
                     return self._decide(H2Connection(body_limit=self.body_limit))
             return []
-        return self._guard(self._engine, "feed", direction, data, ts)
+        try:
+            return engine.feed(direction, data, ts)
+        except _INTERNAL as exc:
+            return self._fail(engine, exc, ts)
 
     def gap(self, direction: int, size: int, ts: float) -> _Out:
         if self._closed:
             return []
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             if direction == 0 or self._client_head:
                 # cannot tell the protocol across a hole at the start: assume HTTP/1.x, whose
                 # parser reports the gap as a problem if it cannot resync
@@ -65,7 +73,10 @@ class HttpConnection:
                 return self._decide(H1Connection(self.body_limit))
             self._held.append((direction, size, ts))
             return []
-        return self._guard(self._engine, "gap", direction, size, ts)
+        try:
+            return engine.gap(direction, size, ts)
+        except _INTERNAL as exc:
+            return self._fail(engine, exc, ts)
 
     def close(self, ts: float) -> _Out:
         if self._closed:
@@ -76,8 +87,13 @@ class HttpConnection:
                 self._closed = True
                 return []
             out += self._decide(H1Connection(self.body_limit))
-        assert self._engine is not None
-        out += self._guard(self._engine, "close", 0, 0, ts)
+        engine = self._engine
+        assert engine is not None
+        if not self._closed:
+            try:
+                out += engine.close(ts)
+            except _INTERNAL as exc:
+                out += self._fail(engine, exc, ts)
         self._closed = True
         return out
 
@@ -86,27 +102,21 @@ class HttpConnection:
         held, self._held = self._held, []
         out: _Out = []
         for direction, item, ts in held:
-            if isinstance(item, int):
-                out += self._guard(engine, "gap", direction, item, ts)
-            else:
-                out += self._guard(engine, "feed", direction, item, ts)
+            if self._closed:
+                break
+            try:
+                if isinstance(item, int):
+                    out += engine.gap(direction, item, ts)
+                else:
+                    out += engine.feed(direction, item, ts)
+            except _INTERNAL as exc:
+                out += self._fail(engine, exc, ts)
         return out
 
-    def _guard(self, engine: H1Connection | H2Connection, what: str, direction: int,
-               item: bytes | int, ts: float) -> _Out:
-        """The stage boundary: any error inside ends this connection's parsing, never the caller."""
-        try:
-            if what == "feed":
-                assert isinstance(item, bytes)
-                return engine.feed(direction, item, ts)
-            if what == "gap":
-                assert isinstance(item, int)
-                return engine.gap(direction, item, ts)
-            return engine.close(ts)
-        except (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError,
-                OverflowError, MemoryError) as exc:
-            reason = f"internal error: {type(exc).__name__}"
-            engine.problems.append(reason)
-            engine.stopped = True
-            self._closed = True
-            return [HttpProblem(ts, reason)]
+    def _fail(self, engine: H1Connection | H2Connection, exc: Exception, ts: float) -> _Out:
+        """The stage boundary: an error inside ends this connection's parsing, never the caller."""
+        reason = f"internal error: {type(exc).__name__}"
+        engine.problems.append(reason)
+        engine.stopped = True
+        self._closed = True
+        return [HttpProblem(ts, reason)]

@@ -1,4 +1,9 @@
-"""What the http stage emits: complete exchanges, and the problem that ended a connection's parsing."""
+"""What the http stage emits: complete exchanges, and the problem that ended a connection's parsing.
+
+The events are plain slotted dataclasses, to be treated as immutable: not ``frozen``, because one is
+built per exchange and a frozen dataclass costs several times more to build, and because mypyc
+compiles a plain one into a native class (see ``frames.events.TcpSegment``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Body:
     """One message body as captured.
 
@@ -24,7 +29,7 @@ class Body:
     decode_error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exchange:
     """One request paired with its response (either side may be missing; see ``flags``)."""
 
@@ -49,7 +54,7 @@ class Exchange:
     flags: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HttpProblem:
     """An error that ended HTTP parsing of one connection (exchanges already complete are kept)."""
 

@@ -34,6 +34,19 @@ class TcpSegment:
     flags: int
     payload: bytes
 
+    # written out: mypyc compiles it (a generated __init__ stays interpreted): 5x cheaper per event
+    def __init__(self, ts: float, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
+                 payload: bytes) -> None:
+        self.ts = ts
+        self.src = src
+        self.dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.payload = payload
+
 
 class FrameError(ValueError):
     """A frame could not be decoded (truncated or malformed header); the frame is skipped."""

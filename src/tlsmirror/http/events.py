@@ -8,6 +8,7 @@ compiles a plain one into a native class (see ``frames.events.TcpSegment``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -27,6 +28,19 @@ class Body:
     size: int
     truncated: bool
     decode_error: str | None = None
+
+    # written out: mypyc compiles it (a generated __init__ stays interpreted): 5x cheaper per event
+    def __init__(self, data: bytes, wire_size: int, size: int, truncated: bool,
+                 decode_error: str | None = None) -> None:
+        self.data = data
+        self.wire_size = wire_size
+        self.size = size
+        self.truncated = truncated
+        self.decode_error = decode_error
+
+    # API calls travel pickled from workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Body], tuple[Any, ...]]:
+        return Body, (self.data, self.wire_size, self.size, self.truncated, self.decode_error)
 
 
 @dataclass(slots=True)
@@ -52,6 +66,40 @@ class Exchange:
     response_end_ts: float | None
     stream_id: int | None
     flags: frozenset[str]
+
+    # written out: mypyc compiles it (a generated __init__ stays interpreted): 5x cheaper per event
+    def __init__(self, http_version: str, method: str | None, scheme: str | None, authority: str | None,
+                 path: str | None, status: int | None, reason: str | None, request_headers: Headers,
+                 response_headers: Headers, request_trailers: Headers, response_trailers: Headers,
+                 request_body: Body | None, response_body: Body | None, request_ts: float | None,
+                 request_end_ts: float | None, response_ts: float | None, response_end_ts: float | None,
+                 stream_id: int | None, flags: frozenset[str]) -> None:
+        self.http_version = http_version
+        self.method = method
+        self.scheme = scheme
+        self.authority = authority
+        self.path = path
+        self.status = status
+        self.reason = reason
+        self.request_headers = request_headers
+        self.response_headers = response_headers
+        self.request_trailers = request_trailers
+        self.response_trailers = response_trailers
+        self.request_body = request_body
+        self.response_body = response_body
+        self.request_ts = request_ts
+        self.request_end_ts = request_end_ts
+        self.response_ts = response_ts
+        self.response_end_ts = response_end_ts
+        self.stream_id = stream_id
+        self.flags = flags
+
+    # API calls travel pickled from workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Exchange], tuple[Any, ...]]:
+        return Exchange, (self.http_version, self.method, self.scheme, self.authority, self.path, self.status,
+                         self.reason, self.request_headers, self.response_headers, self.request_trailers,
+                         self.response_trailers, self.request_body, self.response_body, self.request_ts,
+                         self.request_end_ts, self.response_ts, self.response_end_ts, self.stream_id, self.flags)
 
 
 @dataclass(slots=True)

@@ -1,9 +1,10 @@
-"""Server RSA private keys for static-RSA key exchange."""
+"""Server RSA private keys for static-RSA key exchange.
+
+cryptography's key loading and RSA modules are imported on first use: most runs have no RSA key, and
+those imports are a measurable part of a short run's start-up.
+"""
 
 from __future__ import annotations
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tlsmirror.keys.events import KeyLogError, RsaKey
 
@@ -12,6 +13,9 @@ __all__ = ["load_rsa_key", "rsa_decrypt_premaster"]
 
 def load_rsa_key(data: bytes, password: bytes | None = None) -> RsaKey:
     """Load an RSA private key: PEM (PKCS#1 or PKCS#8, possibly encrypted) or DER. KeyLogError if not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     loaders = (
         (serialization.load_pem_private_key, b"-----BEGIN" in data),
         (serialization.load_der_private_key, b"-----BEGIN" not in data),
@@ -44,6 +48,8 @@ def rsa_decrypt_premaster(key: RsaKey, encrypted: bytes, client_version: int | N
     (-> None) but may, rarely, yield 48 wrong bytes. Pass ``client_version`` (from the ClientHello) to
     also require the pre-master's leading version bytes, which makes such a false match negligible.
     """
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     k = key.key
     if not isinstance(k, rsa.RSAPrivateKey):
         return None

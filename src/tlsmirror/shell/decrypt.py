@@ -78,12 +78,11 @@ class DecryptRun:
 
     def run(self, path: str) -> None:
         engine = self.engine
-        feed = engine.feed_frame
-        handle = self.handle
         with CaptureReader(path) as reader:
             for item in reader:
                 if type(item) is CapturedFrame:
-                    events = feed(item.linktype, item.data, item.ts)
+                    # direct calls, not bound methods in locals: compiled, these are native calls
+                    events = engine.feed_frame(item.linktype, item.data, item.ts)
                 else:
                     secrets, problems = parse_keylog(item.data)
                     for p in problems[:MAX_KEYLOG_WARNINGS]:
@@ -91,7 +90,7 @@ class DecryptRun:
                                              f"skipped key log line: {p.reason}")
                     events = engine.add_secrets(secrets, item.ts)
                 if events:
-                    handle(events)
+                    self.handle(events)
         self.warnings.extend(reader.warnings)
 
     def finish(self) -> None:

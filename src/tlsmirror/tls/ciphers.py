@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from hmac import compare_digest
-from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
@@ -44,7 +43,12 @@ _SSL3_MAC_HDR = struct.Struct(">QBH")  # seq, type, length
 _HDR13 = struct.Struct(">BHH")  # type, version, length
 
 
-class RecordDecryptor(Protocol):
+class RecordDecryptor:
+    """What every record decryptor is. A base class, not a Protocol: compiled, a call through it is a
+    native (vtable) call instead of a Python method lookup per record."""
+
+    __slots__ = ("seq",)
+
     seq: int  # sequence number of the next record; the session moves it to skip or retry records
 
     def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
@@ -54,7 +58,7 @@ class RecordDecryptor(Protocol):
         every call, successful or not. Raises DecryptError on a bad tag/MAC/padding and TlsParseError
         on impossible lengths.
         """
-        ...
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- AEAD
@@ -70,10 +74,10 @@ def _aead(cipher: str, key: bytes, tag_len: int) -> AESGCM | AESCCM | ChaCha20Po
     raise UnsupportedError(f"AEAD cipher {cipher}")
 
 
-class _Tls12Aead:
+class _Tls12Aead(RecordDecryptor):
     """TLS 1.2 AEAD: GCM/CCM with 4-byte salt + 8-byte explicit nonce, ChaCha20 with iv xor seq."""
 
-    __slots__ = ("_aead", "_explicit", "_iv_int", "_min", "_salt", "_tag", "seq")
+    __slots__ = ("_aead", "_explicit", "_iv_int", "_min", "_salt", "_tag")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes) -> None:
         self._aead = _aead(suite.cipher, key, suite.tag_len)
@@ -104,8 +108,8 @@ class _Tls12Aead:
             raise DecryptError("bad AEAD tag") from None
 
 
-class _Tls13Aead:
-    __slots__ = ("_aead", "_iv_int", "_min", "seq")
+class _Tls13Aead(RecordDecryptor):
+    __slots__ = ("_aead", "_iv_int", "_min")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes) -> None:
         self._aead = _aead(suite.cipher, key, suite.tag_len)
@@ -213,8 +217,8 @@ def _block_algorithm(cipher: str, key: bytes) -> BlockCipherAlgorithm:
     raise UnsupportedError(f"block cipher {cipher}")
 
 
-class _Cbc:
-    __slots__ = ("_bs", "_dec", "_etm", "_explicit", "_mac", "_min", "_ssl3", "seq")
+class _Cbc(RecordDecryptor):
+    __slots__ = ("_bs", "_dec", "_etm", "_explicit", "_mac", "_min", "_ssl3")
 
     def __init__(
         self, version: int, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, etm: bool
@@ -290,10 +294,10 @@ class _Cbc:
         return content_type, plain[:end]
 
 
-class _Stream:
+class _Stream(RecordDecryptor):
     """RC4 (state persists across records) or NULL: data || MAC."""
 
-    __slots__ = ("_dec", "_mac", "seq")
+    __slots__ = ("_dec", "_mac")
 
     def __init__(self, version: int, suite: CipherSuite, key: bytes, mac_key: bytes) -> None:
         self._mac = _mac(version, suite, mac_key)

@@ -281,6 +281,29 @@ def test_export_queue_overflow_is_counted_not_grown() -> None:
     assert d.state.counters["export_queue_drops"] == 15
 
 
+def test_pcap_frames_reach_the_workers_in_batches_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlsmirror.shell import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "FRAME_BATCH_BYTES", 4000)
+    sizes: list[tuple[int, int]] = []  # (frames, frame bytes) of each message to a worker
+
+    class Recording(Daemon):
+        def _to_inbox(self, i: int, msg: Any) -> None:
+            if msg[0] == "frames":
+                sizes.append((len(msg[1]), sum(len(f[2]) for f in msg[1])))
+            super()._to_inbox(i, msg)
+
+    ex = ListExporter()
+    d = Recording(config(**{"capture.pcap": SAMPLE, "capture.pcap_linger": 0}), exporters=[ex],
+                  preload=load_preload([KEYLOG]))
+    Running(d).join(60)
+    assert sum(n for n, _ in sizes) == 333  # every frame, once
+    assert max(b for _, b in sizes) < 4000 + 1600  # the bound plus at most one frame
+    assert len(sizes) >= 10  # 256-frame batches would be one or two per worker
+    got = {(c.connection.client_port, round(c.exchange.request_ts or 0, 6)) for c in ex.calls}
+    assert len(ex.calls) == 60 and got == expected_requests()
+
+
 # ---------------------------------------------------------------------------- live capture
 def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)

@@ -36,8 +36,9 @@ from .workers import WorkerSpec, worker_main
 
 log = get_logger("daemon")
 
-FRAME_BATCH = 256  # frames per message to a worker (capture files)
-INBOX_SIZE = 64  # frame batches waiting per worker
+FRAME_BATCH = 256  # frames per message to a worker (capture files), at most
+FRAME_BATCH_BYTES = 128 << 10  # frame bytes per message, at most (plus one frame): bounded, like-sized messages
+INBOX_SIZE = 64  # frame batches waiting per worker (so at most ~8 MiB of frames each)
 RESTART_DELAY = 0.5  # seconds before a crashed worker is started again
 CRASH_LOOP = 5  # consecutive crashes within CRASH_WINDOW seconds of start: give up
 CRASH_WINDOW = 3.0
@@ -315,6 +316,7 @@ class Daemon:
         hasher = FlowHasher()
         n = self.nworkers
         batches: list[list[tuple[float, int, bytes]]] = [[] for _ in range(n)]
+        sizes = [0] * n
         speed = self.cfg.capture.pcap_speed
         t0: float | None = None
         wall0 = 0.0
@@ -323,6 +325,7 @@ class Daemon:
             if batches[i]:
                 self._to_inbox(i, ("frames", batches[i]))
                 batches[i] = []
+                sizes[i] = 0
 
         try:
             for item in self._capture:
@@ -340,7 +343,8 @@ class Daemon:
                     i = hasher(item.linktype, item.data) % n
                     b = batches[i]
                     b.append((item.ts, item.linktype, item.data))
-                    if len(b) >= FRAME_BATCH:
+                    sizes[i] += len(item.data)
+                    if len(b) >= FRAME_BATCH or sizes[i] >= FRAME_BATCH_BYTES:
                         flush(i)
                 else:  # a pcapng Decryption Secrets Block: every worker learns them at this position
                     secrets, _problems = parse_keylog(item.data)

@@ -77,7 +77,7 @@ class MetricsState:
             last_packet = 0.0
             for st in self.latest.values():
                 _merge(out, st)
-                for g in ("held_bytes", "flows_open", "tcp_buffered", "keys_stored", "outbox",
+                for g in ("held_bytes", "flows_open", "tcp_buffered", "keys_stored", "outbox", "outbox_bytes",
                           "fragments_pending"):
                     gauges[g] = gauges.get(g, 0) + st.get(g, 0)
                 last_packet = max(last_packet, st.get("last_packet_wall", 0.0))

@@ -3,8 +3,9 @@
 A worker reads frames (from its own AF_PACKET sockets in a fanout group, or from its inbox queue when
 the parent replays a capture file), feeds its engine, and sends the parent
 
-- ``("calls", index, [ApiCall, ...])`` through a bounded outbox (full: the calls are dropped and counted,
-  capture never waits; in lossless mode, used for capture files, it waits instead),
+- ``("calls", index, [ApiCall, ...])`` through a bounded outbox (pickled at once into a fixed ring of
+  ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted, capture
+  never waits; in lossless mode, used for capture files, it waits instead),
 - ``("stats", index, {...})`` every ``stats_interval`` seconds (cumulative counters and gauges),
 - ``("done", index)`` after ``engine.finish()`` on stop, and ``("fatal", index, message)`` on a start-up
   error.
@@ -16,8 +17,9 @@ worker (a killed worker cannot leave a lock held for anyone else).
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import dataclasses
+import mmap
 import os
 import pickle
 import queue
@@ -38,7 +40,7 @@ from .logs import get_logger
 log = get_logger("worker")
 
 # Counters that are gauges (not summed over dead incarnations of a worker).
-GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "pid",
+GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "outbox_bytes", "pid",
                     "last_packet_wall", "fragments_pending", "wall", "alive"})
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -68,6 +70,7 @@ class WorkerSpec:
     expire_interval: float = 1.0
     lossless: bool = False
     outbox_size: int = 256  # messages (each a batch of calls)
+    outbox_bytes: int = 16 << 20  # bytes of pickled messages waiting to be sent (the outbox's ring)
     key_ttl: float | None = None
     # connection ids are unique over workers: (flow id + incarnation << 32) * workers + index
     workers: int = 1
@@ -77,39 +80,188 @@ class WorkerSpec:
     log_rate: float = 10.0
 
 
-class Outbox:
-    """Bounded queue of messages, sent to the parent by a thread (pickling off the capture path)."""
+class MessageBuffer:
+    """A write-only file over one bytearray that is reused for every message.
 
-    def __init__(self, conn: Connection, size: int) -> None:
+    ``pickle.dumps`` builds each message in a new buffer that it grows step by step (4 KiB, 6, 9, 13.5,
+    ... x 1.5) and then shrinks; with messages of varying size, the steps freed by one message are too
+    small for the next one's larger steps, and glibc keeps them (see docs/benchmarks.md, "Soak"). A
+    pickler writing here instead leaves one buffer that grows to the largest message it has held; a
+    message larger than *limit* is sent and the buffer then starts again at *size*.
+    """
+
+    def __init__(self, size: int = 256 << 10, limit: int = 1 << 20) -> None:
+        self.size = size
+        self.limit = limit
+        self.buf = bytearray(size)
+        self.n = 0
+
+    def write(self, data: Any) -> int:
+        k = len(data)
+        end = self.n + k
+        if end > len(self.buf):
+            grown = bytearray(max(end, 2 * len(self.buf)))
+            grown[:self.n] = memoryview(self.buf)[:self.n]
+            self.buf = grown
+        self.buf[self.n:end] = data  # same length: a copy, no reallocation
+        self.n = end
+        return k
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[:self.n]
+
+    def reset(self) -> bool:
+        """Empty it for the next message; True when it was larger than its limit (and is now small)."""
+        self.n = 0
+        if len(self.buf) > self.limit:
+            self.buf = bytearray(self.size)
+            return True
+        return False
+
+
+class Outbox:
+    """Messages to the parent: pickled by the caller into a fixed ring, sent from there by a thread.
+
+    The worker's loop pickles each message at once (one reused pickler and :class:`MessageBuffer`)
+    and copies it into a ring of *max_bytes* (an anonymous mapping made once); the thread writes it
+    to the pipe, so a slow parent never blocks capture. What waits is bytes in the ring, not the
+    message's Python objects: the outbox is bounded exactly by *max_bytes* and *size* messages, and a
+    backlog does not leave the worker's object allocator at a higher-water mark. A message larger
+    than the ring is sent on its own when the outbox is idle. After a backlog, the ring's pages above
+    *keep* bytes are given back to the system. ``put`` is for one thread (the worker's loop).
+    """
+
+    def __init__(self, conn: Connection, size: int, max_bytes: int = 16 << 20, keep: int = 1 << 20) -> None:
         self.conn = conn
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.size = size
+        self.capacity = max_bytes
+        self.keep = keep
+        self.ring = mmap.mmap(-1, max_bytes)
+        self.pending_bytes = 0  # bytes of the queued messages and of the one being sent
         self.broken = False
+        self.sent = 0
+        self.failed = 0  # messages that did not pickle (a bug; logged)
+        self.buffer = MessageBuffer()
+        self._pickler = self._new_pickler()
+        self._q: collections.deque[tuple[int, int, bytes | None]] = collections.deque()  # (offset, n, big)
+        self._head = 0  # where the next message goes in the ring
+        self._tail = 0  # start of the oldest message not yet sent
+        self._touched = 0  # ring bytes written since the last release
+        self._sending = False
+        self._closing = False
+        self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.thread.start()
 
+    def qsize(self) -> int:
+        return len(self._q)
+
+    def _new_pickler(self) -> pickle.Pickler:
+        return pickle.Pickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _reserve(self, n: int) -> int:
+        """Offset of *n* free bytes in the ring, -1 if the message goes on its own, -2 if full."""
+        if self.broken:
+            return -2
+        idle = not self._q and not self._sending
+        if idle:
+            self._head = self._tail = 0
+        elif len(self._q) >= self.size:
+            return -2
+        cap, head, tail = self.capacity, self._head, self._tail
+        if n > cap:
+            return -1 if idle else -2
+        if idle or head > tail:  # used: [tail, head)
+            if head + n <= cap:
+                return head
+            return 0 if n <= tail else -2  # wrap around (the end stays unused until then)
+        return head if head + n <= tail else -2  # used: [tail, cap) and [0, head); head == tail: full
+
     def put(self, msg: Any, *, block: bool = False, timeout: float | None = None) -> bool:
+        """Queue *msg*; False when the outbox is full (after waiting *timeout* if *block*) or broken."""
         if self.broken:
             return False
+        buf = self.buffer
         try:
-            self.q.put(msg, block=block, timeout=timeout)
+            self._pickler.dump(msg)
+        except Exception:  # a value that does not pickle: a bug; lose this message, not the worker
+            log.exception("outbox: message %r not sent", msg[0] if isinstance(msg, tuple) else type(msg))
+            self.failed += 1
+            self._pickler = self._new_pickler()  # it may hold half a message
+            buf.reset()
             return True
-        except queue.Full:
-            return False
+        finally:
+            self._pickler.clear_memo()  # the memo holds the message's objects; its table keeps its size
+        n = buf.n
+        try:
+            with self._cond:
+                off = self._reserve(n)
+                if off == -2 and block:
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while off == -2 and not self.broken:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._cond.wait(left)
+                        off = self._reserve(n)
+                if off == -2:
+                    return False
+                if off == -1:
+                    self._q.append((0, n, bytes(buf.view())))
+                else:
+                    self.ring[off:off + n] = buf.view()
+                    self._head = off + n
+                    self._touched = max(self._touched, off + n)
+                    self._q.append((off, n, None))
+                self.pending_bytes += n
+                self._cond.notify_all()
+                return True
+        finally:
+            if buf.reset():
+                self._pickler = self._new_pickler()  # its frame buffer grew with the large message too
 
     def _run(self) -> None:
+        cond = self._cond
         while True:
-            msg = self.q.get()
-            if msg is None:
-                return
+            with cond:
+                cond.wait_for(lambda: bool(self._q) or self._closing)
+                if not self._q:
+                    return
+                off, n, big = self._q.popleft()
+                self._sending = True
+                if big is None:
+                    self._tail = off
+            view = memoryview(big) if big is not None else memoryview(self.ring)[off:off + n]
             try:
-                self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+                self.conn.send_bytes(view)
+                self.sent += 1
             except OSError:
-                self.broken = True  # the parent is gone
+                with cond:
+                    self.broken = True  # the parent is gone
+                    self._sending = False
+                    cond.notify_all()
                 return
+            finally:
+                view.release()
+                del big
+            with cond:
+                self._sending = False
+                self.pending_bytes -= n
+                if not self._q:
+                    self._head = self._tail = 0
+                    if self._touched > self.keep:  # after a backlog: give the ring's pages back
+                        start = self.keep - self.keep % mmap.PAGESIZE
+                        self.ring.madvise(mmap.MADV_DONTNEED, start, self.capacity - start)
+                        self._touched = start
+                elif self._q[0][2] is None:
+                    self._tail = self._q[0][0]
+                cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
-        with contextlib.suppress(queue.Full):
-            self.q.put(None, timeout=timeout)
+        """Send what is queued, then stop the thread (within *timeout*)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self.thread.join(timeout)
 
 
@@ -171,11 +323,12 @@ class Worker:
         if not self.calls:
             return
         batch, self.calls = self.calls, []
+        msg = ("calls", self.spec.index, batch)
         if self.spec.lossless:
-            while not self.out.put(("calls", self.spec.index, batch), block=True, timeout=1.0):
+            while not self.out.put(msg, block=True, timeout=1.0):
                 if self.out.broken:
                     return
-        elif not self.out.put(("calls", self.spec.index, batch)):
+        elif not self.out.put(msg):
             self.result_drops += len(batch)
 
     def frames(self, linktype: int, frames: list[bytes], ts: float) -> None:
@@ -261,7 +414,8 @@ class Worker:
             "secrets_received": self.secrets_received, "held_bytes": e.tls.held_bytes,
             "flows_open": e.tcp.open_flows, "tcp_buffered": e.tcp.buffered_bytes,
             "fragments_pending": e.frames.fragments_pending, "rss": rss_bytes(),
-            "last_packet_wall": self.last_packet_wall, "outbox": self.out.q.qsize(),
+            "last_packet_wall": self.last_packet_wall, "outbox": self.out.qsize(),
+            "outbox_bytes": self.out.pending_bytes,
         }
 
     def finish(self) -> None:
@@ -359,7 +513,7 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(spec.log_level, spec.log_format, spec.log_rate)
     log = get_logger(f"worker{spec.index}")
-    outbox = Outbox(results, spec.outbox_size)
+    outbox = Outbox(results, spec.outbox_size, spec.outbox_bytes)
     worker = Worker(spec, outbox)
 
     def on_term(_signo: int, _frame: Any) -> None:

@@ -3,7 +3,8 @@
 
     python3 bench/bench_decrypt.py [--runs 3] [--tools tlsmirror,tshark,tshark-filter,ssldump] [--check]
 
-Each tool runs --runs times, one process at a time; the best (lowest) wall time of each is reported with
+Each tool runs --runs times, one process at a time, in interleaved rounds (every tool once, then again:
+a slow spell of a shared machine hits all tools alike); the best (lowest) wall time of each is reported with
 packets/s and MB/s of captured frames, CPU time, and the peak RSS of that process (``os.wait4``). The ratio
 column is packets/s over the reference tshark's packets/s.
 
@@ -96,23 +97,33 @@ def main() -> int:
     notes: dict[str, str] = {}
     plain: dict[str, int | None] = {}
     try:
+        present = []
         for tool in tools:
             exe = cmds[tool][0]
             if shutil.which(exe) is None and not Path(exe).exists():
                 print(f"{tool}: {exe} not installed, skipped")
                 continue
             print("$ " + " ".join(cmds[tool]).replace(str(tmp) + "/", ""), flush=True)
-            for i in range(a.runs):
+            present.append(tool)
+        # Rounds interleave the tools (tlsmirror, tshark, ..., then again), so that a slow spell of a
+        # shared machine falls on all of them rather than on one tool's runs.
+        failed: set[str] = set()
+        for i in range(a.runs):
+            for tool in present:
+                if tool in failed:
+                    continue
                 out_file = tmp / f"{tool}.out"
                 t = timed_run(cmds[tool], stdout_path=str(out_file))
-                print(f"  run {i + 1}: {t.wall:.2f} s wall, {t.user + t.sys:.2f} s CPU, "
+                print(f"  round {i + 1} {tool}: {t.wall:.2f} s wall, {t.user + t.sys:.2f} s CPU, "
                       f"{t.max_rss_kib / 1024:.0f} MiB peak RSS, exit {t.returncode}", flush=True)
                 if t.returncode != 0:
                     err = t.stderr.decode(errors="replace")[-300:]
                     failures.append(f"{tool} exited {t.returncode}: {err}")
-                    break
+                    failed.add(tool)
+                    continue
                 if tool not in best or t.wall < best[tool].wall:
                     best[tool] = t
+        for tool in present:
             if tool in best:
                 notes[tool], plain[tool] = verify(tool, tmp, st.connections, failures)
         tm_bytes, ts_bytes = plain.get("tlsmirror"), plain.get("tshark")

@@ -31,6 +31,8 @@ _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
 SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two chunks
 
 _CRLF = b"\r\n"
+# The fields this stage reads (framing, body decoding, the authority): only these are indexed.
+_INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host"))
 
 
 def _head_end(buf: bytes, start: int) -> int:
@@ -104,15 +106,16 @@ class _Msg:
             index = self._index = {}
             for k, v in self.headers:
                 key = k.lower()
-                got = index.get(key)
-                if got is None:
-                    index[key] = [v]
-                else:
-                    got.append(v)
+                if key in _INDEXED:
+                    got = index.get(key)
+                    if got is None:
+                        index[key] = [v]
+                    else:
+                        got.append(v)
         return index.get(name)
 
     def header(self, name: str) -> str | None:
-        """The first value of field ``name`` (lowercase)."""
+        """The first value of field ``name`` (lowercase; one of ``_INDEXED``)."""
         values = self._values(name)
         return values[0] if values else None
 
@@ -426,17 +429,25 @@ class H1Connection(EventQueue):
             return pos
         if end - pos > MAX_HEAD:
             raise HttpError("message head too large")
-        head = buf[pos:end]
-        if d.bare_lf or _has_bare_lf(head):
-            # LF-only line ends (tolerated by most servers; llhttp refuses some of them): parse the
-            # whole head again with CRLF line ends
+        relf = d.bare_lf
+        if not relf:
+            try:
+                self._feed_parser(parser, buf[d.fed:end])
+            except HttpError:
+                if not _has_bare_lf(buf[pos:end]):
+                    raise
+                relf = True
+            else:
+                # llhttp refuses LF-only line ends (measured: every such head): only then look for them
+                relf = d.proto is not None and not d.proto.complete and _has_bare_lf(buf[pos:end])
+        if relf:
+            # LF-only line ends (tolerated by most servers, refused by llhttp): parse the whole head
+            # again with CRLF line ends
             d.proto = _Head()
             parser = d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
                                  else httptools.HttpResponseParser(d.proto))
             parser.set_dangerous_leniencies(lenient_chunked_length=True)
-            self._feed_parser(parser, head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-        else:
-            self._feed_parser(parser, buf[d.fed:end])
+            self._feed_parser(parser, buf[pos:end].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
         proto = d.proto
         assert proto is not None
         if not proto.complete:

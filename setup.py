@@ -28,6 +28,7 @@ COMPILED = [
     "src/tlsmirror/pipeline.py",
     "src/tlsmirror/shell/pcapfile.py",
     "src/tlsmirror/shell/decrypt.py",
+    "src/tlsmirror/shell/replay.py",
     "src/tlsmirror/http/events.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",

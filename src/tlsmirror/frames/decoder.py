@@ -55,6 +55,20 @@ class FrameDecoder:
 
     def decode(self, linktype: int, data: bytes, ts: float) -> TcpSegment | None:
         """Innermost TCP segment of the frame, or None (non-TCP / malformed: counted, never raises)."""
+        # declared: struct gives Any; compiled, typed locals make the checks below native
+        etype: int
+        vihl: int
+        total: int
+        frag: int
+        proto: int
+        src: bytes
+        dst: bytes
+        sport: int
+        dport: int
+        seq: int
+        ack: int
+        doff: int
+        flags: int
         try:
             if linktype == LINKTYPE_ETHERNET:
                 if len(data) >= 54:
@@ -80,6 +94,12 @@ class FrameDecoder:
         self._frags.expire(ts)
 
     def _walk(self, kind: int, buf: bytes, off: int, end: int, ts: float) -> TcpSegment:
+        sport: int  # declared: see decode
+        dport: int
+        seq: int
+        ack: int
+        doff: int
+        flags: int
         for _ in range(MAX_LAYERS):
             if kind == K_ETH:
                 kind, off = ethernet_payload(buf, off, end)

@@ -159,6 +159,13 @@ def ipv4(buf: bytes, off: int, end: int, ts: float,
     """
     if off + 20 > end:
         raise FrameSkip("truncated")
+    vihl: int  # declared: struct gives Any; compiled, typed locals keep the arithmetic native
+    total: int
+    ident: int
+    frag: int
+    proto: int
+    src: bytes
+    dst: bytes
     vihl, total, ident, frag, proto, src, dst = _V4.unpack_from(buf, off)
     ihl = (vihl & 0x0F) << 2
     if vihl >> 4 != 4 or ihl < 20:

@@ -241,6 +241,11 @@ class CaptureReader:
         rec_len = self._rec_len
         divisor = self._divisor
         linktype = self.linktype
+        # declared: struct gives Any, and compiled, typed locals make the per-record arithmetic native
+        sec: int
+        frac: int
+        caplen: int
+        _origlen: int
         while True:
             buf, pos = self._buf, self._pos
             if len(buf) - pos < rec_len:
@@ -275,6 +280,13 @@ class CaptureReader:
         ifaces: list[_Interface] = []
         n_ifaces = 0
         last_ts = 0.0
+        btype: int  # declared for native arithmetic when compiled (struct gives Any)
+        blen: int
+        if_id: int
+        ts_hi: int
+        ts_lo: int
+        caplen: int
+        _olen: int
         while True:
             if not self._fill(12):
                 if len(self._buf) > self._pos:

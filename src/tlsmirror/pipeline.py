@@ -346,22 +346,23 @@ class Engine:
         """Feed the TLS events appended to ``out`` since ``mark`` to the session's HTTP parser."""
         n = len(out)
         i = mark
+        user = sess.user
+        # typed, not Any: compiled, the HTTP stage is then called natively
+        http: _TlsHttp | None = user if type(user) is _TlsHttp else None
         while i < n:
             ev = out[i]
             i += 1
             if type(ev) is TlsPlaintext:  # (narrows ev, see _tcp_event)
-                http = sess.user
                 if http is None:
-                    http = sess.user = _TlsHttp(sess, self.config.body_limit)
+                    http = _TlsHttp(sess, self.config.body_limit)
+                    sess.user = http
                 self._http_events(http.connection(), http.conn.feed(ev.direction, ev.data, ev.ts), out)
             elif type(ev) is TlsHandshake:
                 pass
             elif type(ev) is TlsGap:
-                if sess.user is not None:
-                    http = sess.user
+                if http is not None:
                     self._http_events(http.connection(), http.conn.gap(ev.direction, ev.size, ev.ts), out)
-            elif type(ev) is TlsOutcome and sess.user is not None:
-                http = sess.user
+            elif type(ev) is TlsOutcome and http is not None:
                 self._http_events(http.connection(), http.conn.close(ev.ts), out)
 
     def _http_events(self, conn: Connection, events: list[Any], out: list[Any]) -> None:

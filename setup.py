@@ -35,6 +35,7 @@ COMPILED = [
     "src/tlsmirror/shell/pcapfile.py",
     "src/tlsmirror/shell/decrypt.py",
     "src/tlsmirror/shell/replay.py",
+    "src/tlsmirror/shell/export/jsonl.py",
     "src/tlsmirror/http/events.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",

@@ -94,13 +94,19 @@ class _Tls12Aead(RecordDecryptor):
         n = len(fragment)
         if n < self._min or n > MAX_TLS12_CIPHERTEXT:
             raise TlsParseError(f"AEAD record of {n} bytes")
-        view = memoryview(fragment)
-        if self._explicit:
+        body: bytes | memoryview
+        if not self._explicit:
+            nonce = (self._iv_int ^ seq).to_bytes(12, "big")
+            body = fragment
+        elif type(fragment) is bytes:
+            # bytes slices: compiled, native and cheaper than a memoryview and its slices for
+            # records of this size (the copy is a memcpy)
+            nonce = self._salt + fragment[:8]
+            body = fragment[8:]
+        else:
+            view = memoryview(fragment)
             nonce = self._salt + bytes(view[:8])
             body = view[8:]
-        else:
-            nonce = (self._iv_int ^ seq).to_bytes(12, "big")
-            body = view
         aad = _AEAD_AAD.pack(seq, content_type, record_version, n - self._min)
         try:
             return content_type, self._aead.decrypt(nonce, body, aad)
@@ -128,10 +134,12 @@ class _Tls13Aead(RecordDecryptor):
             plain = self._aead.decrypt(nonce, fragment, _HDR13.pack(content_type, record_version, n))
         except InvalidTag:
             raise DecryptError("bad AEAD tag") from None
-        inner = plain.rstrip(b"\x00")
-        if not inner:
+        i = len(plain) - 1
+        while i >= 0 and plain[i] == 0:  # padding (rare): zeros after the inner content type
+            i -= 1
+        if i < 0:
             raise DecryptError("TLS 1.3 record without inner content type")
-        return inner[-1], inner[:-1]
+        return plain[i], plain[:i]
 
 
 # --------------------------------------------------------------------------- MACs
@@ -286,12 +294,12 @@ class _Cbc(RecordDecryptor):
         if self._explicit:
             plain = plain[bs:]
         end, pad_ok = self._unpad(plain, mac_len)
-        pview = memoryview(plain)
-        expected = mac.compute(seq, content_type, record_version, pview[:end])
-        mac_ok = compare_digest(expected, pview[end : end + mac_len])
+        data = plain[:end]  # the result, and what the MAC covers
+        expected = mac.compute(seq, content_type, record_version, data)
+        mac_ok = compare_digest(expected, plain[end : end + mac_len])
         if not (pad_ok and mac_ok):
             raise DecryptError("bad record MAC or padding")
-        return content_type, plain[:end]
+        return content_type, data
 
 
 class _Stream(RecordDecryptor):

@@ -21,10 +21,11 @@ import pytest
 
 from tests.support.corpus import CORPUS, corpus_present
 from tlsmirror.calls import ApiCall
+from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.record import call_to_dict
 from tlsmirror.shell.decrypt import load_keylog_files, load_rsa_files
-from tlsmirror.shell.replay import ReplayRun
+from tlsmirror.shell.pcapfile import CapturedFrame, CaptureReader
 from tlsmirror.tls.events import TlsPlaintext
 
 pytestmark = pytest.mark.corpus
@@ -93,19 +94,24 @@ def _oracle(capture: str) -> dict[str, Any]:
     return streams
 
 
-class _Run(ReplayRun):
-    """ReplayRun that also counts each TLS connection's plaintext bytes per direction (to find the
-    oracle's stream for it)."""
+def _drive(engine: Engine, capture: str, sink: _Collect, plain: dict[int, list[int]]) -> None:
+    """What ``tlsmirror replay`` does with a capture (ReplayRun is compiled, so not subclassed here),
+    also counting each TLS connection's plaintext bytes per direction (to find the oracle's stream)."""
 
-    def __init__(self, engine: Engine, sink: _Collect) -> None:
-        super().__init__(engine, [sink])
-        self.plain: dict[int, list[int]] = {}
-
-    def handle(self, events: list[Any]) -> None:
+    def handle(events: list[Any]) -> None:
         for ev in events:
             if type(ev) is TlsPlaintext:
-                self.plain.setdefault(ev.flow.id, [0, 0])[ev.direction] += len(ev.data)
-        super().handle(events)
+                plain.setdefault(ev.flow.id, [0, 0])[ev.direction] += len(ev.data)
+            elif type(ev) is ApiCall:
+                sink.export(ev)
+
+    with CaptureReader(capture) as reader:
+        for item in reader:
+            if type(item) is CapturedFrame:
+                handle(engine.feed_frame(item.linktype, item.data, item.ts))
+            else:
+                handle(engine.add_secrets(parse_keylog(item.data)[0], item.ts))
+    handle(engine.finish())
 
 
 def _run(case: dict[str, Any], plain: dict[int, list[int]] | None = None) -> list[ApiCall]:
@@ -119,11 +125,10 @@ def _run(case: dict[str, Any], plain: dict[int, list[int]] | None = None) -> lis
     engine = Engine(EngineConfig(http=True), rsa_keys=load_rsa_files(rsa))
     engine.add_secrets(load_keylog_files(keylogs, io.StringIO()), 0.0)
     sink = _Collect()
-    run = _Run(engine, sink)
-    run.run(str(CORPUS / case["capture"]))
-    run.finish()
+    counts: dict[int, list[int]] = {}
+    _drive(engine, str(CORPUS / case["capture"]), sink, counts)
     if plain is not None:
-        plain.update(run.plain)
+        plain.update(counts)
     return sink.calls
 
 

@@ -482,3 +482,14 @@ def test_client_gap_loses_only_the_request_in_the_hole() -> None:
     ex = exchanges(out)
     assert [(e.path, e.status) for e in ex] == [("/a", 201), ("/b", 200)]
     assert "gap" in ex[0].flags and ex[0].request_body is not None and ex[0].request_body.wire_size == 5000
+
+
+def test_field_text_utf8_and_latin1_per_field() -> None:
+    """Fields are UTF-8 where they can be; a field that is not (Latin-1 on the wire) is read as Latin-1."""
+    out = same_whole_and_bytewise([
+        (0, "GET /u HTTP/1.1\r\nHost: h\r\nX-Name: caf\u00e9\r\nX-Empty:\r\n\r\n".encode(), 1.0),
+        (1, b"HTTP/1.1 200 OK\r\nX-Old: caf\xe9\r\nX-New: \xe2\x9c\x93\r\nContent-Length: 0\r\n\r\n", 2.0),
+    ])
+    (ex,) = exchanges(out)
+    assert ex.request_headers == (("Host", "h"), ("X-Name", "caf\u00e9"), ("X-Empty", ""))
+    assert ex.response_headers == (("X-Old", "caf\u00e9"), ("X-New", "\u2713"), ("Content-Length", "0"))

@@ -32,7 +32,8 @@ SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two c
 
 _CRLF = b"\r\n"
 # The fields this stage reads (framing, body decoding, the authority): only these are indexed.
-_INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host"))
+_INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
+                      "upgrade"))
 
 
 def _head_end(buf: bytes, start: int) -> int:
@@ -411,7 +412,13 @@ class H1Connection(EventQueue):
             d.fed = pos
             d.scan = pos
             d.bare_lf = False
-        end = _head_end(buf, d.scan)
+        # The usual head ends at its first CRLF CRLF (one search). One with LF-only line ends (its end
+        # may be an LF LF before that) is refused by llhttp below, and then found by _head_end.
+        end = -1 if d.bare_lf else buf.find(b"\r\n\r\n", d.scan)
+        if end >= 0:
+            end += 4
+        else:
+            end = _head_end(buf, d.scan)
         parser = d.parser
         if end < 0:
             if len(buf) - pos > MAX_HEAD:
@@ -434,6 +441,7 @@ class H1Connection(EventQueue):
             try:
                 self._feed_parser(parser, buf[d.fed:end])
             except HttpError:
+                end = _head_end(buf, pos)  # an LF LF may end the head before that CRLF CRLF
                 if not _has_bare_lf(buf[pos:end]):
                     raise
                 relf = True
@@ -460,11 +468,14 @@ class H1Connection(EventQueue):
         msg = _Msg(head_ts)
         msg.version = parser.get_http_version()
         msg.headers = tuple((_text(k), _text(v)) for k, v in proto.headers)
-        msg.upgrade = parser.should_upgrade()
         if i == 0:
             assert isinstance(parser, httptools.HttpRequestParser)
             msg.method = parser.get_method().decode("ascii", "replace")
             msg.target = _text(proto.url)
+            # llhttp's upgrade flag needs CONNECT or an Upgrade field: only then ask (a response's
+            # is not used: its status code says)
+            if msg.method == "CONNECT" or msg.header("upgrade") is not None:
+                msg.upgrade = parser.should_upgrade()
             self._request_head(d, msg, ts)
         else:
             assert isinstance(parser, httptools.HttpResponseParser)

@@ -47,8 +47,8 @@ def test_counters_survive_a_restart_and_gauges_do_not_add_up() -> None:
 def test_collector_output_and_status_table() -> None:
     st = MetricsState(2)
     st.alive = {0: True, 1: True}
-    st.update(0, worker_stats(100, 5))
-    st.update(1, worker_stats(50, 2))
+    st.update(0, {**worker_stats(100, 5), "outbox": 2, "outbox_bytes": 3000})
+    st.update(1, {**worker_stats(50, 2), "outbox": 1, "outbox_bytes": 500})
     st.restarts = 1
     st.counters["export_queue_drops"] = 4
     st.exporters["jsonlexporter"] = lambda: {"exported": 9, "errors": 0}
@@ -63,6 +63,7 @@ def test_collector_output_and_status_table() -> None:
     assert m["tlsmirror_kernel_drops_total"][()] == 2
     assert m["tlsmirror_exporter_total"][(("counter", "exported"), ("exporter", "jsonlexporter"))] == 9
     assert m["tlsmirror_worker_restarts_total"][()] == 1
+    assert m["tlsmirror_worker_outbox_messages"][()] == 3 and m["tlsmirror_worker_outbox_bytes"][()] == 3500
     assert (("process", "worker0"),) in m["tlsmirror_memory_rss_bytes"]
     table = status_table(text, {"status": "ok", "reasons": []})
     assert "TLS connections  9: decrypted 7, no_key 2" in table

@@ -174,6 +174,10 @@ class Collector:
                                 value=st.export_queue_depth())
         yield GaugeMetricFamily(P + "export_queue_capacity", "Size of the export queue",
                                 value=st.export_queue_size)
+        yield GaugeMetricFamily(P + "worker_outbox_messages", "Batches of API calls waiting in the workers' "
+                                "outboxes for the parent (summed over workers)", value=t.get("outbox", 0))
+        yield GaugeMetricFamily(P + "worker_outbox_bytes", "Bytes of pickled messages waiting in the workers' "
+                                "outboxes (summed over workers)", value=t.get("outbox_bytes", 0))
         fam = CounterMetricFamily(P + "exporter", "Exporter counters", labels=["exporter", "counter"])
         for name, stats_fn in st.exporters.items():
             try:

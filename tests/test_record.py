@@ -186,3 +186,25 @@ def test_any_exchange_is_json_and_bodies_round_trip(data: bytes, ct: str | None,
     assert got == data
     assert body["encoding"] == ("utf-8" if body_is_text(data, ct) else "base64")
     assert back["response"]["headers"] == [list(h) for h in hdrs]
+
+
+def test_iso_time_from_several_threads() -> None:
+    """The memo of the last time formatted never hands one thread another thread's time."""
+    import threading
+
+    errors: list[str] = []
+
+    def work(base: int) -> None:
+        for i in range(3000):
+            ts = base + i / 1000.0
+            want = datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            got = iso_time(ts)
+            if not got.startswith(want):
+                errors.append(f"{ts}: {got}")
+
+    threads = [threading.Thread(target=work, args=(1_700_000_000 + k * 86_400,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

@@ -32,8 +32,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 _second_cache: dict[int, str] = {}
-_last_micros = -1  # the last time formatted, and its text
-_last_iso = ""
+_last: tuple[int, str] = (-1, "")  # the last time formatted, and its text
 
 
 def micros(ts: float) -> int:
@@ -58,13 +57,13 @@ def iso_micros(us_total: int) -> str:
     The part up to the second is formatted once per second (a small cache): timestamps of one capture
     cluster in few seconds, and strftime is the costly part. No format spec: compiled, one is 3x slower.
     """
-    global _last_micros, _last_iso
-    if us_total == _last_micros:
-        return _last_iso  # a record's start and end times are often the same microsecond
+    global _last
+    last = _last  # one tuple, read and replaced whole: safe when exporters run in several threads
+    if last[0] == us_total:
+        return last[1]  # a record's start and end times are often the same microsecond
     sec = us_total // 1_000_000
     text = f"{_iso_head(sec)}.{str(us_total - sec * 1_000_000 + 1_000_000)[1:]}Z"
-    _last_micros = us_total
-    _last_iso = text
+    _last = (us_total, text)
     return text
 
 

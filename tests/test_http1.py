@@ -493,3 +493,28 @@ def test_field_text_utf8_and_latin1_per_field() -> None:
     (ex,) = exchanges(out)
     assert ex.request_headers == (("Host", "h"), ("X-Name", "caf\u00e9"), ("X-Empty", ""))
     assert ex.response_headers == (("X-Old", "caf\u00e9"), ("X-New", "\u2713"), ("Content-Length", "0"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(eols=st.lists(st.sampled_from(["\r\n", "\n"]), min_size=16, max_size=16), step=st.sampled_from([0, 1, 5]))
+def test_lf_only_line_ends_read_like_crlf(eols: list[str], step: int) -> None:
+    """Heads with any mix of LF and CRLF line ends give the exchanges their CRLF forms give."""
+    it = iter(eols)
+
+    def msg(lines: list[str], body: str = "") -> bytes:
+        return ("".join(line + next(it) for line in lines) + next(it) + body).encode()
+
+    req = (msg(["GET /a HTTP/1.1", "Host: h", "X-A: 1"])
+           + msg(["POST /b HTTP/1.1", "Host: h", "Content-Length: 2"], "ok"))
+    resp = (msg(["HTTP/1.1 200 OK", "Content-Length: 3"], "abc") + msg(["HTTP/1.1 204 No Content"]))
+
+    def crlf(data: bytes) -> bytes:
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    def fields(out: list[Exchange | HttpProblem]) -> list[tuple[object, ...]]:
+        return [(e.method, e.path, e.status, e.request_headers, e.response_headers,
+                 e.response_body.data if e.response_body else None) for e in exchanges(out)]
+
+    want = fields(run([(0, crlf(req), 1.0), (1, crlf(resp), 2.0)]))
+    got = run([(0, req, 1.0), (1, resp, 2.0)], step=step)
+    assert fields(got) == want and len(want) == 2

@@ -438,6 +438,7 @@ class H1Connection(EventQueue):
             raise HttpError("message head too large")
         relf = d.bare_lf
         if not relf:
+            # llhttp refuses LF-only line ends (measured: every such head): only then look for them
             try:
                 self._feed_parser(parser, buf[d.fed:end])
             except HttpError:
@@ -446,8 +447,11 @@ class H1Connection(EventQueue):
                     raise
                 relf = True
             else:
-                # llhttp refuses LF-only line ends (measured: every such head): only then look for them
-                relf = d.proto is not None and not d.proto.complete and _has_bare_lf(buf[pos:end])
+                if d.proto is not None and not d.proto.complete:
+                    lf_end = _head_end(buf, pos)
+                    if _has_bare_lf(buf[pos:lf_end]):
+                        end = lf_end
+                        relf = True
         if relf:
             # LF-only line ends (tolerated by most servers, refused by llhttp): parse the whole head
             # again with CRLF line ends

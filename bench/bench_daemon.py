@@ -42,7 +42,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CONNS, DATA, REPO, REQS, child_env, print_table, require_capture, tlsmirror_cmd
+from common import (
+    CONNS,
+    DATA,
+    REPO,
+    REQS,
+    child_env,
+    daemon_stopped,
+    print_table,
+    require_capture,
+    tlsmirror_cmd,
+)
 
 LAB = Path(os.environ.get("TLSMIRROR_LAB", str(REPO.parent / "shared" / "lab")))
 NS, IFACE, PEER = "tmlab-srv", "tmlab0", "tmlab1"
@@ -332,24 +342,16 @@ def stop_daemon(daemon: subprocess.Popen[bytes], timeout: float) -> bool:
 
 def parse_stopped(log_path: Path, res: Result) -> None:
     """Outcomes from the daemon's last log line ("stopped: ... TLS connections: decrypted 600, ...")."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
+    msg = daemon_stopped(log_path)
+    if msg is None:
         return
-    for line in reversed(lines):
-        try:
-            msg = json.loads(line).get("msg", "")
-        except ValueError:
-            continue
-        if msg.startswith("stopped:"):
-            m = re.search(r"TLS connections: (.*), \d+ worker restarts", msg)
-            if m and m.group(1) != "none":
-                for part in m.group(1).split(", "):
-                    name, _, n = part.rpartition(" ")
-                    if n.isdigit():
-                        res.outcomes[name] = int(n)
-            res.decrypted = res.outcomes.get("decrypted", 0)
-            return
+    m = re.search(r"TLS connections: (.*), \d+ worker restarts", msg)
+    if m and m.group(1) != "none":
+        for part in m.group(1).split(", "):
+            name, _, n = part.rpartition(" ")
+            if n.isdigit():
+                res.outcomes[name] = int(n)
+    res.decrypted = res.outcomes.get("decrypted", 0)
 
 
 # ---------------------------------------------------------------------------- main

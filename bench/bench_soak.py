@@ -42,7 +42,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CONNS, DATA, REPO, REQS, child_env, client_port_offset, print_table, require_capture, tlsmirror_cmd
+from common import (
+    CONNS,
+    DATA,
+    REPO,
+    REQS,
+    child_env,
+    client_port_offset,
+    daemon_stopped,
+    print_table,
+    require_capture,
+    tlsmirror_cmd,
+)
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -319,22 +330,14 @@ def main() -> int:
 def last_stopped(path: Path) -> dict[str, int]:
     """Numbers of the daemon's "stopped: N packets, M API calls exported, TLS connections: ..." line."""
     out: dict[str, int] = {}
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+    msg = daemon_stopped(path)
+    if msg is None:
         return out
-    for line in reversed(lines):
-        try:
-            msg = json.loads(line).get("msg", "")
-        except ValueError:
-            continue
-        if msg.startswith("stopped:"):
-            m = re.search(r"(\d+) packets, (\d+) API calls exported", msg)
-            if m:
-                out["packets"], out["exported"] = int(m.group(1)), int(m.group(2))
-            m = re.search(r"decrypted (\d+)", msg)
-            out["decrypted"] = int(m.group(1)) if m else 0
-            return out
+    m = re.search(r"(\d+) packets, (\d+) API calls exported", msg)
+    if m:
+        out["packets"], out["exported"] = int(m.group(1)), int(m.group(2))
+    m = re.search(r"decrypted (\d+)", msg)
+    out["decrypted"] = int(m.group(1)) if m else 0
     return out
 
 

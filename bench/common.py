@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -201,3 +202,19 @@ def client_port_offset(data: bytes, server_port: int = 443) -> int:
         return -1
     sport, dport = struct.unpack_from("!HH", data, tcp)
     return tcp if dport == server_port else tcp + 2 if sport == server_port else -1
+
+
+def daemon_stopped(log_path: Path) -> str | None:
+    """The message of the daemon's last "stopped: ..." line in its JSON log (None when there is none)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            msg = json.loads(line).get("msg", "")
+        except ValueError:
+            continue
+        if isinstance(msg, str) and msg.startswith("stopped:"):
+            return msg
+    return None

@@ -250,7 +250,7 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         "http_version": ex.http_version,
         "stream_id": ex.stream_id,
         "method": ex.method,
-        "scheme": ex.scheme or ("https" if conn.tls else "http"),
+        "scheme": scheme_of(call),
         "authority": ex.authority,
         "target": target,
         "path": path,

@@ -51,7 +51,7 @@ class RecordDecryptor:
 
     seq: int  # sequence number of the next record; the session moves it to skip or retry records
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         """Decrypt one record's fragment; return (content_type, plaintext).
 
         TLS 1.3 returns the inner content type with padding removed. The sequence number advances on
@@ -88,25 +88,20 @@ class _Tls12Aead(RecordDecryptor):
         self._min = self._tag + (8 if self._explicit else 0)
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
         if n < self._min or n > MAX_TLS12_CIPHERTEXT:
             raise TlsParseError(f"AEAD record of {n} bytes")
-        body: bytes | memoryview
-        if not self._explicit:
-            nonce = (self._iv_int ^ seq).to_bytes(12, "big")
-            body = fragment
-        elif type(fragment) is bytes:
-            # bytes slices: compiled, native and cheaper than a memoryview and its slices for
-            # records of this size (the copy is a memcpy)
+        if self._explicit:
+            # bytes slices: compiled, native and cheaper than a memoryview and its slices for records
+            # of this size (the copy is a memcpy)
             nonce = self._salt + fragment[:8]
             body = fragment[8:]
         else:
-            view = memoryview(fragment)
-            nonce = self._salt + bytes(view[:8])
-            body = view[8:]
+            nonce = (self._iv_int ^ seq).to_bytes(12, "big")
+            body = fragment
         aad = _AEAD_AAD.pack(seq, content_type, record_version, n - self._min)
         try:
             return content_type, self._aead.decrypt(nonce, body, aad)
@@ -123,7 +118,7 @@ class _Tls13Aead(RecordDecryptor):
         self._min = suite.tag_len + 1
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
@@ -154,7 +149,7 @@ class _HmacMac:
         self._base = hmac.HMAC(key, algorithm)
         self.size = algorithm.digest_size
 
-    def compute(self, seq: int, content_type: int, version: int, data: memoryview | bytes) -> bytes:
+    def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
         h = self._base.copy()
         h.update(_AEAD_AAD.pack(seq, content_type, version, len(data)))
         h.update(data)
@@ -174,7 +169,7 @@ class _Ssl3Mac:
         self._outer.update(key + b"\x5c" * pad_len)
         self.size = algorithm.digest_size
 
-    def compute(self, seq: int, content_type: int, version: int, data: memoryview | bytes) -> bytes:
+    def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
         h = self._inner.copy()
         h.update(_SSL3_MAC_HDR.pack(seq, content_type, len(data)))
         h.update(data)
@@ -263,7 +258,7 @@ class _Cbc(RecordDecryptor):
             return end, pad < self._bs
         return end, plain[n - pad - 1 :] == bytes((pad,)) * (pad + 1)
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
@@ -276,11 +271,10 @@ class _Cbc(RecordDecryptor):
             body_len = n - mac_len
             if body_len % bs:
                 raise TlsParseError(f"CBC record of {n} bytes is not whole blocks")
-            view = memoryview(fragment)
-            body = view[:body_len]
+            body = fragment[:body_len]
             plain = self._dec.update(body)  # first: keeps the TLS 1.0 IV chain in step even on a bad MAC
             expected = mac.compute(seq, content_type, record_version, body)
-            if not compare_digest(expected, view[body_len:]):
+            if not compare_digest(expected, fragment[body_len:]):
                 raise DecryptError("bad record MAC")
             if self._explicit:
                 plain = plain[bs:]
@@ -318,20 +312,20 @@ class _Stream(RecordDecryptor):
             raise UnsupportedError(f"stream cipher {suite.cipher}")
         self.seq = 0
 
-    def decrypt(self, content_type: int, record_version: int, fragment: bytes | memoryview) -> tuple[int, bytes]:
+    def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
         self.seq = (seq + 1) & _SEQ_MASK
         n = len(fragment)
         mac_len = self._mac.size
         if n > MAX_TLS12_CIPHERTEXT or n < mac_len:
             raise TlsParseError(f"record of {n} bytes")
-        plain = bytes(fragment) if self._dec is None else self._dec.update(fragment)
-        pview = memoryview(plain)
+        plain = fragment if self._dec is None else self._dec.update(fragment)
         end = n - mac_len
-        expected = self._mac.compute(seq, content_type, record_version, pview[:end])
-        if not compare_digest(expected, pview[end:]):
+        data = plain[:end]  # the result, and what the MAC covers
+        expected = self._mac.compute(seq, content_type, record_version, data)
+        if not compare_digest(expected, plain[end:]):
             raise DecryptError("bad record MAC")
-        return content_type, plain[:end]
+        return content_type, data
 
 
 # --------------------------------------------------------------------------- factories

@@ -190,13 +190,18 @@ def body_dict(body: Body | None, content_type: str | None, mode: str = "auto") -
     if body is None:
         return None
     data = body.data
+    out: dict[str, Any] = {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
+                           "truncated": body.truncated, "decode_error": body.decode_error}
     if mode == "none":
-        return {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
-                "truncated": body.truncated, "decode_error": body.decode_error}
+        return out
     text = _as_text(data, content_type) if mode == "auto" else None
-    return {"size": body.size, "wire_size": body.wire_size, "captured": len(data), "truncated": body.truncated,
-            "decode_error": body.decode_error, "encoding": "utf-8" if text is not None else "base64",
-            "text": text if text is not None else base64.b64encode(data).decode("ascii")}
+    if text is None:
+        out["encoding"] = "base64"
+        out["text"] = base64.b64encode(data).decode("ascii")
+    else:
+        out["encoding"] = "utf-8"
+        out["text"] = text
+    return out
 
 
 def _iso(us: int | None) -> str | None:

@@ -153,3 +153,10 @@ def test_shipped_config_is_valid_and_documented() -> None:
             assert f"`{name}`" in doc and spec.env in doc, f"{sec}.{name} missing from configuration.md"
     rows = [line for line in reference_markdown().splitlines() if line.startswith("| `")]
     assert len(rows) == sum(len(s) for s in SCHEMA.values())
+
+
+def test_outbox_bytes_takes_a_size_and_refuses_a_tiny_ring(tmp_path: Path) -> None:
+    assert load_config(_file(tmp_path, "capture:\n  outbox_bytes: 64MiB\n"), env={}).capture.outbox_bytes == 64 << 20
+    with pytest.raises(InputError) as err:
+        load_config(None, env={"TLSMIRROR_CAPTURE_OUTBOX_BYTES": "1000"}, use_default_path=False)
+    assert "capture.outbox_bytes" in str(err.value) and "256KiB" in str(err.value)

@@ -409,3 +409,10 @@ def test_live_capture_on_a_veth_pair(tmp_path: Path) -> None:
             if not Path(f"/sys/class/net/{host_if}").exists():
                 break
             time.sleep(0.1)
+
+
+def test_outbox_ring_size_comes_from_the_config() -> None:
+    cfg = config(**{"capture.pcap": SAMPLE})
+    assert Daemon(cfg, exporters=[ListExporter()])._spec(0).outbox_bytes == 2 << 20  # a file: small
+    cfg = config(**{"capture.pcap": SAMPLE, "capture.outbox_bytes": 8 << 20})
+    assert Daemon(cfg, exporters=[ListExporter()])._spec(0).outbox_bytes == 8 << 20

@@ -31,6 +31,7 @@ DEFAULT_PATH = "/etc/tlsmirror/config.yaml"
 ENV_PREFIX = "TLSMIRROR_"
 ENV_CONFIG = "TLSMIRROR_CONFIG"
 MASK = "********"
+OUTBOX_MIN = 256 << 10
 
 
 def _k(help: str, kind: str = "", *, choices: tuple[str, ...] = (), minimum: float | None = None,
@@ -65,6 +66,9 @@ class CaptureConfig:
         maximum=65535))
     batch: int = field(default=256, metadata=_k("packets read per socket per wake-up", minimum=1,
                                                 maximum=65536))
+    outbox_bytes: int = field(default=0, metadata=_k(
+        "ring per worker holding API calls the parent has not taken yet; when full, live capture drops "
+        "and counts calls, a capture file waits (0: 16MiB live, 2MiB with `pcap`)", "size", minimum=0))
 
 
 @dataclass
@@ -552,6 +556,9 @@ def validate(cfg: Config, root: str = "") -> None:
     if c.pcap is not None and c.interfaces:
         raise InputError(f"{where('capture.pcap')}: capture.pcap and capture.interfaces are both set; "
                          "capture from a file or from interfaces, not both")
+    if 0 < c.outbox_bytes < OUTBOX_MIN:
+        raise InputError(f"{where('capture.outbox_bytes')}: capture.outbox_bytes = {c.outbox_bytes} is "
+                         f"below {_human(OUTBOX_MIN)}; give 0 for the default or at least {_human(OUTBOX_MIN)}")
     for name in c.interfaces:
         if not name or "/" in name or len(name) > 15 or any(ch.isspace() for ch in name):
             raise InputError(f"{where('capture.interfaces')}: {name!r} is not an interface name; "

@@ -226,10 +226,10 @@ class Daemon:
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,
             key_ttl=ttl, workers=self.nworkers, incarnation=self._incarnation.get(index, 0),
             log_level=cfg.log.level, log_format=cfg.log.format, log_rate=cfg.log.rate,
-            # live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when it is
-            # full); a capture file waits instead of dropping, so a small ring keeps the pipe busy
-            # and a backlog does not sit in the workers' memory
-            outbox_bytes=(2 << 20) if self.lossless else (16 << 20))
+            # default, live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when
+            # it is full); a capture file waits instead of dropping, so a small ring keeps the pipe
+            # busy and a backlog does not sit in the workers' memory
+            outbox_bytes=cfg.capture.outbox_bytes or ((2 << 20) if self.lossless else (16 << 20)))
 
     def _spawn(self, index: int) -> _Handle:
         ctx = self._ctx

@@ -1102,7 +1102,7 @@ def check_drops(s0: Scrape | None, s1: Scrape | None, wait: float) -> Result:
         res.message += f" [{where}]"
         if dropped.get("worker_outbox"):
             res.advice.append("worker_outbox: the parent process does not take API calls fast enough "
-                              "(busy exporters or an overloaded machine)")
+                              "(busy exporters or an overloaded machine); capture.outbox_bytes absorbs bursts")
         if dropped.get("export_queue"):
             res.advice.append("export_queue: the exporters are slower than the traffic or stalled: see the "
                               "exporter line; output.queue_size absorbs bursts")

@@ -381,7 +381,7 @@ def test_tls13_only_application_traffic_secrets(tmp: Path) -> None:
     # that could be read), and the outcome says which secret is missing.
     run = decrypt(t, keylog_only(t.keylog, "CLIENT_TRAFFIC_SECRET_0"))
     assert run.outcome.outcome == "no_key" and run.plaintext() == (t.app_c2s, b"")
-    assert "no server traffic secret" in run.outcome.reason and "client's side was decrypted" in run.outcome.reason
+    assert "no SERVER_TRAFFIC_SECRET_0" in run.outcome.reason and "client's side was decrypted" in run.outcome.reason
     run = decrypt(t, keylog_only(t.keylog, "SERVER_TRAFFIC_SECRET_0"))
     assert run.outcome.outcome == "no_key" and run.plaintext() == (b"", t.app_s2c)
 

@@ -137,7 +137,8 @@ class _TlsHttp:
 
     def connection(self) -> Connection:
         info = self._conn_info
-        if info is None:
+        # TLS 1.3 reads ALPN from the encrypted handshake, which may decrypt after the first data
+        if info is None or info.alpn != self.sess.alpn:
             info = self._conn_info = _connection(self.sess.flow, self.sess.client_dir, self.sess)
         return info
 
@@ -218,17 +219,15 @@ class Engine:
             sessions = self._waiting.get(s.ident)
             if sessions:
                 woken.extend(sessions)
-        http = self.config.http
         for sess in dict.fromkeys(woken):
-            mark = len(out)
-            sess.keys_changed(ts, out)
-            if http and len(out) > mark:
-                self._tls_to_http(sess, out, mark)
-            if sess.keys_ready:
+            sess.keys_changed(ts)
+            self._drain(sess, out)
+            if sess.settled:
                 self._unwait(sess)
+            if sess.held_since is None:
                 self._holding.pop(sess, None)
-                if sess in self._deferred:
-                    self._close_tls(sess, self._deferred[sess], out)  # the time it ended
+            if sess in self._deferred and not sess.blocked:
+                self._close_tls(sess, self._deferred[sess], out)  # the time it ended
         return out
 
     def expire(self, now: float) -> list[Any]:
@@ -305,10 +304,8 @@ class Engine:
                 self._unsniff(ev.flow, out)
             app = ev.flow.app
             if isinstance(app, TlsSession):
-                mark = len(out)
-                app.gap(ev.direction, ev.size, ev.ts, out)
-                if self.config.http:
-                    self._tls_to_http(app, out, mark)
+                app.gap(ev.direction, ev.size, ev.ts)
+                self._drain(app, out)
             elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
                 self._http_events(app.conn, app.http.gap(ev.direction, ev.size, ev.ts), out)
         elif type(ev) is FlowClosed:
@@ -316,9 +313,8 @@ class Engine:
                 self._unsniff(ev.flow, out)
             app = ev.flow.app
             if isinstance(app, TlsSession):
-                if (app.held_since is not None and not app.keys_ready and self.config.key_wait > 0
-                        and not app.keys_incomplete()):
-                    self._deferred[app] = ev.ts  # the key may still come: decide later
+                if app.blocked and self.config.key_wait > 0:
+                    self._deferred[app] = ev.ts  # its keys may still come: decide later
                 else:
                     self._close_tls(app, ev.ts, out)
             elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
@@ -328,30 +324,31 @@ class Engine:
             pass
 
     def _tls_data(self, app: TlsSession, ev: StreamData, out: list[Any]) -> None:
-        if self.config.http:
-            mark = len(out)
-            app.data(ev.direction, ev.data, ev.ts, out)
-            if len(out) > mark:
-                self._tls_to_http(app, out, mark)
-        else:
-            app.data(ev.direction, ev.data, ev.ts, out)
-        if not app.keys_ready:
-            if app.wait_idents:
+        app.data(ev.direction, ev.data, ev.ts)
+        if app.out:
+            self._drain(app, out)
+        if not app.settled:
+            if len(app.wait_idents) > app.registered:
                 self._register_wait(app)
             if app.held_since is not None and app not in self._holding:
                 self._holding[app] = app.held_since
 
     # ------------------------------------------------------------------ http
-    def _tls_to_http(self, sess: TlsSession, out: list[Any], mark: int) -> None:
-        """Feed the TLS events appended to ``out`` since ``mark`` to the session's HTTP parser."""
-        n = len(out)
-        i = mark
+    def _drain(self, sess: TlsSession, out: list[Any]) -> None:
+        """Pass on what a TLS session emitted, in order: to ``out``, and to its HTTP parser when the
+        engine reports exchanges (the one place where TLS events reach the HTTP stage)."""
+        events = sess.out
+        if not events:
+            return
+        if not self.config.http:
+            out.extend(events)
+            events.clear()
+            return
         user = sess.user
         # typed, not Any: compiled, the HTTP stage is then called natively
         http: _TlsHttp | None = user if type(user) is _TlsHttp else None
-        while i < n:
-            ev = out[i]
-            i += 1
+        for ev in events:
+            out.append(ev)
             if type(ev) is TlsPlaintext:  # (narrows ev, see _tcp_event)
                 if http is None:
                     http = _TlsHttp(sess, self.config.body_limit)
@@ -364,6 +361,7 @@ class Engine:
                     self._http_events(http.connection(), http.conn.gap(ev.direction, ev.size, ev.ts), out)
             elif type(ev) is TlsOutcome and http is not None:
                 self._http_events(http.connection(), http.conn.close(ev.ts), out)
+        events.clear()
 
     def _http_events(self, conn: Connection, events: list[Any], out: list[Any]) -> None:
         for ev in events:
@@ -374,7 +372,9 @@ class Engine:
 
     def _register_wait(self, sess: TlsSession) -> None:
         waiting = self._waiting
-        for ident in sess.wait_idents:
+        idents = sess.wait_idents
+        sess.registered = len(idents)
+        for ident in idents:
             bucket = waiting.get(ident)
             if bucket is None:
                 waiting[ident] = {sess}
@@ -389,6 +389,7 @@ class Engine:
                 bucket.discard(sess)
                 if not bucket:
                     del waiting[ident]
+        sess.registered = 0
 
     def _sniff(self, ev: StreamData, out: list[Any]) -> None:
         """Collect the first bytes of a flow until there are enough to tell TLS from the rest."""
@@ -415,13 +416,11 @@ class Engine:
             self._tcp_event(ev, out)
 
     def _close_tls(self, sess: TlsSession, ts: float, out: list[Any]) -> None:
-        mark = len(out)
-        sess.close(ts, out)
+        sess.close(ts)
         self._unwait(sess)
         self._holding.pop(sess, None)
         self._deferred.pop(sess, None)
-        if self.config.http:
-            self._tls_to_http(sess, out, mark)
+        self._drain(sess, out)
 
     def _expire(self, now: float, out: list[Any]) -> None:
         for ev in self.tcp.expire(now):
@@ -439,13 +438,14 @@ class Engine:
                 break
             del holding[sess]
             held_since = sess.held_since
-            if held_since is None or sess.keys_ready:
-                continue  # released (or dropped) since it was registered
+            if held_since is None:
+                continue  # released (or given up) since it was registered
             if held_since > limit:
                 holding[sess] = held_since  # holding again, since later: back of the line
                 continue
-            sess.drop_held(f"no key within {wait:g} s", limit)
+            sess.give_up(f"no key within {wait:g} s", limit)
+            self._drain(sess, out)
             if sess.held_since is not None:
                 holding[sess] = sess.held_since  # newer records stay held
-            elif sess in self._deferred:
+            if sess in self._deferred and not sess.blocked:
                 self._close_tls(sess, self._deferred[sess], out)

@@ -64,6 +64,11 @@ class KeyStore:
             self.stats["matched"] += 1
         return value
 
+    def stamp(self, label: str, ident: bytes) -> float | None:
+        """When a secret was added (its time as given to :meth:`add`); None when unknown or pinned."""
+        hit = self._entries.get((label, ident))
+        return None if hit is None else hit[1]
+
     def has(self, label: str, ident: bytes) -> bool:
         """Is a secret known (without counting it as matched)?"""
         return (label, ident) in self._entries or (label, ident) in self._pinned

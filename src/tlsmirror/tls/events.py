@@ -18,6 +18,12 @@ UNSUPPORTED = "unsupported"
 DECRYPT_FAILED = "decrypt_failed"
 OUTCOMES = (DECRYPTED, GAP, NO_HANDSHAKE, NO_KEY, UNSUPPORTED, DECRYPT_FAILED)
 
+# How a connection's wait for its keys ended (``TlsOutcome.held``; None: it never waited).
+UNLOCKED = "unlocked"  # the keys came: everything held was decrypted
+EXPIRED = "expired"  # some of it was given up: no key within the key wait (or before the input ended)
+EVICTED = "evicted"  # some of it was given up to stay within a hold budget
+HOLD_OUTCOMES = (UNLOCKED, EXPIRED, EVICTED)
+
 
 @dataclass(frozen=True, slots=True)
 class TlsHandshake:
@@ -78,3 +84,5 @@ class TlsOutcome:
     records_decrypted: int
     records_failed: int
     held_dropped_bytes: int
+    held: str | None = None  # how its wait for keys ended (HOLD_OUTCOMES), None when it never waited
+    key_lag: float | None = None  # seconds from the ClientHello to the secret that unlocked it (None: unknown)

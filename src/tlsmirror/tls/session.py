@@ -1,8 +1,22 @@
 """One TLS connection seen from the side: records in both directions, keys when they come, plaintext out.
 
-The session never reads a clock or a global. Secrets come from the :class:`TlsContext` it is given;
-when they are missing, encrypted records are held (bounded) and :meth:`TlsSession.keys_changed`
-decrypts them once the engine learns a secret this session waits for (``wait_idents``).
+The session never reads a clock or a global. Secrets come from the :class:`TlsContext` it is given,
+and the engine calls :meth:`TlsSession.keys_changed` when one it waits for (``wait_idents``) arrives.
+
+Keys and records race, and a session's secrets may come one by one, in any order, repeated or late.
+Nothing is decided for good on a partial set of them:
+
+- Each direction's protected records belong to epochs (TLS 1.3: early data, handshake, application;
+  TLS <= 1.2: the keys after ChangeCipherSpec). A record is decrypted with the key of its epoch; when
+  that key is not known yet, the record is held (*pending*). A later record that decrypts under a later
+  epoch's key shows that the pending ones belong to earlier epochs: they are *parked* until those keys
+  come (their handshake messages still count, e.g. the ALPN of EncryptedExtensions), and they stop
+  holding up the connection, except early data (0-RTT requests), which the HTTP stage needs in order.
+- What the session emits reaches the engine in the order the records arrived, both directions
+  interleaved: once a record is held, everything after it (either direction) waits in ``queue`` behind
+  it, and is released when it is decided. So HTTP sees the same byte order as when the keys came first.
+- Held records are given up only by the engine's key wait (:meth:`give_up`), by the hold budgets, or
+  when the input ends; a connection that ends while holding is kept open for its keys until then.
 """
 
 from __future__ import annotations
@@ -21,9 +35,12 @@ from .errors import DecryptError, TlsError, TlsParseError, UnsupportedError
 from .events import (
     DECRYPT_FAILED,
     DECRYPTED,
+    EVICTED,
+    EXPIRED,
     GAP,
     NO_HANDSHAKE,
     NO_KEY,
+    UNLOCKED,
     UNSUPPORTED,
     TlsGap,
     TlsHandshake,
@@ -39,13 +56,22 @@ CT_HANDSHAKE = 22
 CT_APPDATA = 23
 CT_HEARTBEAT = 24
 
-_CLIENT_RANDOM_LABELS = tuple(sorted(kl.LABELS - {kl.RSA, kl.RSA_SESSION}))
-
 MAX_RECORD = (1 << 14) + 2048
 SEEK_LIMIT = 256 << 10  # bytes searched for the first whole record after a gap before giving up
 SEEK_MAX_RECORDS = 4096  # records a gap may have swallowed that a trial covers
 MIN_PROTECTED_RECORD = 22  # header + the smallest protected record (TLS 1.3: type byte + tag)
 MAX_HANDSHAKE_MESSAGE = 1 << 20
+
+# TLS 1.3 epochs of a direction's protected records, in the order they come
+E_EARLY = 0
+E_HS = 1
+E_APP = 2
+# the key log label of each epoch, per TLS role (the server sends no early data)
+_LABELS13: tuple[tuple[str | None, str, str], tuple[str | None, str, str]] = (
+    (kl.CLIENT_EARLY_TRAFFIC_SECRET, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET, kl.CLIENT_TRAFFIC_SECRET_0),
+    (None, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET, kl.SERVER_TRAFFIC_SECRET_0),
+)
+_HOLD_RANK = {None: 0, UNLOCKED: 1, EXPIRED: 2, EVICTED: 3}
 
 
 def looks_like_tls(data: bytes) -> bool:
@@ -61,26 +87,50 @@ def looks_like_client_hello(data: bytes) -> bool:
     return len(data) >= 6 and data[0] == CT_HANDSHAKE and data[1] == 3 and data[2] <= 4 and data[5] == 1
 
 
+class _Held:
+    """A protected record waiting for its key, or a run of ``count`` records given up (no bytes kept).
+
+    It is also a place in the session's delivery queue: ``done`` once what it yields (``events``) is
+    known, and everything queued behind it waits until then.
+    """
+
+    __slots__ = ("bound", "count", "ctype", "d", "done", "events", "frag", "lost", "size", "ts", "ver")
+
+    def __init__(self, d: int, ctype: int, ver: int, frag: bytes, ts: float, count: int = 0, lost: int = 0) -> None:
+        self.d = d
+        self.ctype = ctype
+        self.ver = ver
+        self.frag = frag
+        self.ts = ts
+        self.size = len(frag) + 5 if frag else 0  # ciphertext bytes held now (counted in the budgets)
+        self.count = count  # a run: records given up, skipped by sequence number when the key comes
+        self.lost = lost  # a run: their ciphertext bytes
+        self.bound = -1  # parked: the epoch it is known to precede (-1: pending, its epoch unknown)
+        self.done = False
+        self.events: list[Any] = []
+
+
 class _Direction:
     """Per-direction record state (TLS roles: 0 = client, 1 = server)."""
 
-    __slots__ = ("app_ok", "app_secret", "broken", "buf", "cands", "dec", "encrypted", "held",
-                 "held_bytes", "hs_buf", "inflate", "next_dec", "resync", "seek", "stage")
+    __slots__ = ("app_ok", "app_secret", "broken", "buf", "dec", "ehs", "encrypted", "hs_buf", "inflate", "init",
+                 "keys", "next_dec", "parked", "pending", "resync", "seek", "skip", "stage")
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.hs_buf = bytearray()
+        self.hs_buf = bytearray()  # plaintext handshake bytes (TLS <= 1.2: the protected ones too)
         self.encrypted = False  # records from here on are protected
         self.dec: RecordDecryptor | None = None  # TLS <= 1.2: keys in force (None after CCS: waiting)
         self.next_dec: RecordDecryptor | None = None  # TLS <= 1.2: keys that the next CCS puts in force
-        self.cands: list[RecordDecryptor] = []  # TLS 1.3: candidate decryptors in key order
-        self.stage = 0  # index into cands
-        self.app_ok = False  # TLS 1.3: a record decrypted with the application key
+        self.skip = 0  # TLS <= 1.2: records given up before the keys came (their sequence numbers)
+        self.keys: list[RecordDecryptor | None] = [None, None, None]  # TLS 1.3: a decryptor per epoch
+        self.init = E_HS  # TLS 1.3: the first epoch of this direction (early data when offered)
+        self.stage = E_HS  # TLS 1.3: the epoch of the next record is this one or later
+        self.app_ok = False  # TLS 1.3: this side's handshake is over (a failing record is a failure)
         self.app_secret = b""
-        # Records waiting for keys, in order: (type, version, fragment, ts), or a run of records that
-        # were dropped (budget, key wait): (-bytes, count, b"", ts), skipped by sequence number later.
-        self.held: list[tuple[int, int, bytes, float]] = []
-        self.held_bytes = 0  # ciphertext bytes in ``held`` (dropped runs not counted)
+        self.ehs = [bytearray(), bytearray(), bytearray()]  # TLS 1.3: handshake bytes per epoch
+        self.pending: list[_Held] = []  # records (and runs given up) whose epoch is not known yet, in order
+        self.parked: list[_Held] = []  # TLS 1.3: records of earlier epochs waiting for those keys
         self.resync = 0  # TLS 1.3: records dropped unseen; the next one is found by trial over them
         self.seek = 0  # bytes lost in a TCP gap: record framing and sequence number are being found again
         self.broken: str | None = None  # record framing lost (gap, garbage)
@@ -88,12 +138,17 @@ class _Direction:
 
 
 class TlsSession:
-    """Passive TLS 1.0-1.3 decryption for one TCP connection."""
+    """Passive TLS 1.0-1.3 decryption for one TCP connection.
+
+    Input: :meth:`data`, :meth:`gap`, :meth:`keys_changed`, :meth:`give_up`, :meth:`close`. Output:
+    the events appended to ``out`` (the engine takes them after each call).
+    """
 
     def __init__(self, flow: Flow, ctx: TlsContext, ts: float) -> None:
         self.flow = flow
         self.ctx = ctx
         self.ts_first = ts
+        self.ts_hello: float | None = None  # packet time of the ClientHello
         self.client_dir = 0  # tcp direction that carries the TLS client's bytes
         self._dir_fixed = False
         self.dirs = (_Direction(), _Direction())
@@ -108,31 +163,106 @@ class TlsSession:
         self.transcript: list[bytes] | None = []  # handshake messages until ClientKeyExchange (for EMS)
         self.session_hash: bytes | None = None
         self.master: bytes | None = None
-        self.keys_ready = False
+        self.keys_ready = False  # both directions' application data can be decrypted
+        self.settled = False  # every secret this session can use is known: it waits for no key
         self.ticket: bytes | None = None
         self.unsupported: str | None = None
         self.failure: str | None = None
         self.had_gap = False
         self.no_handshake = False
         self.late_key = False
+        self.key_lag: float | None = None  # ClientHello to the secret that made the session decryptable
+        self.hold_state: str | None = None  # how holding ended: unlocked, expired, evicted (None: never held)
         self.records_decrypted = 0
         self.records_failed = 0
         self.records_skipped = 0
         self.renegotiations = 0
         self.resyncs = 0  # times a side found its records again after a TCP gap
+        self.held_bytes = 0  # ciphertext held and plaintext queued by this session (the budgets count both)
         self.held_dropped_bytes = 0
-        self.held_since: float | None = None  # packet time of the oldest record held now (None: none)
-        self.drop_reasons: list[str] = []  # why held ciphertext was dropped (budget, key wait)
+        self.held_since: float | None = None  # packet time of the oldest thing held now (None: none)
+        self.drop_reasons: list[str] = []  # why held ciphertext was given up (budget, key wait)
         self.wait_idents: list[bytes] = []  # idents this session waits on (client random, session id, ...)
+        self.registered = 0  # how many of them the engine has registered
         self.closed = False
+        self.out: list[Any] = []  # events for the engine, in order
+        self.queue: list[Any] = []  # events (and held records) waiting behind a held record
+        self._sink: list[Any] | None = None  # where a held record being decided puts what it yields
+        self._queued_plain = 0  # plaintext bytes in ``queue``
         self.user: Any = None  # the engine's attachment (e.g. the HTTP parser fed by this session)
 
     @property
     def version_name(self) -> str | None:
         return hs.version_name(self.version) if self.version else None
 
+    @property
+    def blocked(self) -> bool:
+        """Is something held that later events must wait for (a record whose key may still come)?"""
+        return bool(self.queue)
+
+    # ------------------------------------------------------------------ output
+    def _emit(self, ev: Any) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.append(ev)
+        elif self.queue:
+            self.queue.append(ev)
+        else:
+            self.out.append(ev)
+            return
+        if type(ev) is TlsPlaintext:
+            n = len(ev.data)
+            self._queued_plain += n
+            self._add_held(n)
+
+    def _add_held(self, n: int) -> None:
+        self.held_bytes += n
+        self.ctx.held_bytes += n
+
+    def _unhold(self, n: int) -> None:
+        self.held_bytes -= n
+        self.ctx.held_bytes -= n
+
+    def _flush(self) -> None:
+        """Pass on what is decided at the head of the queue; note the time of the oldest thing held."""
+        q = self.queue
+        if q:
+            out = self.out
+            freed = 0
+            i = 0
+            n = len(q)
+            while i < n:
+                item = q[i]
+                if type(item) is _Held:
+                    if not item.done:
+                        break
+                    for ev in item.events:
+                        out.append(ev)
+                        if type(ev) is TlsPlaintext:
+                            freed += len(ev.data)
+                    item.events = []
+                else:
+                    out.append(item)
+                    if type(item) is TlsPlaintext:
+                        freed += len(item.data)
+                i += 1
+            if i:
+                del q[:i]
+            if freed:
+                self._queued_plain -= freed
+                self._unhold(freed)
+        since: float | None = None
+        if q:
+            since = q[0].ts
+        for st in self.dirs:
+            if st.parked:
+                t = st.parked[0].ts
+                if since is None or t < since:
+                    since = t
+        self.held_since = since
+
     # ------------------------------------------------------------------ input
-    def data(self, tcp_dir: int, data: bytes, ts: float, out: list[Any]) -> None:
+    def data(self, tcp_dir: int, data: bytes, ts: float) -> None:
         if not self._dir_fixed:
             self._fix_direction(tcp_dir, data)
         d = tcp_dir ^ self.client_dir
@@ -143,7 +273,7 @@ class TlsSession:
         if not buf:
             fast = self._fast_decryptor(st)
             if fast is not None:
-                used = self._fast_records(d, fast, data, ts, out)
+                used = self._fast_records(d, fast, data, ts)
                 if used == len(data):
                     return
                 data = data[used:]
@@ -176,7 +306,7 @@ class TlsSession:
             frag = bytes(buf[off + 5:end])
             off = end
             try:
-                self._record(d, ctype, ver, frag, ts, out)
+                self._record(d, ctype, ver, frag, ts)
             except UnsupportedError as exc:
                 self.unsupported = str(exc)
             except TlsError as exc:
@@ -185,24 +315,25 @@ class TlsSession:
             del buf[:off]
 
     def _fast_decryptor(self, st: _Direction) -> RecordDecryptor | None:
-        """The decryptor of a direction in its steady state (application keys in force), else None."""
-        if not st.encrypted or st.held or st.seek or self.unsupported is not None:
+        """The decryptor of a direction in its steady state (application keys in force, nothing held
+        ahead), else None."""
+        if not st.encrypted or st.pending or self.queue or st.seek or self.unsupported is not None:
             return None
         if self.tls13:
-            cands = st.cands
-            if st.app_ok and not st.resync and st.stage == len(cands) - 1:
-                return cands[-1]
+            if st.app_ok and not st.resync and st.stage == E_APP:
+                return st.keys[E_APP]
             return None
         if st.inflate is None:
             return st.dec
         return None
 
-    def _fast_records(self, d: int, dec: RecordDecryptor, data: bytes, ts: float, out: list[Any]) -> int:
+    def _fast_records(self, d: int, dec: RecordDecryptor, data: bytes, ts: float) -> int:
         """Decrypt the whole application-data records at the start of ``data``; return how many bytes
         were used (the rest goes through the general path)."""
         n = len(data)
         off = 0
         flow = self.flow
+        out = self.out
         while n - off >= 5:
             if data[off] != CT_APPDATA or data[off + 1] != 3:
                 break
@@ -225,13 +356,17 @@ class TlsSession:
                 if pt:
                     out.append(TlsPlaintext(flow, d, ts, pt))
             else:
+                st = self.dirs[d]
                 try:
-                    self._inner(d, self.dirs[d], itype, pt, ts, out)
+                    if self.tls13:
+                        self._inner13(d, st, E_APP, itype, pt, ts)
+                    else:
+                        self._inner12(d, st, itype, pt, ts)
                 except UnsupportedError as exc:
                     self.unsupported = str(exc)
                 except TlsError as exc:
                     self._set_failure(str(exc))
-                if self._fast_decryptor(self.dirs[d]) is not dec:
+                if self._fast_decryptor(st) is not dec:
                     break  # keys changed (KeyUpdate, renegotiation)
         return off
 
@@ -251,7 +386,7 @@ class TlsSession:
             self.transcript.append(bytes(buf[2:2 + length]))
         return 2 + length
 
-    def gap(self, tcp_dir: int, size: int, ts: float, out: list[Any]) -> None:
+    def gap(self, tcp_dir: int, size: int, ts: float) -> None:
         d = tcp_dir ^ self.client_dir
         st = self.dirs[d]
         self.had_gap = True
@@ -261,15 +396,15 @@ class TlsSession:
                 st.seek += size  # find the next whole record after the hole and carry on
             else:
                 st.broken = "gap"
-        out.append(TlsGap(self.flow, d, ts, size))
+        self._emit(TlsGap(self.flow, d, ts, size))
 
     def _can_seek(self, st: _Direction) -> bool:
         """After a gap, can this side's records be found again? Its application keys must be in force,
         and records must not chain across the hole (TLS 1.0 / SSL 3.0 CBC IVs, RC4, compression)."""
-        if not st.encrypted or st.held or st.inflate is not None or self.unsupported is not None:
+        if not st.encrypted or st.pending or st.inflate is not None or self.unsupported is not None:
             return False
         if self.tls13:
-            return st.app_ok and not st.resync and st.stage == len(st.cands) - 1
+            return st.app_ok and not st.resync and st.stage == E_APP and st.keys[E_APP] is not None
         suite = self.suite
         if st.dec is None or suite is None:
             return False
@@ -278,7 +413,7 @@ class TlsSession:
     def _seek(self, d: int, st: _Direction, buf: bytearray) -> int:
         """Where the first whole record after a gap starts in ``buf`` (its sequence number set), or -1
         while more bytes are needed. Candidates are headers the decryptor's tag or MAC confirms."""
-        dec = st.cands[-1] if self.tls13 else st.dec
+        dec = st.keys[E_APP] if self.tls13 else st.dec
         assert dec is not None
         base = dec.seq
         most = min(SEEK_MAX_RECORDS, st.seek // MIN_PROTECTED_RECORD + 2)
@@ -318,79 +453,106 @@ class TlsSession:
             self._set_failure(f"{'client' if d == 0 else 'server'} records could not be found again after a gap")
         return -1
 
-    def keys_changed(self, ts: float, out: list[Any]) -> None:
-        """A secret this session waits for has arrived: derive keys and decrypt what was held."""
-        if self.sh is None or self.keys_ready:
+    def keys_changed(self, ts: float) -> None:
+        """A secret this session waits for has arrived (at ``ts``): use what it unlocks."""
+        if self.sh is None or self.settled:
             return
-        self._try_keys(out)
+        self._try_keys(ts)
 
-    def close(self, ts: float, out: list[Any]) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.drop_held("connection ended before the key arrived")
-        for st in self.dirs:
-            st.held = []
-        out.append(self.outcome(ts))
+    def give_up(self, reason: str, before: float | None = None, *, evicted: bool = False) -> int:
+        """Stop waiting for keys: held records since ``before`` or earlier (all when None) are given up,
+        oldest first; returns the ciphertext bytes dropped.
 
-    def keys_incomplete(self) -> bool:
-        """Some secret for this session's client random is known, yet not enough to decrypt.
-
-        Key logs write all lines of a session at about the same time, so the missing ones are not
-        late but absent: waiting for them after the connection ended would only delay the outcome.
-        """
-        ch = self.ch
-        if ch is None:
-            return False
-        has = self.ctx.store.has
-        return any(has(label, ch.random) for label in _CLIENT_RANDOM_LABELS)
-
-    def drop_held(self, reason: str, before: float | None = None) -> int:
-        """Give up on held ciphertext (its key is too late); returns the bytes dropped.
-
-        Drops the records held since ``before`` or earlier (all when None), oldest first. They are
-        remembered as a run of a known count, so that if the key still comes, the records after them
-        decrypt (TLS <= 1.2: their sequence numbers are known; TLS 1.3: found again by trial) and a
-        :class:`TlsGap` marks the loss.
+        They are remembered as a run of a known count, so that if the key still comes, the records after
+        them decrypt (TLS <= 1.2: their sequence numbers are known; TLS 1.3: found again by trial), and a
+        :class:`TlsGap` takes their place in the output. Parked handshake records go without a trace.
         """
         dropped = 0
-        oldest: float | None = None
-        for st in self.dirs:
-            if not st.held_bytes:
+        gave = False
+        for d, st in enumerate(self.dirs):
+            if st.parked:
+                keep: list[_Held] = []
+                for h in st.parked:
+                    if before is not None and h.ts > before:
+                        keep.append(h)
+                        continue
+                    gave = True
+                    self._unhold(h.size)
+                    if h.done:
+                        self.records_skipped += 1  # a handshake record whose key never came
+                    else:  # early data
+                        dropped += h.size
+                        h.events.append(TlsGap(self.flow, d, h.ts, h.size))
+                        h.done = True
+                    h.size = 0
+                st.parked = keep
+            pend = st.pending
+            n = 0
+            while n < len(pend) and (before is None or pend[n].ts <= before):
+                n += 1
+            if not n:
                 continue
-            held = st.held
-            n = len(held)
-            i = 0
-            while i < n and (held[i][0] < 0 or before is None or held[i][3] <= before):
-                i += 1
-            size = count = 0
-            for rec in held[:i]:
-                if rec[0] < 0:
-                    size -= rec[0]
-                    count += rec[1]
+            gave = True
+            count = lost = 0
+            for h in pend[:n]:
+                if h.count:
+                    count += h.count
+                    lost += h.lost
                 else:
-                    size += len(rec[2]) + 5
                     count += 1
-            if i:
-                run_bytes = size - sum(-rec[0] for rec in held[:i] if rec[0] < 0)
-                st.held = [(-size, count, b"", held[0][3]), *held[i:]]
-                st.held_bytes -= run_bytes
-                self.ctx.held_bytes -= run_bytes
-                dropped += run_bytes
-            if i < n and (oldest is None or held[i][3] < oldest):
-                oldest = held[i][3]
-        self.held_since = oldest
+                    lost += h.size
+                    dropped += h.size
+                    self._unhold(h.size)
+                    h.size = 0
+                    h.frag = b""
+                h.done = True
+            pend[0].events.append(TlsGap(self.flow, d, pend[0].ts, lost))
+            del pend[:n]
+            if self.tls13:
+                st.resync += count
+            else:
+                st.skip += count
+        if gave:
+            self._hold_state(EVICTED if evicted else EXPIRED)
         if dropped:
             self.held_dropped_bytes += dropped
             if reason not in self.drop_reasons:
                 self.drop_reasons.append(reason)
+        self._flush()
         return dropped
+
+    def _hold_state(self, state: str) -> None:
+        if _HOLD_RANK[state] > _HOLD_RANK[self.hold_state]:
+            self.hold_state = state
+
+    def close(self, ts: float) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.give_up("connection ended before the key arrived")
+        self.out.append(self.outcome(ts))
+
+    def missing_secrets(self) -> list[str]:
+        """The key log labels this session could still use and does not have (names only)."""
+        ch = self.ch
+        if ch is None:
+            return []
+        if not self.tls13:
+            return [] if self.keys_ready else [kl.CLIENT_RANDOM]
+        missing = []
+        for d, st in enumerate(self.dirs):
+            for e in range(st.init, 3):
+                label = _LABELS13[d][e]
+                if label is not None and st.keys[e] is None:
+                    missing.append(label)
+        return missing
 
     def _drop_text(self) -> str:
         return ", ".join(self.drop_reasons)
 
     def outcome(self, ts: float) -> TlsOutcome:
         encrypted_seen = any(st.encrypted for st in self.dirs)
+        cr = self.ch.random[:8].hex() + "..." if self.ch else "?"
         if self.unsupported:
             outcome, reason = UNSUPPORTED, self.unsupported
         elif self.no_handshake and self.sh is None:
@@ -399,12 +561,16 @@ class TlsSession:
             outcome, reason = DECRYPT_FAILED, self.failure or "records failed authentication"
         elif encrypted_seen and not self.keys_ready:
             outcome = NO_KEY
-            reason = "no secret for client random " + (self.ch.random[:8].hex() + "..." if self.ch else "?")
-            if self.tls13 and (self.dirs[0].cands or self.dirs[1].cands):
-                known = "client" if self.dirs[0].cands else "server"
-                other = "server" if known == "client" else "client"
-                reason = (f"no {other} traffic secret for client random {self.ch.random[:8].hex() if self.ch else '?'}"
-                          f"...; the {known}'s side was decrypted")
+            reason = f"no secret for client random {cr}"
+            client, server = self.dirs
+            if self.tls13:
+                missing = [m for m in self.missing_secrets() if "TRAFFIC_SECRET_0" in m]
+                reason = f"no {' or '.join(missing)} for client random {cr}"
+                if client.keys[E_APP] is not None or server.keys[E_APP] is not None:
+                    known = "client" if client.keys[E_APP] is not None else "server"
+                    reason += f"; the {known}'s side was decrypted"
+            elif self.ch is not None:
+                reason += " (CLIENT_RANDOM, or a pre-master secret)"
             if self.held_dropped_bytes:
                 reason += f"; {self.held_dropped_bytes} bytes of ciphertext dropped ({self._drop_text()})"
         elif self.failure:
@@ -422,13 +588,16 @@ class TlsSession:
             outcome, reason = NO_HANDSHAKE, "no ClientHello seen"
         else:
             outcome, reason = DECRYPTED, ""
+        held = self.hold_state
+        if held is None and self.late_key:
+            held = UNLOCKED
         return TlsOutcome(
             flow=self.flow, ts=ts, client_dir=self.client_dir, outcome=outcome, reason=reason,
             version=hs.version_name(self.version) if self.version else None,
             suite=self.suite.name if self.suite else None, sni=self.ch.sni if self.ch else None,
             alpn=self.alpn, resumed=self.resumed, late_key=self.late_key,
             records_decrypted=self.records_decrypted, records_failed=self.records_failed,
-            held_dropped_bytes=self.held_dropped_bytes)
+            held_dropped_bytes=self.held_dropped_bytes, held=held, key_lag=self.key_lag)
 
     # ------------------------------------------------------------------ records
     def _fix_direction(self, tcp_dir: int, data: bytes) -> None:
@@ -448,18 +617,18 @@ class TlsSession:
         if self.failure is None:
             self.failure = reason
 
-    def _record(self, d: int, ctype: int, ver: int, frag: bytes, ts: float, out: list[Any]) -> None:
+    def _record(self, d: int, ctype: int, ver: int, frag: bytes, ts: float) -> None:
         st = self.dirs[d]
         if st.encrypted and (ctype == CT_APPDATA or not self.tls13) and ctype != CT_HEARTBEAT:
             if self.unsupported is not None:
                 return
-            if not st.cands if self.tls13 else st.dec is None:
-                self._hold(st, ctype, ver, frag, ts)
-                return
-            self._decrypt(d, st, ctype, ver, frag, ts, out)
+            if self.tls13:
+                self._record13(d, st, ctype, ver, frag, ts, None)
+            else:
+                self._record12(d, st, ctype, ver, frag, ts, None)
             return
         if ctype == CT_HANDSHAKE:
-            self._handshake_bytes(d, st, frag, ts, out)
+            self._handshake_bytes(d, st, frag, ts, st.hs_buf, -1)
         elif ctype == CT_CCS:
             if not self.tls13 and self.sh is not None:
                 st.encrypted = True
@@ -469,41 +638,70 @@ class TlsSession:
             # Application data before any handshake: the capture started mid-connection.
             self.no_handshake = True
 
-    def _hold(self, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
+    def _hold(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
+        """Keep a record whose key may still come, in order; over a budget, give up instead."""
         ctx = self.ctx
         size = len(frag) + 5
-        held = st.held
-        if self.dirs[0].held_bytes + self.dirs[1].held_bytes + size > ctx.max_hold_bytes_per_session:
+        if self.held_bytes + size > ctx.max_hold_bytes_per_session:
             why = "hold budget per session exceeded"
         elif ctx.held_bytes + size > ctx.max_hold_bytes_total:
             why = "total hold budget exceeded"
         else:
-            held.append((ctype, ver, frag, ts))
-            st.held_bytes += size
-            ctx.held_bytes += size
+            h = _Held(d, ctype, ver, frag, ts)
+            st.pending.append(h)
+            self.queue.append(h)
+            self._add_held(size)
             if self.held_since is None:
                 self.held_since = ts
             return
+        if self._queued_plain:
+            # Decrypted data of this connection waits behind what is held: give that up, not the data.
+            self.give_up(why, evicted=True)
+            if self.held_bytes + size <= ctx.max_hold_bytes_per_session and \
+                    ctx.held_bytes + size <= ctx.max_hold_bytes_total:
+                if self.tls13:
+                    self._record13(d, st, ctype, ver, frag, ts, None)
+                else:
+                    self._record12(d, st, ctype, ver, frag, ts, None)
+                return
         # Dropped: remembered as (part of) a run of records to skip by sequence number.
-        if held and held[-1][0] < 0:
-            last = held[-1]
-            held[-1] = (last[0] - size, last[1] + 1, b"", last[3])
+        last = st.pending[-1] if st.pending else None
+        if last is not None and last.count and self.queue and self.queue[-1] is last:
+            last.count += 1
+            last.lost += size
         else:
-            held.append((-size, 1, b"", ts))
+            run = _Held(d, ctype, ver, b"", ts, 1, size)
+            st.pending.append(run)
+            self.queue.append(run)
+            if self.held_since is None:
+                self.held_since = ts
+        self._hold_state(EVICTED)
         self.held_dropped_bytes += size
         if why not in self.drop_reasons:
             self.drop_reasons.append(why)
 
-    def _decrypt(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
-                 out: list[Any]) -> None:
-        if self.tls13:
-            result = self._decrypt13(d, st, ctype, ver, frag)
-            if result is None:
-                return
-            itype, pt = result
-        else:
-            dec = st.dec
-            assert dec is not None
+    def _decided(self, h: _Held) -> None:
+        """A held record has been used (or found to need nothing more)."""
+        h.done = True
+        if h.size:
+            self._unhold(h.size)
+            h.size = 0
+        h.frag = b""
+
+    # ---- TLS <= 1.2
+    def _record12(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
+                  h: _Held | None) -> None:
+        dec = st.dec
+        if dec is None or (h is None and st.pending):
+            if h is None:
+                self._hold(d, st, ctype, ver, frag, ts)
+            else:
+                st.pending.append(h)
+            return
+        if h is not None:
+            self.late_key = True
+            self._sink = h.events
+        try:
             try:
                 itype, pt = dec.decrypt(ctype, ver, frag)
             except DecryptError:
@@ -515,80 +713,223 @@ class TlsSession:
                     pt = st.inflate.decompress(pt, MAX_RECORD)
                 except zlib.error:
                     raise TlsParseError("TLS compression: bad DEFLATE data") from None
-        self.records_decrypted += 1
-        if itype == CT_APPDATA:
-            if pt:
-                out.append(TlsPlaintext(self.flow, d, ts, pt))
-        else:
-            self._inner(d, st, itype, pt, ts, out)
+            self.records_decrypted += 1
+            if itype == CT_APPDATA:
+                if pt:
+                    self._emit(TlsPlaintext(self.flow, d, ts, pt))
+            else:
+                self._inner12(d, st, itype, pt, ts)
+        finally:
+            if h is not None:
+                self._sink = None
+                self._decided(h)
 
-    def _inner(self, d: int, st: _Direction, itype: int, pt: bytes, ts: float, out: list[Any]) -> None:
-        """A decrypted record that is not application data."""
+    def _inner12(self, d: int, st: _Direction, itype: int, pt: bytes, ts: float) -> None:
+        """A decrypted TLS <= 1.2 record that is not application data."""
         if itype == CT_HANDSHAKE:
-            self._handshake_bytes(d, st, pt, ts, out)
-        elif itype == CT_CCS and not self.tls13:
+            self._handshake_bytes(d, st, pt, ts, st.hs_buf, -1)
+        elif itype == CT_CCS:
             # Renegotiation: the protected CCS puts the new handshake's keys in force.
             st.dec = st.next_dec
             st.next_dec = None
         # alerts, heartbeats: nothing to report
 
-    def _decrypt13(self, d: int, st: _Direction, ctype: int, ver: int,
-                   frag: bytes) -> tuple[int, bytes] | None:
-        cands = st.cands
-        if st.resync:
-            return self._resync13(d, st, ctype, ver, frag)
-        i = st.stage
-        last = len(cands) - 1
-        for j in range(i, last + 1):
-            dec = cands[j]
-            try:
-                result = dec.decrypt(ctype, ver, frag)
-            except DecryptError:
-                dec.seq -= 1  # a trial, not a record this key protected
-                continue
-            if j != i:
-                st.stage = j
-            if j == last:
-                st.app_ok = True
-            return result
-        if not st.app_ok:
-            # Before the first application record: a handshake (or rejected 0-RTT) record whose key we lack.
-            self.records_skipped += 1
-            return None
-        cands[i].seq += 1
-        self.records_failed += 1
-        self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")
-        return None
+    # ---- TLS 1.3
+    def _record13(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
+                  h: _Held | None) -> None:
+        """One protected TLS 1.3 record, in order: decrypt it under its epoch's key, or hold it while
+        that key may still come."""
+        skip = st.resync
+        if st.pending:
+            for p in st.pending:
+                skip += p.count
+        got = self._try13(st, ctype, ver, frag, skip)
+        if got is None:
+            if self._key_may_come13(d, st):
+                if h is None:
+                    self._hold(d, st, ctype, ver, frag, ts)
+                else:
+                    st.pending.append(h)
+                return
+            # every key this record could be under is known and none fits
+            if h is not None:
+                self._decided(h)
+            if skip:
+                st.broken = "lost track of records after dropped ones"
+                self.records_failed += 1
+                self._set_failure(f"{'client' if d == 0 else 'server'} records lost while waiting for the key: "
+                                  "the next one could not be placed")
+            elif not st.app_ok:
+                self.records_skipped += 1  # a handshake (or rejected 0-RTT) record whose key we lack
+            else:
+                self.records_failed += 1
+                self._set_failure(f"{'client' if d == 0 else 'server'} record failed authentication")
+            return
+        epoch, itype, pt = got
+        if st.pending:
+            self._park(d, st, epoch)  # what is held ahead of this record belongs to earlier epochs
+        self.records_decrypted += 1
+        if h is not None:
+            self.late_key = True
+            self._sink = h.events
+        try:
+            self._inner13(d, st, epoch, itype, pt, ts)
+        finally:
+            if h is not None:
+                self._sink = None
+                self._decided(h)
 
-    def _resync13(self, d: int, st: _Direction, ctype: int, ver: int,
-                  frag: bytes) -> tuple[int, bytes] | None:
-        """The first record after ``st.resync`` dropped ones: find its key and sequence number by trial."""
-        skip, st.resync = st.resync, 0
-        cands = st.cands
-        last = len(cands) - 1
-        for j in range(last, st.stage - 1, -1):  # most likely under the application key
-            dec = cands[j]
+    def _try13(self, st: _Direction, ctype: int, ver: int, frag: bytes, skip: int) -> tuple[int, int, bytes] | None:
+        """Decrypt under the first known key of the epochs this record can be in (the sequence number
+        by trial over ``skip`` records given up before it): (epoch, inner type, plaintext), or None."""
+        keys = st.keys
+        for e in range(st.stage, 3):
+            dec = keys[e]
+            if dec is None:
+                continue
             base = dec.seq
             for k in range(skip + 1):
                 dec.seq = base + k
                 try:
-                    result = dec.decrypt(ctype, ver, frag)
+                    itype, pt = dec.decrypt(ctype, ver, frag)
                 except DecryptError:
                     continue
-                st.stage = j
-                if j == last:
+                st.resync = 0
+                st.stage = e
+                if e == E_APP:
                     st.app_ok = True
-                return result
+                return e, itype, pt
             dec.seq = base
-        st.broken = "lost track of records after dropped ones"
-        self.records_failed += 1
-        self._set_failure(f"{'client' if d == 0 else 'server'} records lost while waiting for the key: "
-                          "the next one could not be placed")
         return None
 
+    def _applies13(self, d: int, e: int) -> bool:
+        """Can this direction have records under epoch ``e``'s key?"""
+        return e != E_EARLY or (d == 0 and self.ch is not None and self.ch.early_data)
+
+    def _key_may_come13(self, d: int, st: _Direction) -> bool:
+        keys = st.keys
+        return any(keys[e] is None and self._applies13(d, e) for e in range(st.stage, 3))
+
+    def _park(self, d: int, st: _Direction, bound: int) -> None:
+        """The pending records precede one found under epoch ``bound``: they wait for the keys of the
+        epochs before it, and hold up the connection only when they may be early data."""
+        blocking = d == 0 and st.init == E_EARLY and st.keys[E_EARLY] is None
+        may_come = any(st.keys[e] is None and self._applies13(d, e) for e in range(st.init, bound))
+        for h in st.pending:
+            if h.count:  # records given up: their place in the output is a gap
+                h.events.append(TlsGap(self.flow, d, h.ts, h.lost))
+                h.done = True
+                continue
+            if not may_come:
+                self.records_skipped += 1
+                self._decided(h)
+                continue
+            h.bound = bound
+            if not blocking:
+                h.done = True
+            st.parked.append(h)
+        st.pending = []
+
+    def _retry_parked(self, d: int, st: _Direction) -> None:
+        """Parked records under keys that are known now (early data into its place in the output)."""
+        keep: list[_Held] = []
+        for h in st.parked:
+            got: tuple[int, int, bytes] | None = None
+            for e in range(st.init, h.bound):
+                dec = st.keys[e]
+                if dec is None:
+                    continue
+                base = dec.seq
+                try:
+                    itype, pt = dec.decrypt(h.ctype, h.ver, h.frag)
+                except TlsError:
+                    dec.seq = base
+                    continue
+                got = (e, itype, pt)
+                break
+            if got is None:
+                if any(st.keys[e] is None and self._applies13(d, e) for e in range(st.init, h.bound)):
+                    if not h.done and (d != 0 or st.keys[E_EARLY] is not None):
+                        h.done = True  # not early data: it holds nothing up any more
+                    keep.append(h)
+                else:
+                    self.records_skipped += 1
+                    self._decided(h)
+                continue
+            e, itype, pt = got
+            self.records_decrypted += 1
+            self.late_key = True
+            if not h.done:
+                self._sink = h.events
+            try:
+                self._inner13(d, st, e, itype, pt, h.ts)
+            except UnsupportedError as exc:
+                self.unsupported = str(exc)
+            except TlsError as exc:
+                self._set_failure(str(exc))
+            finally:
+                self._sink = None
+                self._decided(h)
+        st.parked = keep
+
+    def _inner13(self, d: int, st: _Direction, epoch: int, itype: int, pt: bytes, ts: float) -> None:
+        """A decrypted TLS 1.3 record's content."""
+        if itype == CT_APPDATA:
+            if pt:
+                self._emit(TlsPlaintext(self.flow, d, ts, pt))
+        elif itype == CT_HANDSHAKE:
+            self._handshake_bytes(d, st, pt, ts, st.ehs[epoch], epoch)
+        # alerts, heartbeats: nothing to report
+
+    def _release(self) -> None:
+        """Keys became known: decide what was held, both directions in the order it arrived."""
+        if self.unsupported is not None:
+            return
+        for d, st in enumerate(self.dirs):
+            if st.parked:
+                self._retry_parked(d, st)
+        items = [h for h in self.queue if type(h) is _Held and h.bound < 0 and not h.done]
+        if items:
+            for st in self.dirs:
+                st.pending = []
+            for h in items:
+                d = h.d
+                st = self.dirs[d]
+                if self.unsupported is not None:
+                    self._decided(h)
+                    continue
+                try:
+                    if h.count:
+                        self._run(d, st, h)
+                    elif self.tls13:
+                        self._record13(d, st, h.ctype, h.ver, h.frag, h.ts, h)
+                    else:
+                        self._record12(d, st, h.ctype, h.ver, h.frag, h.ts, h)
+                except UnsupportedError as exc:
+                    self.unsupported = str(exc)
+                    self._decided(h)
+                except TlsError as exc:
+                    self._set_failure(str(exc))
+                    self._decided(h)
+        self._flush()
+
+    def _run(self, d: int, st: _Direction, h: _Held) -> None:
+        """A run of records given up, reached with keys: skip them by sequence number, say so."""
+        if self.tls13:
+            if all(k is None for k in st.keys) or st.pending:
+                st.pending.append(h)
+                return
+            st.resync += h.count
+        else:
+            if st.dec is None or st.pending:
+                st.pending.append(h)
+                return
+            st.dec.seq += h.count
+        h.events.append(TlsGap(self.flow, d, h.ts, h.lost))
+        h.done = True
     # ------------------------------------------------------------------ handshake
-    def _handshake_bytes(self, d: int, st: _Direction, data: bytes, ts: float, out: list[Any]) -> None:
-        buf = st.hs_buf
+    def _handshake_bytes(self, d: int, st: _Direction, data: bytes, ts: float, buf: bytearray, epoch: int) -> None:
+        """Handshake messages from ``data`` (``epoch``: the TLS 1.3 epoch it came under, -1: none)."""
         buf += data
         off = 0
         n = len(buf)
@@ -603,22 +944,23 @@ class TlsSession:
                 break
             msg = bytes(buf[off:end])
             off = end
-            self._handshake(d, st, mtype, msg, ts, out)
+            self._handshake(d, st, mtype, msg, ts, epoch)
         if off:
             del buf[:off]
 
-    def _handshake(self, d: int, st: _Direction, mtype: int, msg: bytes, ts: float, out: list[Any]) -> None:
+    def _handshake(self, d: int, st: _Direction, mtype: int, msg: bytes, ts: float, epoch: int) -> None:
         body = msg[4:]
         if self.transcript is not None and not self.tls13:
             self.transcript.append(msg)
         if mtype == hs.CLIENT_HELLO and d == 0:
             if self.ch is None or (not st.encrypted and self.ch.random == body[2:34]):
                 self.ch = hs.parse_client_hello(body)
+                self.ts_hello = ts
                 self._wait_for(self.ch.random)
             elif st.encrypted and not self.tls13 and self.sh is not None:
                 self._renegotiation(hs.parse_client_hello(body), msg)
         elif mtype == hs.SERVER_HELLO and d == 1 and self.sh is None:
-            self._server_hello(hs.parse_server_hello(body), ts, out)
+            self._server_hello(hs.parse_server_hello(body), ts)
         elif mtype == hs.CLIENT_KEY_EXCHANGE and d == 0 and self.suite is not None:
             if self.suite.kex == "RSA":
                 self.enc_pms = hs.parse_rsa_client_key_exchange(body, self.version)
@@ -628,7 +970,7 @@ class TlsSession:
                 self.session_hash = self._transcript_hash()
             self.transcript = None
             if not self.keys_ready:
-                self._try_keys(out)
+                self._try_keys(None)
         elif mtype == hs.NEW_SESSION_TICKET and d == 1 and not self.tls13:
             self.ticket = hs.parse_new_session_ticket_12(body)
             if self.master is not None and self.ticket:
@@ -637,18 +979,18 @@ class TlsSession:
             alpn = hs.parse_encrypted_extensions_alpn(body)
             if alpn:
                 self.alpn = alpn
-        elif mtype == hs.FINISHED and self.tls13:
+        elif mtype == hs.FINISHED and self.tls13 and epoch >= 0:
             # This side's handshake is over: its next records are protected with the application key,
             # so from now on a record that fails to decrypt is a failure, not a skipped trial.
-            if st.cands:
-                st.stage = len(st.cands) - 1
-                st.app_ok = True
+            if st.stage < E_APP:
+                st.stage = E_APP
+            st.app_ok = True
         elif mtype == hs.END_OF_EARLY_DATA and self.tls13 and d == 0:
-            if st.cands and st.stage == 0 and len(st.cands) > 2:
-                st.stage = 1
+            if st.stage < E_HS:
+                st.stage = E_HS
         elif mtype == hs.KEY_UPDATE and self.tls13 and st.app_secret and self.suite is not None:
             st.app_secret = tls13_next_secret(self.suite, st.app_secret)
-            st.cands[-1] = tls13_decryptor(self.suite, st.app_secret)
+            st.keys[E_APP] = tls13_decryptor(self.suite, st.app_secret)
 
     def _renegotiation(self, ch: hs.ClientHello, msg: bytes) -> None:
         """A ClientHello inside an established TLS <= 1.2 session: new keys at the next CCS."""
@@ -660,6 +1002,7 @@ class TlsSession:
         self.session_hash = None
         self.master = None
         self.keys_ready = False
+        self.settled = False
         self._wait_for(ch.random)
 
     def _transcript_hash(self) -> bytes:
@@ -676,7 +1019,7 @@ class TlsSession:
             sha1.update(m)
         return md5.digest() + sha1.digest()
 
-    def _server_hello(self, sh: hs.ServerHello, ts: float, out: list[Any]) -> None:
+    def _server_hello(self, sh: hs.ServerHello, ts: float) -> None:
         if sh.is_hrr:
             return
         first = self.version == 0
@@ -686,8 +1029,10 @@ class TlsSession:
         self.tls13 = sh.version == 0x0304
         if self.tls13:
             self.transcript = None
-            for st in self.dirs:
+            early = self.ch is not None and self.ch.early_data
+            for d, st in enumerate(self.dirs):
                 st.encrypted = True
+                st.init = st.stage = E_EARLY if d == 0 and early else E_HS
         else:
             if sh.alpn:
                 self.alpn = sh.alpn
@@ -712,30 +1057,50 @@ class TlsSession:
         elif self.version < 0x0300 or self.version > 0x0304:
             self.unsupported = f"protocol version 0x{self.version:04x} is not supported"
         if first:
-            out.append(TlsHandshake(self.flow, ts, self.client_dir, hs.version_name(self.version),
+            self._emit(TlsHandshake(self.flow, ts, self.client_dir, hs.version_name(self.version),
                                     self.suite.name, self.ch.sni if self.ch else None,
                                     self.alpn, self.resumed))
-        self._try_keys(out)
+        self._try_keys(None)
 
     def _wait_for(self, ident: bytes) -> None:
         if ident and ident not in self.wait_idents:
             self.wait_idents.append(ident)
 
     # ------------------------------------------------------------------ keys
-    def _try_keys(self, out: list[Any]) -> None:
-        if self.keys_ready or self.unsupported or self.sh is None or self.ch is None or self.suite is None:
+    def _try_keys(self, ts: float | None) -> None:
+        """Use the secrets known now (``ts``: when one arrived; None: while reading records)."""
+        if self.settled or self.unsupported or self.sh is None or self.ch is None or self.suite is None:
             return
+        was_ready = self.keys_ready
         try:
-            ready = self._keys13() if self.tls13 else self._keys12()
+            if self.tls13:
+                if not self._learn13():
+                    return
+                client, server = self.dirs
+                self.keys_ready = client.keys[E_APP] is not None and server.keys[E_APP] is not None
+                self.settled = not self.missing_secrets()
+            else:
+                if not self._keys12():
+                    return
+                self.keys_ready = self.settled = True
         except UnsupportedError as exc:
             self.unsupported = str(exc)
             return
-        if not ready:
-            if self.tls13 and (self.dirs[0].cands or self.dirs[1].cands):
-                self._release_held(out)  # one side's secret is known: decrypt that side now
-            return
-        self.keys_ready = True
-        self._release_held(out)
+        if self.keys_ready and not was_ready and self.ts_hello is not None:
+            self.key_lag = self._lag(ts)
+        self._release()
+
+    def _lag(self, ts: float | None) -> float | None:
+        """Time from the ClientHello to the secret that made the application data decryptable."""
+        hello = self.ts_hello
+        assert hello is not None and self.ch is not None
+        if ts is None:  # known before the records needed it: when it was stored (None: from a file)
+            labels = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0) if self.tls13 else (kl.CLIENT_RANDOM,)
+            stamps = [self.ctx.store.stamp(label, self.ch.random) for label in labels]
+            if any(s is None for s in stamps):
+                return None
+            ts = max(s for s in stamps if s is not None)
+        return ts - hello if ts > hello else 0.0
 
     def _keys12(self) -> bool:
         ch, sh, suite, store = self.ch, self.sh, self.suite, self.ctx.store
@@ -774,62 +1139,34 @@ class TlsSession:
         for d, st in enumerate(self.dirs):
             dec = decryptor_from_key_block(self.version, suite, kb, d == 0, etm)
             if st.encrypted and st.dec is None:
+                dec.seq += st.skip  # records given up while waiting
+                st.skip = 0
                 st.dec = dec  # this side already switched (CCS seen): its held records use these keys
             else:
                 st.next_dec = dec
         return True
 
-    def _keys13(self) -> bool:
+    def _learn13(self) -> bool:
+        """Decryptors for every epoch whose secret is known now; True when one is new.
+
+        Each side decrypts as soon as its own secrets are known: a key log that lacks one side's line
+        (seen in the wild) still yields the other side."""
         ch, suite, store = self.ch, self.suite, self.ctx.store
         assert ch is not None and suite is not None
         cr = ch.random
-        client, server = self.dirs
-        # Each side decrypts as soon as its own traffic secret is known: a key log that lacks one
-        # side's line (seen in the wild) still yields the other side.
-        for d, st, app_label, hs_label in ((0, client, kl.CLIENT_TRAFFIC_SECRET_0, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET),
-                                           (1, server, kl.SERVER_TRAFFIC_SECRET_0, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET)):
-            if st.cands:
-                continue
-            app = store.get(app_label, cr)
-            if app is None:
-                continue
-            if d == 0 and ch.early_data:
-                early = store.get(kl.CLIENT_EARLY_TRAFFIC_SECRET, cr)
-                if early is not None:
-                    st.cands.append(tls13_decryptor(suite, early))
-            secret = store.get(hs_label, cr)
-            if secret is not None:
-                st.cands.append(tls13_decryptor(suite, secret))
-            st.cands.append(tls13_decryptor(suite, app))
-            st.app_secret = app
-        return bool(client.cands) and bool(server.cands)
-
-    def _release_held(self, out: list[Any]) -> None:
-        """Decrypt the records held by every side whose keys are now known."""
+        new = False
         for d, st in enumerate(self.dirs):
-            held = st.held
-            if not held or (self.tls13 and not st.cands):
-                continue
-            self.late_key = True
-            st.held = []
-            self.ctx.held_bytes -= st.held_bytes
-            st.held_bytes = 0
-            for ctype, ver, frag, ts in held:
-                if self.unsupported is not None:
-                    break
-                if ctype < 0:
-                    # Records dropped while waiting: skip them by sequence number and say so.
-                    if self.tls13:
-                        st.resync += ver  # handshake or application records: the next record tells
-                    elif st.dec is not None:
-                        st.dec.seq += ver
-                    out.append(TlsGap(self.flow, d, ts, -ctype))
+            labels = _LABELS13[d]
+            keys = st.keys
+            for e in range(st.init, 3):
+                label = labels[e]
+                if keys[e] is not None or label is None:
                     continue
-                try:
-                    self._decrypt(d, st, ctype, ver, frag, ts, out)
-                except UnsupportedError as exc:
-                    self.unsupported = str(exc)
-                except TlsError as exc:
-                    self._set_failure(str(exc))
-        if not self.dirs[0].held and not self.dirs[1].held:
-            self.held_since = None
+                secret = store.get(label, cr)
+                if secret is None:
+                    continue
+                keys[e] = tls13_decryptor(suite, secret)
+                if e == E_APP:
+                    st.app_secret = secret
+                new = True
+        return new

@@ -321,3 +321,16 @@ def test_a_header_block_that_ends_the_stream_means_no_body() -> None:
     out = [e for e in c.feed(1, SettingsFrame(0).serialize() + resp.serialize(), 2.0) if isinstance(e, Exchange)]
     assert len(out) == 1
     assert out[0].request_body is None and out[0].response_body is None and out[0].status == 204
+
+
+def test_an_early_response_then_no_error_reset_keeps_the_request_body_in_flight() -> None:
+    """The server answers before the request body is in and resets the stream with NO_ERROR (RFC 9113
+    8.1); the client's DATA frames captured after that are still the request's."""
+    ce, se = hpack.Encoder(), hpack.Encoder()
+    cli = PREFACE + headers(1, ce, req("/submit", "POST"))
+    srv = headers(1, se, [(":status", "201")]) + data(1, b"ok", end=True)
+    srv += bytes(RstStreamFrame(1, error_code=0).serialize())
+    chunks = [(0, cli, 1.0), (1, srv, 1.1), (0, data(1, b"x" * 3000) + data(1, b"y", end=True), 1.2)]
+    (ex,) = exchanges(run(chunks)).values()
+    assert ex.status == 201 and ex.flags == frozenset()
+    assert ex.request_body is not None and ex.request_body.size == 3001

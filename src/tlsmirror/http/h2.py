@@ -529,8 +529,13 @@ class H2Connection(EventQueue):
         elif isinstance(frame, RstStreamFrame):
             s = self._streams.get(frame.stream_id)
             if s is not None:
-                s.flags.add("reset")
-                self._emit(s, ts, final=True)
+                if i == 1 and frame.error_code == 0 and s.half[1].ended and not s.half[0].ended:
+                    # RFC 9113 8.1: a complete response, then NO_ERROR to stop the request; its frames
+                    # already on their way (captured after this one) are still the request's
+                    pass
+                else:
+                    s.flags.add("reset")
+                    self._emit(s, ts, final=True)
         elif isinstance(frame, SettingsFrame):
             if "ACK" not in frame.flags:
                 size = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)

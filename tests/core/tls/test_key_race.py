@@ -69,7 +69,7 @@ def h2_conversation() -> tuple[list[bytes], list[bytes]]:
     ce, se = hpack.Encoder(), hpack.Encoder()
     cli = PREFACE + bytes(SettingsFrame(0).serialize())
     cli += _h2_headers(1, ce, _req("/users/1"), end=True)
-    cli += _h2_headers(3, ce, _req("/users", "POST") + [("content-type", "application/json")])
+    cli += _h2_headers(3, ce, [*_req("/users", "POST"), ("content-type", "application/json")])
     cli += _h2_data(3, b'{"name": "ada"}', end=True)
     cli += _h2_headers(5, ce, _req("/users/2/orders"), end=True)
     cli += _h2_headers(7, ce, _req("/slow"), end=True)

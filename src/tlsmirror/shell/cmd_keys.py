@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
     d.add_argument("target", metavar="HOST:PORT",
                    help="the listener, e.g. 10.0.0.5:8001 or [2001:db8::5]:8001")
     d.add_argument("lines", nargs="*", metavar="LINE", help="key log lines (quote each one)")
-    d.add_argument("--keylog", metavar="FILE", help="read the lines from this NSS key log file ('-' = stdin)")
+    d.add_argument("--keylog", metavar="FILE", help="read the lines from this NSS key log file ('-': standard input, each line sent as it is read)")
     d.add_argument("--ca", metavar="FILE", help="CA (or the listener's self-signed certificate) to verify it")
     d.add_argument("--insecure", action="store_true", help="do not verify the listener's certificate")
     d.add_argument("--servername", metavar="NAME", help="name to verify in the listener's certificate "
@@ -177,9 +177,17 @@ def run_send(args: argparse.Namespace) -> int:
     host, port = parse_target(args.target)
     if args.keylog and args.lines:
         raise InputError("give key log lines either on the command line or with --keylog, not both")
+    if args.plain:
+        if args.ca or args.insecure or args.cert:
+            raise InputError("--plain cannot be combined with --ca, --insecure or --cert")
+        context = None
+    else:
+        context = client_context(args.ca, args.insecure, args.cert, args.key)
     if args.keylog == "-":
-        raw, source = sys.stdin.read().splitlines(), "stdin line"
-    elif args.keylog:
+        if args.lines:
+            raise InputError("give key log lines either on the command line or with --keylog, not both")
+        return _send_stream(args, host, port, context)
+    if args.keylog:
         try:
             raw = Path(args.keylog).read_text(encoding="ascii", errors="replace").splitlines()
         except OSError as exc:
@@ -190,12 +198,6 @@ def run_send(args: argparse.Namespace) -> int:
     sessions = group_sessions(raw, source)
     if not sessions:
         raise InputError("no key log lines to send")
-    if args.plain:
-        if args.ca or args.insecure or args.cert:
-            raise InputError("--plain cannot be combined with --ca, --insecure or --cert")
-        context = None
-    else:
-        context = client_context(args.ca, args.insecure, args.cert, args.key)
     sent = 0
     for session in sessions:
         try:
@@ -208,3 +210,30 @@ def run_send(args: argparse.Namespace) -> int:
     print(f"sent {sent} sessions, {sum(len(s.lines) for s in sessions)} lines to {args.target}",
           file=sys.stderr)
     return 0
+
+
+def _send_stream(args: argparse.Namespace, host: str, port: int, context: Any) -> int:
+    """``--keylog -``: each line is sent as soon as it is read, on its own connection (``tail -F
+    keys.log | tlsmirror keys send ...``). A malformed line is reported (never its secret) and skipped."""
+    from .keysend import SendError, group_sessions, send_session
+
+    sent = skipped = 0
+    for no, raw in enumerate(sys.stdin, start=1):
+        try:
+            sessions = group_sessions([raw], "stdin line")
+        except InputError as exc:
+            skipped += 1
+            print(f"tlsmirror: warning: {str(exc).replace('stdin line 1', f'stdin line {no}')}; skipped",
+                  file=sys.stderr, flush=True)
+            continue
+        for session in sessions:
+            try:
+                send_session(host, port, session, context, timeout=args.timeout, server_hostname=args.servername)
+            except SendError as exc:
+                print(f"tlsmirror: error: {exc} (sent {sent} lines)", file=sys.stderr)
+                return 1
+            sent += 1
+            print(f"sent {session.describe()}", flush=True)
+    print(f"sent {sent} lines to {args.target}" + (f", skipped {skipped} malformed" if skipped else ""),
+          file=sys.stderr)
+    return 0 if sent or not skipped else 1

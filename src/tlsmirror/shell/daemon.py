@@ -117,7 +117,7 @@ class Daemon:
         self._reload.set()
 
     def wait_ready(self, timeout: float) -> bool:
-        """True once every worker reported ready (tests)."""
+        """True once every worker has its capture attached and the key listener is open."""
         return self._ready.wait(timeout)
 
     def run(self) -> int:
@@ -153,8 +153,6 @@ class Daemon:
             self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, make_registry(self.state),
                                          lambda: self.state.health(cfg.metrics.no_packets_after))
             self.metrics.start()
-        if cfg.keys.enabled:
-            self._start_keyserver()
         self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
         self._export_thread.start()
         for i in range(self.nworkers):
@@ -163,8 +161,17 @@ class Daemon:
             self._reader_thread = threading.Thread(target=self._read_pcap, name="pcap", daemon=True)
             self._reader_thread.start()
         self._started = True
-        log.info("started: %s, %d workers%s%s", self._describe_input(), self.nworkers,
-                 f", metrics on {cfg.metrics.host}:{self.metrics_port}" if self.metrics else "",
+        log.info("started: %s, %d workers%s", self._describe_input(), self.nworkers,
+                 f", metrics on {cfg.metrics.host}:{self.metrics_port}" if self.metrics else "")
+
+    def _become_ready(self) -> None:
+        """Every worker has its capture attached: only now open the key listener (a secret that comes
+        earlier is for a connection whose handshake nobody captured) and report ready."""
+        if self.cfg.keys.enabled and self.keyserver is None:
+            self._start_keyserver()
+        self.state.ready = True
+        self._ready.set()
+        log.info("ready: capture attached on every interface%s",
                  f", keys on port {self.key_port}" if self.keyserver is not None else "")
 
     def _describe_input(self) -> str:
@@ -460,7 +467,7 @@ class Daemon:
                                 sum(1 for h in self.handles if not h.done))
                     return
             elif not self._ready.is_set() and all(h.ready for h in self.handles):
-                self._ready.set()
+                self._become_ready()
 
     def _receive(self, h: _Handle) -> None:
         assert h.conn is not None

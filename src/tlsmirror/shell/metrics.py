@@ -55,6 +55,7 @@ class MetricsState:
         self.keyserver: Callable[[], dict[str, int]] | None = None
         self.started = time.time()
         self.extra_reasons: dict[str, str] = {}
+        self.ready = False  # capture attached on every interface (and the key listener open)
 
     def update(self, index: int, stats: dict[str, Any]) -> None:
         with self.lock:
@@ -102,7 +103,11 @@ class MetricsState:
             if now - last > no_packets_after:
                 reasons.append(f"no packets for {int(now - last)} s")
         reasons.extend(self.extra_reasons.values())
-        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+        status = "degraded" if reasons else "ok"
+        if not self.ready:
+            status = "starting"
+            reasons.insert(0, "capture is not attached on every interface yet")
+        return {"status": status, "ready": self.ready, "reasons": reasons,
                 "workers": self.workers, "workers_alive": self.workers - len(down),
                 "packets": t.get("packets", 0), "uptime_s": round(now - self.started, 1)}
 

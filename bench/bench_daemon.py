@@ -301,7 +301,7 @@ def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namesp
             res.internal_drops = int(s.total("tlsmirror_dropped_total"))
             res.packets = int(s.get("tlsmirror_packets_total"))
             res.exchanges = int(s.total("tlsmirror_exchanges_total"))
-            res.late_key = int(s.get("tlsmirror_tls_late_key_total"))
+            res.late_key = int(s.total("tlsmirror_tls_held_sessions_total"))
             res.restarts = int(s.get("tlsmirror_worker_restarts_total"))
             rss = s.labelled("tlsmirror_memory_rss_bytes", "process")
             res.rss_parent_mib = rss.get("parent", 0.0) / (1 << 20)

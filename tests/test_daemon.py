@@ -212,7 +212,8 @@ def test_keys_from_the_listener_unlock_held_records(tmp_path: Path) -> None:
     run.join(40)
     t = d.state.totals()
     assert len(ex.calls) == 60
-    assert t["outcomes"]["decrypted"] == 12 and t["late_key"] == 12
+    assert t["outcomes"]["decrypted"] == 12 and sum(t["held"]["TLS1.2"].values()) + sum(
+        t["held"]["TLS1.3"].values()) == 12 == t["held"]["TLS1.2"]["unlocked"] + t["held"]["TLS1.3"]["unlocked"]
     assert d.state.counters["secrets_received"] == 20
     assert ex.closed
 

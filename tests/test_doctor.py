@@ -326,6 +326,7 @@ def worker_stats(**kw: Any) -> dict[str, Any]:
 
 def test_drops_above_a_thousandth_warn_with_tuning_advice() -> None:
     state = MetricsState(2)
+    state.ready = True
     state.update(0, worker_stats(packets=99_000, kernel_packets=100_000, kernel_drops=1_000,
                                  exchanges={"1.1": 5_000}))
     state.update(1, worker_stats(packets=100_000, kernel_packets=100_000, exchanges={"2": 5_000}))
@@ -342,6 +343,7 @@ def test_drops_above_a_thousandth_warn_with_tuning_advice() -> None:
     assert any(a.startswith("worker_outbox") for a in r.advice) and any(a.startswith("export_queue")
                                                                          for a in r.advice)
     quiet = MetricsState(1)
+    quiet.ready = True
     quiet.update(0, worker_stats(packets=1_000_000, kernel_packets=1_000_000, kernel_drops=999))
     ok = check_drops(scrape_of(quiet), None, 0)
     assert ok.status == OK and "(0.1%)" in ok.message  # 999 of a million: under the threshold
@@ -352,6 +354,7 @@ def test_exporter_counters_spool_and_memory(tmp_path: Path) -> None:
                                            "otlp.spool_dir": str(tmp_path), "otlp.spool_max_bytes": "100MiB"},
                       use_default_path=False)
     state = MetricsState(1)
+    state.ready = True
     state.update(0, worker_stats(rss=40 << 20))
     spool = {"exported": 900, "failed": 0, "dropped": 0, "retries": 3, "spool_bytes": 0}
     state.exporters["otlpexporter"] = lambda: dict(spool)

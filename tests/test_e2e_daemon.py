@@ -309,7 +309,8 @@ class DaemonProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"tlsmirror run exited ({self.proc.returncode}): {self.log()[-2000:]}")
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as r:
-                if json.loads(r.read())["workers_alive"] != 2:
+                health = json.loads(r.read())
+                if health["workers_alive"] != 2 or not health["ready"]:
                     return False
             rss = _by(_scrape(self.metrics_port), "memory_rss_bytes", "process")
             return {"worker0", "worker1"} <= set(rss)
@@ -669,7 +670,13 @@ def test_metrics_account_for_every_connection(result: Result) -> None:
     assert outcomes == {"decrypted": 6}, outcomes
     late = sum(1 for c in result.clients if c.late)
     assert late == 3
-    assert _value(m, "tls_late_key") >= late
+    held = m.get("tlsmirror_tls_held_sessions_total", {})
+    unlocked = sum(v for k, v in held.items() if dict(k)["outcome"] == "unlocked")
+    assert unlocked >= late and sum(held.values()) == unlocked  # nothing given up
+    lag = m["tlsmirror_tls_key_lag_seconds_count"]
+    assert sum(lag.values()) == 6  # every connection's secrets came within the wait
+    slow = sum(v for k, v in m["tlsmirror_tls_key_lag_seconds_bucket"].items() if dict(k)["le"] == "1.0")
+    assert sum(lag.values()) - slow >= late  # the late ones took seconds
     assert _value(m, "kernel_drops") == 0
     assert _value(m, "packets") > 0
     assert _by(m, "dropped", "where") == {"worker_outbox": 0.0, "export_queue": 0.0}

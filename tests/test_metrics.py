@@ -21,7 +21,8 @@ def worker_stats(packets: int, decrypted: int, *, rss: int = 1 << 20, flows: int
     return {"packets": packets, "bytes": packets * 100, "kernel_packets": packets, "kernel_drops": 1,
             "result_drops": 0,
             "outcomes": {**dict.fromkeys(OUTCOMES, 0), "decrypted": decrypted, "no_key": 1},
-            "late_key": 1, "exchanges": {"1.1": decrypted * 2, "2": 1}, "http_issues": 0,
+            "held": {"TLS1.3": {"unlocked": 3, "expired": 1}, "TLS1.2": {"evicted": 1}},
+            "key_lag": {"TLS1.3": {"0.005": 2, "2.5": 1, "sum": 2.01, "count": 3}}, "exchanges": {"1.1": decrypted * 2, "2": 1}, "http_issues": 0,
             "engine": {"frames": packets}, "tcp": {"gaps": 2}, "frames": {"non_tcp": 4},
             "keys": {"added": 10, "matched": 3, "expired": 0, "evicted": 0}, "keys_stored": 10,
             "held_bytes": 100, "flows_open": flows, "tcp_buffered": 0, "rss": rss, "last_packet_wall": 50.0,
@@ -68,13 +69,24 @@ def test_collector_output_and_status_table() -> None:
     table = status_table(text, {"status": "ok", "reasons": []})
     assert "TLS connections  9: decrypted 7, no_key 2" in table
     assert "2/2 alive, 1 restarts" in table
-    assert "HTTP/1.1 14, HTTP/2 2" in table
+    assert "HTTP/1.1 14, HTTP/2 2" in table, table
     assert "export_queue 4" in table
+    # how each connection's wait for its keys ended, and how long its keys took, per TLS version
+    held = m["tlsmirror_tls_held_sessions_total"]
+    assert held[(("outcome", "unlocked"), ("tls_version", "TLS1.3"))] == 6
+    assert held[(("outcome", "expired"), ("tls_version", "TLS1.3"))] == 2
+    assert held[(("outcome", "evicted"), ("tls_version", "TLS1.2"))] == 2
+    assert m["tlsmirror_tls_key_lag_seconds_bucket"][(("le", "0.005"), ("tls_version", "TLS1.3"))] == 4
+    assert m["tlsmirror_tls_key_lag_seconds_bucket"][(("le", "2.5"), ("tls_version", "TLS1.3"))] == 6
+    assert m["tlsmirror_tls_key_lag_seconds_bucket"][(("le", "+Inf"), ("tls_version", "TLS1.3"))] == 6
+    assert m["tlsmirror_tls_key_lag_seconds_count"][(("tls_version", "TLS1.3"),)] == 6
+    assert "held for keys    unlocked 6, expired 2, evicted 2" in table
 
 
 def test_health_reasons() -> None:
     st = MetricsState(2, mode="live")
     st.started = 0.0
+    st.ready = True
     st.alive = {0: True, 1: False}
     st.update(0, worker_stats(1, 0))
     h = st.health(no_packets_after=30, now=100.0)
@@ -87,6 +99,7 @@ def test_health_reasons() -> None:
 
 def test_server_and_status_command(capsys: pytest.CaptureFixture[str]) -> None:
     st = MetricsState(1)
+    st.ready = True
     st.alive = {0: False}
     st.update(0, worker_stats(7, 1))
     srv = MetricsServer("127.0.0.1", 0, make_registry(st), lambda: st.health(0))

@@ -84,7 +84,8 @@ def register(sub: Any) -> None:
     d.add_argument("target", metavar="HOST:PORT",
                    help="the listener, e.g. 10.0.0.5:8001 or [2001:db8::5]:8001")
     d.add_argument("lines", nargs="*", metavar="LINE", help="key log lines (quote each one)")
-    d.add_argument("--keylog", metavar="FILE", help="read the lines from this NSS key log file ('-': standard input, each line sent as it is read)")
+    d.add_argument("--keylog", metavar="FILE", help="read the lines from this NSS key log file "
+                   "('-': standard input, each line sent as it is read)")
     d.add_argument("--ca", metavar="FILE", help="CA (or the listener's self-signed certificate) to verify it")
     d.add_argument("--insecure", action="store_true", help="do not verify the listener's certificate")
     d.add_argument("--servername", metavar="NAME", help="name to verify in the listener's certificate "

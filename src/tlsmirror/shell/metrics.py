@@ -16,10 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from .workers import GAUGES, rss_bytes
+from ..tls.events import HOLD_OUTCOMES
+from .workers import GAUGES, KEY_LAG_BUCKETS, rss_bytes
 
 P = "tlsmirror_"
 
@@ -156,8 +157,24 @@ class Collector:
         yield GaugeMetricFamily(P + "tls_held_bytes", "Ciphertext held now waiting for secrets",
                                 value=t.get("held_bytes", 0))
         yield labelled("tls_connections", "TLS connections by outcome", "outcome", t.get("outcomes", {}))
-        yield counter("tls_late_key", "TLS connections decrypted with secrets that came after their records",
-                      t.get("late_key", 0))
+        held = CounterMetricFamily(P + "tls_held_sessions", "TLS connections that held records for their "
+                                   "secrets, by how the wait ended (unlocked: every record used; expired: "
+                                   "engine.key_wait passed; evicted: a hold budget), per TLS version",
+                                   labels=["outcome", "tls_version"])
+        for version, by in sorted(t.get("held", {}).items()):
+            for outcome in HOLD_OUTCOMES:
+                held.add_metric([outcome, version], by.get(outcome, 0))
+        yield held
+        lag = HistogramMetricFamily(P + "tls_key_lag_seconds", "Time from a TLS connection's ClientHello to "
+                                    "the secret that made it decryptable, per TLS version", labels=["tls_version"])
+        for version, hist in sorted(t.get("key_lag", {}).items()):
+            buckets, running = [], 0.0
+            for b in KEY_LAG_BUCKETS:
+                running += hist.get(str(b), 0)
+                buckets.append((str(b), running))
+            buckets.append(("+Inf", hist.get("count", 0)))
+            lag.add_metric([version], buckets, hist.get("sum", 0.0))
+        yield lag
         yield counter("keys_received", "Secrets received by the key listener",
                       st.counters["secrets_received"])
         yield counter("keys_preloaded", "Secrets loaded from key log files at start",
@@ -287,6 +304,12 @@ def _by(m: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, label
     return {dict(k).get(label, ""): v for k, v in series.items()}
 
 
+def _sum_by(m: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, label: str, value: str) -> float:
+    """The sum of a metric's series whose ``label`` is ``value`` (over its other labels)."""
+    series = m.get(P + name + "_total") or m.get(P + name) or {}
+    return sum(v for k, v in series.items() if dict(k).get(label) == value)
+
+
 def _n(x: float) -> str:
     if x >= 10 * 1024 * 1024 * 1024:
         return f"{x / 2**30:.1f}G"
@@ -317,7 +340,8 @@ def status_table(text: str, health: dict[str, Any] | None = None) -> str:
     total = sum(outcomes.values())
     rows.append(("TLS connections", f"{_n(total)}: " + (", ".join(f"{k} {_n(v)}" for k, v in
                                                                  sorted(outcomes.items()) if v) or "none")))
-    rows.append(("late key used", _n(_get(m, "tls_late_key"))))
+    rows.append(("held for keys", ", ".join(f"{o} {_n(_sum_by(m, 'tls_held_sessions', 'outcome', o))}"
+                                            for o in HOLD_OUTCOMES)))
     rows.append(("keys", f"received {_n(_get(m, 'keys_received'))}, "
                          f"preloaded {_n(_get(m, 'keys_preloaded'))}, "
                          f"matched {_n(_get(m, 'keys_matched'))}, expired {_n(_get(m, 'keys_expired'))}"))

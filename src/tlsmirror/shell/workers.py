@@ -43,6 +43,22 @@ log = get_logger("worker")
 GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "outbox_bytes", "pid",
                     "last_packet_wall", "fragments_pending", "wall", "alive"})
 
+# Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
+# a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.
+KEY_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _observe(hist: dict[str, float], value: float) -> None:
+    """Count ``value`` in a histogram kept as plain numbers (so worker statistics add up)."""
+    for b in KEY_LAG_BUCKETS:
+        if value <= b:
+            key = str(b)
+            hist[key] = hist.get(key, 0) + 1
+            break
+    hist["sum"] = hist.get("sum", 0.0) + value
+    hist["count"] = hist.get("count", 0) + 1
+
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -280,7 +296,8 @@ class Worker:
         self.packets = 0
         self.bytes = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
-        self.late_key = 0
+        self.held: dict[str, dict[str, int]] = {}  # TLS version -> how the wait for keys ended -> sessions
+        self.key_lag: dict[str, dict[str, float]] = {}  # TLS version -> histogram buckets, sum, count
         self.exchanges: dict[str, int] = {}
         self.http_issues = 0
         self.result_drops = 0
@@ -308,8 +325,12 @@ class Worker:
                 self.exchanges[v] = self.exchanges.get(v, 0) + 1
             elif cls is TlsOutcome:
                 self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
-                if ev.late_key:
-                    self.late_key += 1
+                version = ev.version or "unknown"
+                if ev.held is not None:
+                    by = self.held.setdefault(version, {})
+                    by[ev.held] = by.get(ev.held, 0) + 1
+                if ev.key_lag is not None:
+                    _observe(self.key_lag.setdefault(version, {}), ev.key_lag)
                 if ev.outcome != DECRYPTED:
                     # Rate-limited per outcome by the log filter; the reason never holds secrets.
                     f, c = ev.flow, ev.client_dir
@@ -410,7 +431,9 @@ class Worker:
             "kernel_packets": kp, "kernel_drops": kd, "result_drops": self.result_drops,
             "engine": dict(e.stats), "tcp": e.tcp.stats, "frames": dict(e.frames.counters),
             "keys": dict(e.keys.stats), "keys_stored": len(e.keys), "outcomes": dict(self.outcomes),
-            "late_key": self.late_key, "exchanges": dict(self.exchanges), "http_issues": self.http_issues,
+            "held": {v: dict(c) for v, c in self.held.items()},
+            "key_lag": {v: dict(h) for v, h in self.key_lag.items()}, "exchanges": dict(self.exchanges),
+            "http_issues": self.http_issues,
             "secrets_received": self.secrets_received, "held_bytes": e.tls.held_bytes,
             "flows_open": e.tcp.open_flows, "tcp_buffered": e.tcp.buffered_bytes,
             "fragments_pending": e.frames.fragments_pending, "rss": rss_bytes(),

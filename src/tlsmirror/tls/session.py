@@ -476,11 +476,11 @@ class TlsSession:
                     if before is not None and h.ts > before:
                         keep.append(h)
                         continue
-                    gave = True
                     self._unhold(h.size)
                     if h.done:
                         self.records_skipped += 1  # a handshake record whose key never came
                     else:  # early data
+                        gave = True
                         dropped += h.size
                         h.events.append(TlsGap(self.flow, d, h.ts, h.size))
                         h.done = True

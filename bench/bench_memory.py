@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from tlsmirror.keys.events import Secret
 from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
-from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
+from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -57,7 +57,7 @@ from common import (
 
 sys.path.insert(0, str(REPO / "src"))
 
-from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
+from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20

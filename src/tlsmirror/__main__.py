@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from .shell.commands import main
 
 sys.exit(main())

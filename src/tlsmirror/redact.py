@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .errors import TlsmirrorError
+
 MASK = "[REDACTED]"
 
 DEFAULT_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"})
@@ -41,7 +43,7 @@ DEFAULT_CONTENT_TYPES = (
 DEFAULT_BODY_LIMIT = 128 * 1024
 
 
-class RedactionError(ValueError):
+class RedactionError(TlsmirrorError, ValueError):
     """The redaction settings are invalid (e.g. a regular expression does not compile)."""
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_e2e_daemon import HOSTNAME, DaemonProc, Lab, _by, _scrape, _value, _wait_for, _why_skip
-from tlsmirror.shell.keysend import client_context, group_sessions, send_session
+from tests.support.lab import HOSTNAME, DaemonProc, Lab, _by, _scrape, _value, _wait_for, _why_skip
+from tlsmirror.shell.keylistener.sender import client_context, group_sessions, send_session
 
 pytestmark = pytest.mark.slow
 

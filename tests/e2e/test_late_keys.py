@@ -17,8 +17,8 @@ import pytest
 from tests.support.nginx import HOSTNAME, NginxServer, nginx_has_http2, nginx_usable
 from tests.support.pcapwriter import Pcapng, write_capture
 from tests.support.sniff import Sniffer, tcpdump_usable
-from tlsmirror.cli import main as cli_main
-from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
+from tlsmirror.shell.commands import main as cli_main
+from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
 
 pytestmark = pytest.mark.slow
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.paths import CORPUS
 from tlsmirror.pipeline import Engine
-from tlsmirror.shell.decrypt import DecryptRun, load_keylog_files, load_rsa_files
-
-CORPUS = Path(os.environ.get("TLSMIRROR_CORPUS", Path(__file__).resolve().parents[3] / "shared" / "corpus"))
+from tlsmirror.shell.offline.decrypt import DecryptRun, load_keylog_files, load_rsa_files
 
 
 def corpus_present() -> bool:

@@ -31,6 +31,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from tests.support.paths import SAMPLES
+
 _SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"]
 
 
@@ -302,14 +304,13 @@ _SAMPLE_CALLS: list[Any] = []
 def sample_api_calls() -> list[Any]:
     """The ApiCalls of samples/api-mixed.pcap (decrypted with samples/api-mixed.keylog), in order."""
     if not _SAMPLE_CALLS:
-        from pathlib import Path
 
         from tlsmirror.calls import ApiCall
         from tlsmirror.keys.keylog import parse_keylog
         from tlsmirror.pipeline import Engine, EngineConfig
-        from tlsmirror.shell.pcapfile import CapturedFrame, read_capture
+        from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
 
-        root = Path(__file__).resolve().parents[2] / "samples"
+        root = SAMPLES
         engine = Engine(EngineConfig(http=True))
         secrets, _ = parse_keylog((root / "api-mixed.keylog").read_bytes())
         engine.add_secrets(secrets, 0.0)

@@ -7,8 +7,9 @@ checked so that nothing an operator types can break the Tcl or the shell script;
 
 from __future__ import annotations
 
+from .errors import F5ConfigError
 from .irule import IruleOptions, render_irule
-from .names import F5ConfigError, full_path
+from .names import full_path
 from .tmsh import TmshOptions, render_tmsh
 
 __all__ = ["F5ConfigError", "IruleOptions", "TmshOptions", "full_path", "render_irule", "render_tmsh"]

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import __version__
-from .names import F5ConfigError, full_path
+from .errors import F5ConfigError
+from .names import full_path
 
 __all__ = ["TRANSPORTS", "IruleOptions", "render_irule"]
 

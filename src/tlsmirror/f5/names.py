@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 
+from .errors import F5ConfigError
+
 __all__ = ["F5ConfigError", "check_partition", "full_path"]
 
 # Letters, digits and . _ - in each path component; a name starts with a letter or underscore. This is
 # stricter than BIG-IP, on purpose: no character is special to Tcl, tmsh or bash.
 _COMPONENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
-
-
-class F5ConfigError(ValueError):
-    """A name or setting that cannot go into the generated F5 configuration."""
 
 
 def check_partition(partition: str) -> str:

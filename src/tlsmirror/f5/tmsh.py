@@ -14,8 +14,9 @@ import ipaddress
 from dataclasses import dataclass
 
 from .. import __version__
+from .errors import F5ConfigError
 from .irule import TRANSPORTS, IruleOptions, render_irule
-from .names import F5ConfigError, check_partition, full_path
+from .names import check_partition, full_path
 
 __all__ = ["TmshOptions", "render_tmsh"]
 

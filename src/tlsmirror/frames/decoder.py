@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from tlsmirror.frames.errors import FrameSkip
 from tlsmirror.frames.events import TcpSegment
 from tlsmirror.frames.ip import (
     PROTO_GRE,
@@ -15,7 +16,7 @@ from tlsmirror.frames.ip import (
     ipv4,
     ipv6,
 )
-from tlsmirror.frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6, REASONS, FrameSkip
+from tlsmirror.frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6, REASONS
 from tlsmirror.frames.link import LINKTYPE_ETHERNET, ethernet_payload, link_payload
 from tlsmirror.frames.tunnels import gre_payload, udp_payload
 

@@ -48,5 +48,3 @@ class TcpSegment:
         self.payload = payload
 
 
-class FrameError(ValueError):
-    """A frame could not be decoded (truncated or malformed header); the frame is skipped."""

@@ -6,7 +6,7 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
-from tlsmirror.frames.layers import FrameSkip
+from tlsmirror.frames.errors import FrameSkip
 
 # Protocol numbers the decoder opens; fragments of anything else are not worth holding.
 PROTO_IPIP = 4

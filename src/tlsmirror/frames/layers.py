@@ -7,8 +7,6 @@ The parsers in this package hand each other ``(kind, offset)`` pairs: *kind* say
 
 from __future__ import annotations
 
-from tlsmirror.frames.events import FrameError
-
 K_ETH = 0  # Ethernet header (dst, src, ethertype)
 K_IP = 1  # IPv4 or IPv6, chosen by the version nibble
 K_IPV4 = 2
@@ -31,10 +29,3 @@ REASONS: tuple[str, ...] = (
     "fragment_budget",  # (per datagram) incomplete datagram evicted to respect max_fragment_bytes
 )
 
-
-class FrameSkip(FrameError):
-    """The frame carries no TCP segment we can decode; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tlsmirror.frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6, FrameSkip
+from tlsmirror.frames.errors import FrameSkip
+from tlsmirror.frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6
 
 LINKTYPE_NULL = 0  # BSD loopback, 4-byte address family in the writer's byte order
 LINKTYPE_ETHERNET = 1

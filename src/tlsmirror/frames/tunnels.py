@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tlsmirror.frames.layers import K_ETH, K_IP, FrameSkip
+from tlsmirror.frames.errors import FrameSkip
+from tlsmirror.frames.layers import K_ETH, K_IP
 from tlsmirror.frames.link import ETHERTYPE_TEB, ethertype_payload
 
 ETHERTYPE_ERSPAN_2 = 0x88BE  # also ERSPAN type I (no sequence number, no ERSPAN header)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .events import Exchange, HttpError, HttpProblem
+from .errors import HttpError
+from .events import Exchange, HttpProblem
 from .h1 import H1Connection
 from .h2 import PREFACE, H2Connection
 

@@ -110,10 +110,6 @@ class HttpProblem:
     reason: str
 
 
-class HttpError(ValueError):
-    """The http stage's one exception family (internal; the connection turns it into HttpProblem)."""
-
-
 HttpEvent = Exchange | HttpProblem
 
 

@@ -15,7 +15,8 @@ import re
 import httptools
 
 from .bodies import BodyCollector, is_text, parse_encodings
-from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
+from .errors import HttpError
+from .events import Body, EventQueue, Exchange, HttpProblem
 
 MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
 MAX_LINE = 4096  # one chunk-size line

@@ -33,7 +33,8 @@ from hyperframe.frame import (
 )
 
 from .bodies import BodyCollector, is_text, parse_encodings
-from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
+from .errors import HttpError
+from .events import Body, EventQueue, Exchange, HttpProblem
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -52,5 +52,3 @@ class RsaKey:
         return "RsaKey(<private>)"
 
 
-class KeyLogError(ValueError):
-    """A key log line (or key file) is malformed. The message never contains secret material."""

@@ -6,12 +6,12 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from tlsmirror.keys.errors import KeyLogError
 from tlsmirror.keys.events import (
     CLIENT_RANDOM,
     PMS_CLIENT_RANDOM,
     RSA,
     RSA_SESSION,
-    KeyLogError,
     Secret,
 )
 

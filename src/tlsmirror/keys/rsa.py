@@ -6,7 +6,8 @@ those imports are a measurable part of a short run's start-up.
 
 from __future__ import annotations
 
-from tlsmirror.keys.events import KeyLogError, RsaKey
+from tlsmirror.keys.errors import KeyLogError
+from tlsmirror.keys.events import RsaKey
 
 __all__ = ["load_rsa_key", "rsa_decrypt_premaster"]
 

@@ -18,14 +18,14 @@ import dataclasses
 import difflib
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from .errors import InputError
+from .errors import BadValue, InputError
+from .values import parse_port, parse_size
 
 DEFAULT_PATH = "/etc/tlsmirror/config.yaml"
 ENV_PREFIX = "TLSMIRROR_"
@@ -275,32 +275,8 @@ def _suggest(word: str, options: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- value parsing
-_SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$")
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class _Bad(Exception):
-    def __init__(self, problem: str, fix: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.fix = fix
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a text like ``64MiB``, ``1G``, ``512k`` (k/M/G: powers of 1024)."""
-    if isinstance(value, bool):
-        raise _Bad("is not a size", "give bytes as a number, or with a unit like 64MiB")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    m = _SIZE.match(str(value))
-    if not m:
-        raise _Bad("is not a size", "give bytes as a number, or with a unit like 64MiB, 512k, 1G")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
 def _parse(s: KeySpec, value: Any) -> Any:
@@ -313,7 +289,7 @@ def _parse(s: KeySpec, value: Any) -> Any:
             return []
         if t == "dict":
             return {}
-        raise _Bad("is empty", "give a value or remove the key to use the default "
+        raise BadValue("is empty", "give a value or remove the key to use the default "
                    f"({_show_default(s)})")
     if t == "bool":
         if isinstance(value, bool):
@@ -323,38 +299,38 @@ def _parse(s: KeySpec, value: Any) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise _Bad("is not a boolean", "use true or false")
+        raise BadValue("is not a boolean", "use true or false")
     if t == "int":
         if s.kind == "size":
             n = parse_size(value)
         elif isinstance(value, bool):
-            raise _Bad("is not an integer", "give a whole number")
+            raise BadValue("is not an integer", "give a whole number")
         elif isinstance(value, int):
             n = value
         else:
             try:
                 n = int(str(value).strip(), 0)
             except ValueError:
-                raise _Bad("is not an integer", "give a whole number") from None
+                raise BadValue("is not an integer", "give a whole number") from None
         _range(s, n)
         return n
     if t == "float":
         if isinstance(value, bool):
-            raise _Bad("is not a number", "give a number")
+            raise BadValue("is not a number", "give a number")
         try:
             x = float(value)
         except (TypeError, ValueError):
-            raise _Bad("is not a number", "give a number (seconds or a ratio)") from None
+            raise BadValue("is not a number", "give a number (seconds or a ratio)") from None
         if x != x or x in (float("inf"), float("-inf")):
-            raise _Bad("is not a finite number", "give a finite number")
+            raise BadValue("is not a finite number", "give a finite number")
         _range(s, x)
         return x
     if t in ("str", "str?"):
         if isinstance(value, (dict, list)):
-            raise _Bad("is not a string", "give a single value")
+            raise BadValue("is not a string", "give a single value")
         text = str(value)
         if s.choices and text not in s.choices:
-            raise _Bad("is not allowed", f"use one of: {', '.join(s.choices)}")
+            raise BadValue("is not allowed", f"use one of: {', '.join(s.choices)}")
         return text
     if t in ("list[str]", "list[int]"):
         if isinstance(value, str):
@@ -365,19 +341,14 @@ def _parse(s: KeySpec, value: Any) -> Any:
             items = [value]
         if t == "list[str]":
             if any(isinstance(v, (dict, list)) for v in items):
-                raise _Bad("is not a list of strings", "give a list like [a, b] or a comma-separated text")
+                raise BadValue("is not a list of strings", "give a list like [a, b] or a comma-separated text")
             return [str(v) for v in items]
         ports = []
         for v in items:
             try:
-                if isinstance(v, bool):
-                    raise ValueError
-                n = int(v)
-            except (TypeError, ValueError):
-                raise _Bad(f"has {v!r}, not a port number", "give port numbers 1-65535") from None
-            if not 0 < n < 65536:
-                raise _Bad(f"has {n}, out of range", "give port numbers 1-65535")
-            ports.append(n)
+                ports.append(parse_port(v))
+            except BadValue as bad:
+                raise BadValue(f"has a bad port ({bad.problem})", bad.fix) from None
         return ports
     if t == "dict":
         if isinstance(value, Mapping):
@@ -389,18 +360,18 @@ def _parse(s: KeySpec, value: Any) -> Any:
                     continue
                 k, eq, v = part.partition("=")
                 if not eq or not k.strip():
-                    raise _Bad("is not a mapping", "write name=value pairs separated by commas")
+                    raise BadValue("is not a mapping", "write name=value pairs separated by commas")
                 out[k.strip()] = v.strip()
             return out
-        raise _Bad("is not a mapping", "write name: value pairs (YAML) or name=value,name2=value2")
+        raise BadValue("is not a mapping", "write name: value pairs (YAML) or name=value,name2=value2")
     raise AssertionError(t)  # pragma: no cover
 
 
 def _range(s: KeySpec, x: float) -> None:
     if s.minimum is not None and x < s.minimum:
-        raise _Bad(f"is below the minimum {_num(s.minimum)}", f"use a value >= {_num(s.minimum)}")
+        raise BadValue(f"is below the minimum {_num(s.minimum)}", f"use a value >= {_num(s.minimum)}")
     if s.maximum is not None and x > s.maximum:
-        raise _Bad(f"is above the maximum {_num(s.maximum)}", f"use a value <= {_num(s.maximum)}")
+        raise BadValue(f"is above the maximum {_num(s.maximum)}", f"use a value <= {_num(s.maximum)}")
 
 
 def _num(x: float) -> str:
@@ -411,7 +382,7 @@ def _show_default(s: KeySpec) -> str:
     return "none" if s.default is None else repr(s.default)
 
 
-def _error(where: str, s: KeySpec, value: Any, bad: _Bad) -> InputError:
+def _error(where: str, s: KeySpec, value: Any, bad: BadValue) -> InputError:
     shown = "(hidden)" if s.secret else repr(value)
     return InputError(f"{where}: {s.dotted} = {shown} {bad.problem}; {bad.fix}")
 
@@ -487,7 +458,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
 def _set(cfg: Config, s: KeySpec, value: Any, where: str) -> None:
     try:
         parsed = _parse(s, value)
-    except _Bad as bad:
+    except BadValue as bad:
         raise _error(where, s, value, bad) from None
     setattr(getattr(cfg, s.section), s.name, parsed)
     cfg.source[s.dotted] = where

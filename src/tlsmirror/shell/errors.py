@@ -1,15 +1,39 @@
-"""The shell's user-facing errors: printed as one line by the CLI (exit code 1), never a traceback."""
+"""The shell's one exception family: everything the command line prints as one line (exit code 1).
+
+:class:`ShellError` derives from :class:`tlsmirror.errors.TlsmirrorError`. The CLI catches
+``ShellError`` and prints its message, never a traceback; any other exception reaching it is a bug.
+"""
 
 from __future__ import annotations
 
+from ..errors import TlsmirrorError
 
-class InputError(Exception):
+
+class ShellError(TlsmirrorError):
+    """A user-facing error: the message is one line that names the input and the fix, free of secrets."""
+
+
+class InputError(ShellError):
     """An input file or setting is missing, unreadable or invalid. The message names it and the fix."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Every exception type the CLI reports as a one-line error."""
-    from ..cli import CliError
-    from .pcapfile import CaptureFileError
+class CaptureFileError(InputError):
+    """A capture file cannot be opened or is not a pcap/pcapng file (its name is in the message)."""
 
-    return (InputError, CliError, CaptureFileError)
+
+class SendError(ShellError):
+    """A connection to a key listener failed; the message is one line, free of secrets."""
+
+
+class SpoolError(ShellError, OSError):
+    """The spool directory cannot be used (unwritable, or in use by another process)."""
+
+
+class BadValue(InputError, ValueError):
+    """A value (of a setting or an argument) that does not parse: ``problem`` says what is wrong with it,
+    ``fix`` what to give instead. The caller adds where the value came from."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}: {fix}")
+        self.problem = problem
+        self.fix = fix

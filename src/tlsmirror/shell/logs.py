@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import IO, Any
 
 LOGGER = "tlsmirror"
@@ -26,26 +27,33 @@ def scrub(text: str) -> str:
     return _HEX.sub(lambda m: f"<hex:{len(m.group(0))}>", text)
 
 
-class RateLimit(logging.Filter):
-    """At most ``rate`` records per second (burst ``2 * rate``) per message template."""
+class RateLimit:
+    """Token buckets by key: on average ``rate`` events per second of one key, in bursts of up to ``burst``.
 
-    def __init__(self, rate: float) -> None:
-        super().__init__()
+    The shell's one rate limiter: the daemon's log filter and the key listener's messages both use it.
+    :meth:`admit` says whether an event goes through and, when it does, how many of its key were
+    suppressed since the last one that went through, so the caller can say so. Thread-safe; at most
+    ``max_keys`` keys are remembered (then all are forgotten at once, which only ever admits more)."""
+
+    def __init__(self, rate: float, burst: float | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
         self.rate = rate
-        self.burst = max(1.0, 2 * rate)
-        self._state: dict[tuple[str, int], list[float]] = {}  # key -> [tokens, last time, suppressed]
-        self._lock = threading.Lock()
+        self.burst = max(1.0, 2 * rate) if burst is None else max(1.0, burst)
         self.suppressed_total = 0
+        self._clock = clock
+        self._max_keys = max_keys
+        self._state: dict[Hashable, list[float]] = {}  # key -> [tokens, last time, suppressed]
+        self._lock = threading.Lock()
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def admit(self, key: Hashable) -> int:
+        """-1: suppress this event; else the number of events of ``key`` suppressed before it."""
         if self.rate <= 0:
-            return True
-        key = (str(record.msg), record.levelno)
-        now = time.monotonic()
+            return 0
+        now = self._clock()
         with self._lock:
             st = self._state.get(key)
             if st is None:
-                if len(self._state) > 10_000:
+                if len(self._state) >= self._max_keys:
                     self._state.clear()
                 st = self._state[key] = [self.burst, now, 0.0]
             st[0] = min(self.burst, st[0] + (now - st[1]) * self.rate)
@@ -53,11 +61,27 @@ class RateLimit(logging.Filter):
             if st[0] < 1.0:
                 st[2] += 1
                 self.suppressed_total += 1
-                return False
+                return -1
             st[0] -= 1.0
-            if st[2]:
-                record.suppressed = int(st[2])
-                st[2] = 0
+            skipped = int(st[2])
+            st[2] = 0
+            return skipped
+
+
+class RateLimitFilter(logging.Filter):
+    """A log filter: at most ``rate`` records per second (burst ``2 * rate``) per message template; the
+    next record through carries ``suppressed=N``."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.limit = RateLimit(rate)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        skipped = self.limit.admit((str(record.msg), record.levelno))
+        if skipped < 0:
+            return False
+        if skipped:
+            record.suppressed = skipped
         return True
 
 
@@ -100,7 +124,7 @@ def setup_logging(level: str = "info", fmt: str = "text", rate: float = 10.0,
         logger.removeHandler(h)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RateLimit(rate))
+    handler.addFilter(RateLimitFilter(rate))
     logger.addHandler(handler)
     logger.setLevel(getattr(logging, level.upper(), logging.INFO))
     logger.propagate = False

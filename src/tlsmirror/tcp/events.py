@@ -88,7 +88,3 @@ class FlowClosed:
 
 
 TcpEvent = FlowOpened | StreamData | StreamGap | FlowClosed
-
-
-class TcpError(ValueError):
-    """Raised only for impossible input to the tcp stage (never for odd traffic)."""

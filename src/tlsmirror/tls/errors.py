@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import TlsmirrorError
 
-class TlsError(ValueError):
+
+class TlsError(TlsmirrorError, ValueError):
     """Anything wrong with one TLS connection. Never carries secret material in its message."""
 
 

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from tests.support.pcapwriter import Pcapng, ethernet, segment_packet, tcp_conversation, write_capture
 from tests.support.tlspair import TlsTranscript, run_session
 from tlsmirror.calls import ApiCall
-from tlsmirror.cli import main as cli_main
 from tlsmirror.frames.events import TcpSegment
 from tlsmirror.http.h2 import PREFACE
 from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
+from tlsmirror.shell.commands import main as cli_main
 from tlsmirror.tls.events import TlsOutcome
 
 H1_REQUESTS = [

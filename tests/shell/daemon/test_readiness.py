@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.test_daemon import KEYLOG, SAMPLE, ListExporter, Running, config
-from tlsmirror.shell.daemon import Daemon, load_preload
-from tlsmirror.shell.metrics import MetricsState
+from tests.support.daemon import KEYLOG, SAMPLE, ListExporter, Running, config
+from tlsmirror.shell.daemon.metrics import MetricsState
+from tlsmirror.shell.daemon.supervisor import Daemon, load_preload
 
 
 def test_health_says_starting_until_capture_is_attached() -> None:

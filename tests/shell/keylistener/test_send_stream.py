@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_keyserver import HOST, cr, line, listening, secret_hex
+from tests.support.keylistener import HOST, cr, line, listening, secret_hex
+from tests.support.paths import SRC as SRC_DIR
 
-SRC = str(Path(__file__).resolve().parents[3] / "src")
+SRC = str(SRC_DIR)
 
 
 def test_lines_from_stdin_are_sent_as_they_come(tmp_path: Path) -> None:

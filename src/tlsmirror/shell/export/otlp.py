@@ -41,8 +41,8 @@ from ... import __version__
 from ...calls import ApiCall
 from ...redact import RedactionConfig, RedactionError, Redactor
 from ...spans import PROFILES, SENSOR_NAME, AttrValue, SpanMapper, SpanRecord, resource_attributes
-from ..errors import InputError
-from .spool import DiskSpool, MemorySpool, SpoolError
+from ..errors import InputError, SpoolError
+from .spool import DiskSpool, MemorySpool
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,11 @@ import zlib
 from dataclasses import dataclass
 from typing import IO
 
+from ..errors import SpoolError
+
 _HEADER = struct.Struct(">III")
 _MAX_RECORD = 1 << 30
 FSYNC_POLICIES = ("always", "interval", "never")
-
-
-class SpoolError(OSError):
-    """The spool directory cannot be used (unwritable, or in use by another process)."""
 
 
 @dataclass(frozen=True, slots=True)

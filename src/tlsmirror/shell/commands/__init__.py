@@ -1,0 +1,57 @@
+"""The command line: ``tlsmirror COMMAND ...``. Argument parsing only; each command's work lives in its room.
+
+One module per command (``decrypt``, ``replay``, ``run``, ``keys``, ``f5``, ``config``, ``status``,
+``doctor``), each with ``register(subparsers)``; the parser it adds sets ``func``, a callable taking the
+parsed arguments and returning the exit code. Shared argument types are in :mod:`.args`.
+
+Exit codes: 0 done, 1 an input, setting or check failed (a :class:`~tlsmirror.shell.errors.ShellError`,
+printed as one line), 2 a bad command line (argparse), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ... import __version__
+from ..errors import ShellError
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+
+COMMANDS = ("decrypt", "replay", "run", "keys", "f5", "config", "status", "doctor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``tlsmirror`` argument parser, every command registered."""
+    p = argparse.ArgumentParser(prog="tlsmirror", description="Turn mirrored TLS traffic into API calls.")
+    p.add_argument("--version", action="version", version=f"tlsmirror {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command line; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ShellError as exc:
+        print(f"tlsmirror: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into a command that stopped reading (head, less): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

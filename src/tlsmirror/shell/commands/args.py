@@ -1,0 +1,63 @@
+"""Argument types and option groups shared by the commands (argparse only; the rules are in
+:mod:`tlsmirror.shell.values`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import BadValue, InputError
+from ..values import parse_port, parse_seconds, parse_size
+
+
+def _arg_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except BadValue as bad:
+            raise argparse.ArgumentTypeError(f"{bad.problem}: {bad.fix}") from None
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
+
+
+port = _arg_type(parse_port, "port")
+"""A port to match or connect to: 1-65535."""
+
+listen_port = _arg_type(lambda t: parse_port(t, listen=True), "listen_port")
+"""A port to listen on: 0-65535 (0: any free port)."""
+
+byte_size = _arg_type(parse_size, "byte_size")
+"""A byte count: ``65536``, ``64k``, ``64MiB``, ``1G``."""
+
+seconds = _arg_type(parse_seconds, "seconds")
+"""A non-negative number of seconds."""
+
+
+def seconds_up_to(maximum: float) -> Callable[[str], float]:
+    """A number of seconds from 0 to ``maximum``."""
+    return _arg_type(lambda t: parse_seconds(t, maximum=maximum), "seconds")
+
+
+def add_secret_and_port_args(p: argparse.ArgumentParser) -> None:
+    """The options that say where secrets come from and which flows to look at (decrypt, replay)."""
+    p.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                   help="NSS key log file (repeatable)")
+    p.add_argument("--rsa-key", action="append", default=[], metavar="PEM",
+                   help="server RSA private key for static-RSA key exchange (repeatable)")
+    p.add_argument("--rsa-password-env", metavar="VAR",
+                   help="environment variable holding the RSA key password")
+    p.add_argument("--port", action="append", default=[], type=port, metavar="N",
+                   help="only look at TCP flows with this port (repeatable; default: all ports)")
+
+
+def rsa_password(var: str | None) -> bytes | None:
+    """The RSA key password from the environment variable ``var`` (never from the command line)."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise InputError(f"environment variable {var} (--rsa-password-env) is not set")
+    return value.encode()

@@ -1,0 +1,700 @@
+"""`tlsmirror run`: capture -> worker processes (one Engine each) -> exporters; key listener -> workers.
+
+The parent process owns everything shared: the key listener (an asyncio loop in a thread), the
+exporters (a thread fed by a bounded queue), the metrics server (a thread), the capture-file reader
+(``--pcap``: a thread that hashes frames to workers) and the supervision of the workers (restarted
+when they die, the crash counted). Signals: SIGTERM/SIGINT drain (workers run ``engine.finish()``,
+exporters flush within ``output.drain_timeout``), SIGHUP reopens output files and reloads the key
+listener's certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ...keys.events import Secret
+from ...keys.keylog import parse_keylog
+from ..config import Config, engine_kwargs, read_token
+from ..errors import InputError
+from ..export import Exporter
+from ..logs import get_logger
+from .metrics import MetricsServer, MetricsState, make_registry
+from .workers import WorkerSpec, worker_main
+
+log = get_logger("daemon")
+
+FRAME_BATCH = 256  # frames per message to a worker (capture files), at most
+FRAME_BATCH_BYTES = 128 << 10  # frame bytes per message, at most (plus one frame): bounded, like-sized messages
+INBOX_SIZE = 64  # frame batches waiting per worker (so at most ~8 MiB of frames each)
+RESTART_DELAY = 0.5  # seconds before a crashed worker is started again
+CRASH_LOOP = 5  # consecutive crashes within CRASH_WINDOW seconds of start: give up
+CRASH_WINDOW = 3.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Handle:
+    index: int
+    proc: Any
+    ctl: Any
+    inbox: Any
+    conn: Connection | None
+    started: float
+    done: bool = False
+    ready: bool = False
+    dead: bool = False
+
+
+class Daemon:
+    """One sensor run. ``run()`` blocks until stopped (signal, :meth:`request_stop`, end of --pcap)."""
+
+    def __init__(self, cfg: Config, *, exporters: list[Exporter] | None = None,
+                 preload: list[Secret] | None = None) -> None:
+        self.cfg = cfg
+        c = cfg.capture
+        self.mode = "pcap" if c.pcap else "live"
+        self.nworkers = c.workers or os.cpu_count() or 1
+        self.preload: list[Secret] = list(preload or ())
+        self._exporters_given = exporters
+        self.exporters: list[Exporter] = []
+        self.state = MetricsState(self.nworkers, self.mode)
+        self.handles: list[_Handle] = []
+        self._handles_lock = threading.Lock()
+        self._ctx = mp.get_context("spawn")
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._stopping = False
+        self._deadline = 0.0
+        self._fatal: str | None = None
+        self._crash_streak: dict[int, int] = {}
+        self._incarnation: dict[int, int] = {}
+        self._pending_restart: dict[int, float] = {}
+        self._replay: collections.deque[Secret] = collections.deque(maxlen=cfg.keys.replay or None)
+        self._replay_lock = threading.Lock()
+        lossless = self.mode == "pcap"
+        self.lossless = lossless
+        self._export_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.output.queue_size)
+        self._export_thread: threading.Thread | None = None
+        self._export_reopen = threading.Event()
+        self._reader_thread: threading.Thread | None = None
+        self._reader_done: float | None = None
+        self._reader_stop = threading.Event()
+        self._capture: Any = None
+        self.metrics: MetricsServer | None = None
+        self._ks_loop: asyncio.AbstractEventLoop | None = None
+        self._ks_thread: threading.Thread | None = None
+        self.keyserver: Any = None
+        self._bpf: dict[str, list[tuple[int, int, int, int]]] = {}
+        self._groups: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._started = False
+
+    # ------------------------------------------------------------------ public
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
+
+    @property
+    def key_port(self) -> int | None:
+        return int(self.keyserver.bound_port) if self.keyserver is not None else None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once every worker has its capture attached and the key listener is open."""
+        return self._ready.wait(timeout)
+
+    def run(self) -> int:
+        """Start everything, supervise until stopped, drain. Returns the exit code."""
+        restore = self._install_signals()
+        try:
+            self._start()
+            self._loop()
+        finally:
+            self._shutdown()
+            restore()
+        if self._fatal:
+            raise InputError(self._fatal)
+        return 0
+
+    # ------------------------------------------------------------------ start
+    def _start(self) -> None:
+        cfg = self.cfg
+        if self.mode == "live":
+            self._prepare_live()
+        else:
+            from ..offline.pcapfile import CaptureReader
+
+            assert cfg.capture.pcap is not None
+            self._capture = CaptureReader(cfg.capture.pcap)  # CaptureFileError: a user error
+        self.exporters = self._exporters_given if self._exporters_given is not None else build_exporters(cfg)
+        for i, ex in enumerate(self.exporters):
+            self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = _stats_of(ex)
+        self.state.export_queue_depth = self._export_q.qsize
+        self.state.export_queue_size = cfg.output.queue_size
+        self.state.counters["secrets_preloaded"] = len(self.preload)
+        if cfg.metrics.enabled:
+            self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, make_registry(self.state),
+                                         lambda: self.state.health(cfg.metrics.no_packets_after))
+            self.metrics.start()
+        self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
+        self._export_thread.start()
+        for i in range(self.nworkers):
+            self.handles.append(self._spawn(i))
+        if self.mode == "pcap":
+            self._reader_thread = threading.Thread(target=self._read_pcap, name="pcap", daemon=True)
+            self._reader_thread.start()
+        self._started = True
+        log.info("started: %s, %d workers%s", self._describe_input(), self.nworkers,
+                 f", metrics on {cfg.metrics.host}:{self.metrics_port}" if self.metrics else "")
+
+    def _become_ready(self) -> None:
+        """Every worker has its capture attached: only now open the key listener (a secret that comes
+        earlier is for a connection whose handshake nobody captured) and report ready."""
+        if self.cfg.keys.enabled and self.keyserver is None:
+            self._start_keyserver()
+        self.state.ready = True
+        self._ready.set()
+        log.info("ready: capture attached on every interface%s",
+                 f", keys on port {self.key_port}" if self.keyserver is not None else "")
+
+    def _describe_input(self) -> str:
+        c = self.cfg.capture
+        if self.mode == "pcap":
+            return f"capture file {c.pcap} at speed {c.pcap_speed or 'max'}"
+        return "interfaces " + ", ".join(c.interfaces)
+
+    def _prepare_live(self) -> None:
+        from .capture import check_capture_permission, compile_bpf, default_filter, interface_linktype
+
+        cfg = self.cfg
+        if not cfg.capture.interfaces:
+            raise InputError("nothing to capture: give -i IFACE (capture.interfaces) or --pcap FILE")
+        check_capture_permission(cfg.capture.interfaces)
+        expr = cfg.capture.bpf or default_filter(*self._own_traffic())
+        base = cfg.capture.fanout_group or (os.getpid() & 0xFFFF)
+        compiled: dict[str, list[tuple[int, int, int, int]]] = {}
+        for j, name in enumerate(cfg.capture.interfaces):
+            _lt, yname = interface_linktype(name)
+            if yname not in compiled:
+                compiled[yname] = compile_bpf(expr, yname)
+            self._bpf[name] = compiled[yname]
+            self._groups[name] = (base + j) & 0xFFFF
+        log.info("capture filter: %s", expr)
+
+    def _own_traffic(self) -> tuple[list[int], list[tuple[str, int]]]:
+        cfg = self.cfg
+        ports: list[int] = []
+        hosts: list[tuple[str, int]] = []
+        if cfg.keys.enabled:
+            ports.append(cfg.keys.port)
+        if cfg.metrics.enabled and cfg.metrics.port:
+            ports.append(cfg.metrics.port)
+        ep = cfg.otlp.endpoint
+        if ep:
+            hostport = ep.split("://", 1)[-1].split("/", 1)[0]
+            host, _, port = hostport.rpartition(":")
+            host = host.strip("[]")
+            if port.isdigit():
+                import ipaddress
+
+                try:
+                    ipaddress.ip_address(host)
+                    hosts.append((host, int(port)))
+                except ValueError:
+                    ports.append(int(port))
+            else:
+                ports.append(443 if ep.startswith("https") else 80)
+        return ports, hosts
+
+    def _spec(self, index: int) -> WorkerSpec:
+        cfg = self.cfg
+        ttl = (cfg.engine.idle_timeout + cfg.engine.key_wait) if self.mode == "live" else None
+        return WorkerSpec(
+            index=index, mode=self.mode, engine=engine_kwargs(cfg),
+            interfaces=tuple((n, self._groups.get(n)) for n in cfg.capture.interfaces),
+            bpf=dict(self._bpf), snaplen=cfg.capture.snaplen, buffer_bytes=cfg.capture.buffer_bytes,
+            batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,
+            key_ttl=ttl, workers=self.nworkers, incarnation=self._incarnation.get(index, 0),
+            log_level=cfg.log.level, log_format=cfg.log.format, log_rate=cfg.log.rate,
+            # default, live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when
+            # it is full); a capture file waits instead of dropping, so a small ring keeps the pipe
+            # busy and a backlog does not sit in the workers' memory
+            outbox_bytes=cfg.capture.outbox_bytes or ((2 << 20) if self.lossless else (16 << 20)))
+
+    def _spawn(self, index: int) -> _Handle:
+        ctx = self._ctx
+        ctl = ctx.Queue()
+        inbox = ctx.Queue(maxsize=INBOX_SIZE) if self.mode == "pcap" else None
+        r, w = ctx.Pipe(duplex=False)
+        with self._replay_lock:
+            secrets = self.preload + list(self._replay)
+        proc = ctx.Process(target=worker_main, args=(self._spec(index), inbox, ctl, w, secrets),
+                           name=f"tlsmirror-worker{index}", daemon=True)
+        proc.start()
+        w.close()  # the worker holds the only write end: its death shows as EOF here
+        h = _Handle(index, proc, ctl, inbox, r, time.monotonic())
+        self.state.alive[index] = True
+        if self.mode == "pcap" and self._reader_done is not None and inbox is not None:
+            inbox.put(("eof",))
+        return h
+
+    # ------------------------------------------------------------------ key listener
+    def _start_keyserver(self) -> None:
+        try:
+            from ..keylistener.server import KeyServer, KeyServerConfig
+        except ImportError:
+            raise InputError("the key listener is not available in this build; run with --no-keys "
+                             "(keys.enabled: false) and --keylog FILE") from None
+        k = self.cfg.keys
+        extra: dict[str, Any] = {}
+        state_dir = k.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if state_dir:
+            extra["state_dir"] = state_dir
+        kcfg = KeyServerConfig(host=k.host, port=k.port, tls=k.tls, cert=k.cert, key=k.key,
+                               client_ca=k.client_ca, allow=list(k.allow), keylog_out=k.keylog_out,
+                               max_connections=k.max_connections, **extra)
+        server = KeyServer(kcfg, self._on_secrets)
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(server.start())
+            except BaseException as exc:
+                error.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(server.stop())
+            loop.close()
+
+        t = threading.Thread(target=run, name="keyserver", daemon=True)
+        t.start()
+        started.wait(30)
+        if error:
+            exc = error[0]
+            if isinstance(exc, InputError):
+                raise exc
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputError(f"key listener cannot start on {k.host}:{k.port}: {msg}; choose another "
+                             "keys.port (--key-port), or --no-keys")
+        self.keyserver, self._ks_loop, self._ks_thread = server, loop, t
+        self.state.keyserver = lambda: dict(server.stats)
+
+    def _on_secrets(self, secrets: list[Secret]) -> None:
+        """Called by the key listener (its thread): hand the secrets to every worker now."""
+        if not secrets:
+            return
+        secrets = list(secrets)
+        with self._replay_lock:
+            self._replay.extend(secrets)
+        self.state.counters["secrets_received"] += len(secrets)
+        msg = ("secrets", secrets)
+        with self._handles_lock:
+            handles = list(self.handles)
+        for h in handles:
+            if not h.done:
+                with contextlib.suppress(Exception):
+                    h.ctl.put(msg)
+        self.state.counters["keys_to_workers"] += len(secrets)
+
+    # ------------------------------------------------------------------ capture file
+    def _read_pcap(self) -> None:
+        from ..errors import CaptureFileError
+        from ..offline.pcapfile import CapturedFrame
+        from .capture import FlowHasher
+
+        hasher = FlowHasher()
+        n = self.nworkers
+        batches: list[list[tuple[float, int, bytes]]] = [[] for _ in range(n)]
+        sizes = [0] * n
+        speed = self.cfg.capture.pcap_speed
+        t0: float | None = None
+        wall0 = 0.0
+
+        def flush(i: int) -> None:
+            if batches[i]:
+                self._to_inbox(i, ("frames", batches[i]))
+                batches[i] = []
+                sizes[i] = 0
+
+        try:
+            for item in self._capture:
+                if self._reader_stop.is_set():
+                    break
+                if type(item) is CapturedFrame:
+                    if speed > 0:
+                        if t0 is None:
+                            t0, wall0 = item.ts, time.monotonic()
+                        delay = wall0 + (item.ts - t0) / speed - time.monotonic()
+                        if delay > 0.002:
+                            for i in range(n):
+                                flush(i)
+                            self._reader_stop.wait(delay)
+                    i = hasher(item.linktype, item.data) % n
+                    b = batches[i]
+                    b.append((item.ts, item.linktype, item.data))
+                    sizes[i] += len(item.data)
+                    if len(b) >= FRAME_BATCH or sizes[i] >= FRAME_BATCH_BYTES:
+                        flush(i)
+                else:  # a pcapng Decryption Secrets Block: every worker learns them at this position
+                    secrets, _problems = parse_keylog(item.data)
+                    for i in range(n):
+                        flush(i)
+                        self._to_inbox(i, ("secrets", secrets, item.ts))
+        except CaptureFileError as exc:
+            log.error("capture file: %s", exc)
+        finally:
+            for i in range(n):
+                flush(i)
+            self._reader_done = time.monotonic()
+            for i in range(n):
+                self._to_inbox(i, ("eof",))
+            with contextlib.suppress(Exception):
+                self._capture.close()
+            log.info("capture file read: %d frames", getattr(self._capture, "frames", 0))
+
+    def _to_inbox(self, i: int, msg: Any) -> None:
+        """Blocking put (capture files are lossless) that follows a worker's restarts."""
+        while True:
+            h = self.handles[i]
+            if h.done or (self._stopping and time.monotonic() > self._deadline):
+                return
+            try:
+                h.inbox.put(msg, timeout=0.25)
+                return
+            except queue.Full:
+                continue
+            except (ValueError, OSError):  # queue closed: the worker was replaced
+                time.sleep(0.05)
+
+    # ------------------------------------------------------------------ exporters
+    def _export_loop(self) -> None:
+        q = self._export_q
+        exporters = self.exporters
+        counters = self.state.counters
+        dirty = False
+        while True:
+            if self._export_reopen.is_set():
+                self._export_reopen.clear()
+                for ex in exporters:
+                    try:
+                        ex.reopen()
+                    except Exception as exc:
+                        log.error("exporter %s: reopen failed: %s", type(ex).__name__, exc)
+            try:
+                item = q.get(timeout=0.2 if dirty else 1.0)
+            except queue.Empty:
+                if dirty:  # idle: push buffered output out (a quiet link must not hold records back)
+                    dirty = False
+                    for ex in exporters:
+                        try:
+                            ex.flush(0.0)
+                        except Exception as exc:
+                            log.error("exporter %s: flush failed: %s", type(ex).__name__, exc)
+                continue
+            if item is None:
+                return
+            dirty = True
+            for ex in exporters:
+                try:
+                    ex.export(item)
+                except Exception as exc:
+                    counters["export_errors"] = counters.get("export_errors", 0) + 1
+                    log.error("exporter %s failed: %s", type(ex).__name__, exc)
+            counters["exported"] += 1
+
+    def _export(self, calls: list[Any]) -> None:
+        q = self._export_q
+        if self.lossless:
+            for c in calls:
+                q.put(c)
+            return
+        for i, c in enumerate(calls):
+            try:
+                q.put_nowait(c)
+            except queue.Full:
+                self.state.counters["export_queue_drops"] += len(calls) - i
+                log.warning("export queue full: API calls dropped (exporters too slow)")
+                return
+
+    # ------------------------------------------------------------------ supervision
+    def _loop(self) -> None:
+        linger = self.cfg.capture.pcap_linger
+        while True:
+            conns = {h.conn: h for h in self.handles if h.conn is not None}
+            if conns:
+                for c in wait(list(conns), timeout=0.1):
+                    self._receive(conns[c])  # type: ignore[index]
+            else:
+                time.sleep(0.05)
+            if self._fatal and not self._stopping:
+                self._begin_stop("fatal error")
+            if self._stop.is_set() and not self._stopping:
+                self._begin_stop("signal")
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            if (self.mode == "pcap" and not self._stopping and self._reader_done is not None
+                    and time.monotonic() >= self._reader_done + linger):
+                self._begin_stop("end of capture file")
+            self._supervise()
+            if self._stopping:
+                if all(h.done or h.conn is None for h in self.handles):
+                    return
+                if time.monotonic() > self._deadline:
+                    log.warning("drain timeout: %d workers did not finish",
+                                sum(1 for h in self.handles if not h.done))
+                    return
+            elif not self._ready.is_set() and all(h.ready for h in self.handles):
+                self._become_ready()
+
+    def _receive(self, h: _Handle) -> None:
+        assert h.conn is not None
+        try:
+            while True:
+                msg = pickle.loads(h.conn.recv_bytes())
+                self._message(h, msg)
+                if not h.conn.poll():
+                    return
+        except (EOFError, OSError, pickle.UnpicklingError):
+            with contextlib.suppress(OSError):
+                h.conn.close()
+            h.conn = None
+
+    def _message(self, h: _Handle, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "calls":
+            self._export(msg[2])
+        elif kind == "stats":
+            self.state.update(h.index, msg[2])
+        elif kind == "ready":
+            h.ready = True
+        elif kind == "done":
+            h.done = True
+        elif kind == "fatal":
+            self._fatal = self._fatal or str(msg[2])
+            h.done = True
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for i, h in enumerate(self.handles):
+            if i in self._pending_restart:
+                if now >= self._pending_restart[i] and not self._stopping:
+                    del self._pending_restart[i]
+                    self._incarnation[i] = self._incarnation.get(i, 0) + 1
+                    new = self._spawn(i)
+                    with self._handles_lock:
+                        self.handles[i] = new
+                    self.state.restarts += 1
+                continue
+            if h.dead or h.conn is not None or h.proc.is_alive():
+                continue  # running, or still sending its last messages
+            h.proc.join(0)
+            h.dead = True
+            self._abandon(h)
+            if h.done:
+                self.state.alive[i] = False
+                continue
+            # died without finishing: a crash
+            self.state.retire(i)
+            self.state.crashes += 1
+            if self._stopping:
+                h.done = True
+                continue
+            streak = self._crash_streak.get(i, 0) + 1 if now - h.started < CRASH_WINDOW else 1
+            self._crash_streak[i] = streak
+            log.error("worker %d died (exit code %s); restarting it", i, h.proc.exitcode)
+            if streak >= CRASH_LOOP:
+                self._fatal = f"worker {i} keeps crashing right after start; see the log above"
+                h.done = True
+                continue
+            self._pending_restart[i] = now + RESTART_DELAY
+
+    def _abandon(self, h: _Handle) -> None:
+        for q in (h.ctl, h.inbox):
+            if q is not None:
+                with contextlib.suppress(Exception):
+                    q.cancel_join_thread()
+                    q.close()
+
+    def _begin_stop(self, why: str) -> None:
+        self._stopping = True
+        self._deadline = time.monotonic() + self.cfg.output.drain_timeout
+        log.info("stopping (%s): draining workers", why)
+        self._reader_stop.set()
+        for h in self.handles:
+            if not h.done:
+                with contextlib.suppress(Exception):
+                    h.ctl.put(("stop",))
+
+    def _do_reload(self) -> None:
+        log.info("SIGHUP: reopening outputs, reloading key listener certificates")
+        self._export_reopen.set()
+        if self.keyserver is not None and self._ks_loop is not None:
+            def reload() -> None:
+                try:
+                    self.keyserver.reload_certificates()
+                    reopen = getattr(self.keyserver, "reopen", None)
+                    if reopen is not None:
+                        reopen()  # keys.keylog_out
+                except Exception as exc:
+                    log.error("key listener: certificate reload failed: %s", exc)
+
+            self._ks_loop.call_soon_threadsafe(reload)
+
+    # ------------------------------------------------------------------ shutdown
+    def _shutdown(self) -> None:
+        self._reader_stop.set()
+        self._stopping = True
+        for h in self.handles:
+            if h.proc.is_alive():
+                h.proc.join(timeout=max(0.0, self._deadline - time.monotonic()) if self._deadline else 0)
+            if h.proc.is_alive():
+                h.proc.terminate()
+                h.proc.join(2)
+            if h.proc.is_alive():
+                h.proc.kill()
+                h.proc.join(1)
+            if h.conn is not None:
+                with contextlib.suppress(OSError):
+                    h.conn.close()
+            self._abandon(h)
+            self.state.alive[h.index] = False
+        if self._reader_thread is not None:
+            self._reader_thread.join(2)
+        if self._ks_loop is not None:
+            self._ks_loop.call_soon_threadsafe(self._ks_loop.stop)
+            if self._ks_thread is not None:
+                self._ks_thread.join(10)
+        if self._export_thread is not None:
+            self._export_q.put(None)
+            self._export_thread.join(max(1.0, self.cfg.output.drain_timeout))
+        timeout = self.cfg.output.drain_timeout
+        for ex in self.exporters:
+            try:
+                if not ex.flush(timeout):
+                    log.warning("exporter %s: not everything was delivered before the timeout",
+                                type(ex).__name__)
+                ex.close()
+            except Exception as exc:
+                log.error("exporter %s: close failed: %s", type(ex).__name__, exc)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if not self._started:
+            return
+        t = self.state.totals()
+        outcomes = ", ".join(f"{k} {v}" for k, v in t.get("outcomes", {}).items() if v) or "none"
+        log.info("stopped: %d packets, %d API calls exported, TLS connections: %s, %d worker restarts",
+                 t.get("packets", 0), self.state.counters["exported"], outcomes, self.state.restarts)
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {}
+
+        def stop(_signo: int, _frame: Any) -> None:
+            self._stop.set()
+
+        def hup(_signo: int, _frame: Any) -> None:
+            self._reload.set()
+
+        for sig, fn in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
+            old[sig] = signal.signal(sig, fn)
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
+
+
+def _stats_of(ex: Exporter) -> Callable[[], dict[str, int]]:
+    return lambda: ex.stats
+
+
+def build_exporters(cfg: Config) -> list[Exporter]:
+    """The exporters the configuration asks for (JSON lines on stdout when none is configured)."""
+    out: list[Exporter] = []
+    path = cfg.output.jsonl
+    if path is None and not cfg.otlp.endpoint:
+        path = "-"
+    if path is not None:
+        try:
+            from ..export.jsonl import JsonlExporter
+        except ImportError:
+            raise InputError("the JSON lines exporter is not available in this build") from None
+        try:
+            out.append(JsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
+                                     backups=cfg.output.backups))
+        except OSError as exc:
+            raise InputError(f"output.jsonl {path!r}: cannot open: {exc.strerror or exc}") from None
+    if cfg.otlp.endpoint:
+        try:
+            from ..export.otlp import OtlpConfig, OtlpExporter
+        except ImportError:
+            raise InputError("the OTLP exporter is not available in this build; "
+                             "remove otlp.endpoint") from None
+        o = cfg.otlp
+        wanted: dict[str, Any] = {
+            "endpoint": o.endpoint, "protocol": o.protocol, "insecure": o.insecure, "ca": o.ca,
+            "cert": o.cert, "key": o.key, "headers": dict(o.headers), "token": read_token(cfg),
+            "token_header": o.token_header,
+            "span_profile": o.span_profile, "service_name": o.service_name, "environment": o.environment,
+            "spool_dir": o.spool_dir, "spool_max_bytes": o.spool_max_bytes, "batch_size": o.batch_size,
+            "batch_timeout": o.batch_timeout, "flush_timeout": o.flush_timeout, "compression": o.compression,
+            "redaction": _redaction(cfg),
+        }
+        known = ({f.name for f in dataclasses.fields(OtlpConfig)} if dataclasses.is_dataclass(OtlpConfig)
+                 else set())
+        kwargs = {k: v for k, v in wanted.items() if not known or k in known}
+        out.append(OtlpExporter(OtlpConfig(**kwargs)))
+    return out
+
+
+def _redaction(cfg: Config) -> Any:
+    from ...redact import RedactionConfig
+
+    o = cfg.otlp
+    base = RedactionConfig()
+    return dataclasses.replace(
+        base, enabled=o.redact, headers=frozenset(base.headers) | {h.lower() for h in o.redact_headers},
+        fields=frozenset(base.fields) | set(o.redact_fields),
+        patterns=tuple(base.patterns) + tuple(o.redact_patterns))
+
+
+class _LogWriter:
+    """A text stream that logs each non-empty write as a warning (for the shared key log loader)."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.warning("%s", text.strip())
+        return len(text)
+
+
+def load_preload(paths: list[str]) -> list[Secret]:
+    """Secrets of --keylog files (bad lines are logged by number and skipped)."""
+    from ..offline.decrypt import load_keylog_files
+
+    return load_keylog_files(paths, _LogWriter())  # type: ignore[arg-type]

@@ -1,0 +1,570 @@
+"""Worker processes: one :class:`~tlsmirror.pipeline.Engine` each, fed by live sockets or by the parent.
+
+A worker reads frames (from its own AF_PACKET sockets in a fanout group, or from its inbox queue when
+the parent replays a capture file), feeds its engine, and sends the parent
+
+- ``("calls", index, [ApiCall, ...])`` through a bounded outbox (pickled at once into a fixed ring of
+  ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted, capture
+  never waits; in lossless mode, used for capture files, it waits instead),
+- ``("stats", index, {...})`` every ``stats_interval`` seconds (cumulative counters and gauges),
+- ``("done", index)`` after ``engine.finish()`` on stop, and ``("fatal", index, message)`` on a start-up
+  error.
+
+Secrets and commands reach it on its control queue: ``("secrets", [Secret, ...])``, ``("stop",)``.
+Every message is a tuple of picklable values; results travel over a pipe whose only writer is the
+worker (a killed worker cannot leave a lock held for anyone else).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import mmap
+import os
+import pickle
+import queue
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ...calls import ApiCall, HttpIssue
+from ...frames.addresses import endpoint
+from ...pipeline import Engine, EngineConfig
+from ...tls.events import DECRYPTED, OUTCOMES, TlsOutcome
+from ..logs import get_logger
+
+log = get_logger("worker")
+
+# Counters that are gauges (not summed over dead incarnations of a worker).
+GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "outbox_bytes", "pid",
+                    "last_packet_wall", "fragments_pending", "wall", "alive"})
+
+# Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
+# a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.
+KEY_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _observe(hist: dict[str, float], value: float) -> None:
+    """Count ``value`` in a histogram kept as plain numbers (so worker statistics add up)."""
+    for b in KEY_LAG_BUCKETS:
+        if value <= b:
+            key = str(b)
+            hist[key] = hist.get(key, 0) + 1
+            break
+    hist["sum"] = hist.get("sum", 0.0) + value
+    hist["count"] = hist.get("count", 0) + 1
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs (picklable: crosses the process boundary)."""
+
+    index: int
+    mode: str  # "live" or "pcap"
+    engine: dict[str, Any]
+    interfaces: tuple[tuple[str, int | None], ...] = ()  # (name, fanout group id)
+    bpf: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
+    snaplen: int = 65535
+    buffer_bytes: int = 64 << 20
+    batch: int = 256
+    stats_interval: float = 1.0
+    expire_interval: float = 1.0
+    lossless: bool = False
+    outbox_size: int = 256  # messages (each a batch of calls)
+    outbox_bytes: int = 16 << 20  # bytes of pickled messages waiting to be sent (the outbox's ring)
+    key_ttl: float | None = None
+    # connection ids are unique over workers: (flow id + incarnation << 32) * workers + index
+    workers: int = 1
+    incarnation: int = 0
+    log_level: str = "info"
+    log_format: str = "text"
+    log_rate: float = 10.0
+
+
+class MessageBuffer:
+    """A write-only file over one bytearray that is reused for every message.
+
+    ``pickle.dumps`` builds each message in a new buffer that it grows step by step (4 KiB, 6, 9, 13.5,
+    ... x 1.5) and then shrinks; with messages of varying size, the steps freed by one message are too
+    small for the next one's larger steps, and glibc keeps them (see docs/benchmarks.md, "Soak"). A
+    pickler writing here instead leaves one buffer that grows to the largest message it has held; a
+    message larger than *limit* is sent and the buffer then starts again at *size*.
+    """
+
+    def __init__(self, size: int = 256 << 10, limit: int = 1 << 20) -> None:
+        self.size = size
+        self.limit = limit
+        self.buf = bytearray(size)
+        self.n = 0
+
+    def write(self, data: Any) -> int:
+        k = len(data)
+        end = self.n + k
+        if end > len(self.buf):
+            grown = bytearray(max(end, 2 * len(self.buf)))
+            grown[:self.n] = memoryview(self.buf)[:self.n]
+            self.buf = grown
+        self.buf[self.n:end] = data  # same length: a copy, no reallocation
+        self.n = end
+        return k
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[:self.n]
+
+    def reset(self) -> bool:
+        """Empty it for the next message; True when it was larger than its limit (and is now small)."""
+        self.n = 0
+        if len(self.buf) > self.limit:
+            self.buf = bytearray(self.size)
+            return True
+        return False
+
+
+class Outbox:
+    """Messages to the parent: pickled by the caller into a fixed ring, sent from there by a thread.
+
+    The worker's loop pickles each message at once (one reused pickler and :class:`MessageBuffer`)
+    and copies it into a ring of *max_bytes* (an anonymous mapping made once); the thread writes it
+    to the pipe, so a slow parent never blocks capture. What waits is bytes in the ring, not the
+    message's Python objects: the outbox is bounded exactly by *max_bytes* and *size* messages, and a
+    backlog does not leave the worker's object allocator at a higher-water mark. A message larger
+    than the ring is sent on its own when the outbox is idle. After a backlog, the ring's pages above
+    *keep* bytes are given back to the system. ``put`` is for one thread (the worker's loop).
+    """
+
+    def __init__(self, conn: Connection, size: int, max_bytes: int = 16 << 20, keep: int = 1 << 20) -> None:
+        self.conn = conn
+        self.size = size
+        self.capacity = max_bytes
+        self.keep = keep
+        self.ring = mmap.mmap(-1, max_bytes)
+        self.pending_bytes = 0  # bytes of the queued messages and of the one being sent
+        self.broken = False
+        self.sent = 0
+        self.failed = 0  # messages that did not pickle (a bug; logged)
+        self.buffer = MessageBuffer()
+        self._pickler = self._new_pickler()
+        self._q: collections.deque[tuple[int, int, bytes | None]] = collections.deque()  # (offset, n, big)
+        self._head = 0  # where the next message goes in the ring
+        self._tail = 0  # start of the oldest message not yet sent
+        self._touched = 0  # ring bytes written since the last release
+        self._sending = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self.thread.start()
+
+    def qsize(self) -> int:
+        return len(self._q)
+
+    def _new_pickler(self) -> pickle.Pickler:
+        return pickle.Pickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _reserve(self, n: int) -> int:
+        """Offset of *n* free bytes in the ring, -1 if the message goes on its own, -2 if full."""
+        if self.broken:
+            return -2
+        idle = not self._q and not self._sending
+        if idle:
+            self._head = self._tail = 0
+        elif len(self._q) >= self.size:
+            return -2
+        cap, head, tail = self.capacity, self._head, self._tail
+        if n > cap:
+            return -1 if idle else -2
+        if idle or head > tail:  # used: [tail, head)
+            if head + n <= cap:
+                return head
+            return 0 if n <= tail else -2  # wrap around (the end stays unused until then)
+        return head if head + n <= tail else -2  # used: [tail, cap) and [0, head); head == tail: full
+
+    def put(self, msg: Any, *, block: bool = False, timeout: float | None = None) -> bool:
+        """Queue *msg*; False when the outbox is full (after waiting *timeout* if *block*) or broken."""
+        if self.broken:
+            return False
+        buf = self.buffer
+        try:
+            self._pickler.dump(msg)
+        except Exception:  # a value that does not pickle: a bug; lose this message, not the worker
+            log.exception("outbox: message %r not sent", msg[0] if isinstance(msg, tuple) else type(msg))
+            self.failed += 1
+            self._pickler = self._new_pickler()  # it may hold half a message
+            buf.reset()
+            return True
+        finally:
+            self._pickler.clear_memo()  # the memo holds the message's objects; its table keeps its size
+        n = buf.n
+        try:
+            with self._cond:
+                off = self._reserve(n)
+                if off == -2 and block:
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while off == -2 and not self.broken:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._cond.wait(left)
+                        off = self._reserve(n)
+                if off == -2:
+                    return False
+                if off == -1:
+                    self._q.append((0, n, bytes(buf.view())))
+                else:
+                    self.ring[off:off + n] = buf.view()
+                    self._head = off + n
+                    self._touched = max(self._touched, off + n)
+                    self._q.append((off, n, None))
+                self.pending_bytes += n
+                self._cond.notify_all()
+                return True
+        finally:
+            if buf.reset():
+                self._pickler = self._new_pickler()  # its frame buffer grew with the large message too
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                cond.wait_for(lambda: bool(self._q) or self._closing)
+                if not self._q:
+                    return
+                off, n, big = self._q.popleft()
+                self._sending = True
+                if big is None:
+                    self._tail = off
+            view = memoryview(big) if big is not None else memoryview(self.ring)[off:off + n]
+            try:
+                self.conn.send_bytes(view)
+                self.sent += 1
+            except OSError:
+                with cond:
+                    self.broken = True  # the parent is gone
+                    self._sending = False
+                    cond.notify_all()
+                return
+            finally:
+                view.release()
+                del big
+            with cond:
+                self._sending = False
+                self.pending_bytes -= n
+                if not self._q:
+                    self._head = self._tail = 0
+                    if self._touched > self.keep:  # after a backlog: give the ring's pages back
+                        start = self.keep - self.keep % mmap.PAGESIZE
+                        self.ring.madvise(mmap.MADV_DONTNEED, start, self.capacity - start)
+                        self._touched = start
+                elif self._q[0][2] is None:
+                    self._tail = self._q[0][0]
+                cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then stop the thread (within *timeout*)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self.thread.join(timeout)
+
+
+class Worker:
+    """The state and loop of one worker process."""
+
+    def __init__(self, spec: WorkerSpec, outbox: Outbox) -> None:
+        self.spec = spec
+        self.out = outbox
+        self.engine = Engine(EngineConfig(**spec.engine))
+        if spec.key_ttl:
+            self.engine.keys.ttl = spec.key_ttl
+        self.stop = False
+        self.eof = spec.mode != "pcap"
+        self.calls: list[ApiCall] = []
+        self.packets = 0
+        self.bytes = 0
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.held: dict[str, dict[str, int]] = {}  # TLS version -> how the wait for keys ended -> sessions
+        self.key_lag: dict[str, dict[str, float]] = {}  # TLS version -> histogram buckets, sum, count
+        self.exchanges: dict[str, int] = {}
+        self.http_issues = 0
+        self.result_drops = 0
+        self.secrets_received = 0
+        self.last_ts = 0.0  # latest packet time
+        self.last_wall = time.time()  # wall clock when it arrived
+        self.last_packet_wall = 0.0
+        self.sockets: list[Any] = []
+        self._next_stats = 0.0
+        self._ppid = os.getppid()
+        self._id_base = spec.incarnation << 32
+        self._id_mul = max(1, spec.workers)
+        self._next_expire = time.monotonic() + spec.expire_interval
+
+    # ------------------------------------------------------------------ events
+    def handle(self, events: list[Any]) -> None:
+        for ev in events:
+            cls = type(ev)
+            if cls is ApiCall:
+                conn = ev.connection
+                ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
+                                                 + self.spec.index), ev.exchange)
+                self.calls.append(ev)
+                v = ev.exchange.http_version
+                self.exchanges[v] = self.exchanges.get(v, 0) + 1
+            elif cls is TlsOutcome:
+                self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
+                version = ev.version or "unknown"
+                if ev.held is not None:
+                    by = self.held.setdefault(version, {})
+                    by[ev.held] = by.get(ev.held, 0) + 1
+                if ev.key_lag is not None:
+                    _observe(self.key_lag.setdefault(version, {}), ev.key_lag)
+                if ev.outcome != DECRYPTED:
+                    # Rate-limited per outcome by the log filter; the reason never holds secrets.
+                    f, c = ev.flow, ev.client_dir
+                    log.info("TLS connection %s -> %s not decrypted: %s (%s)", endpoint(f.addr[c], f.port[c]),
+                             endpoint(f.addr[c ^ 1], f.port[c ^ 1]), ev.outcome, ev.reason,
+                             extra={"outcome": ev.outcome})
+            elif cls is HttpIssue:
+                self.http_issues += 1
+
+    def flush_calls(self) -> None:
+        if not self.calls:
+            return
+        batch, self.calls = self.calls, []
+        msg = ("calls", self.spec.index, batch)
+        if self.spec.lossless:
+            while not self.out.put(msg, block=True, timeout=1.0):
+                if self.out.broken:
+                    return
+        elif not self.out.put(msg):
+            self.result_drops += len(batch)
+
+    def frames(self, linktype: int, frames: list[bytes], ts: float) -> None:
+        """Live frames read together at wall-clock time *ts*."""
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for data in frames:
+            size += len(data)
+            ev = feed(linktype, data, ts)
+            if ev:
+                handle(ev)
+        self._count(len(frames), size, ts)
+
+    def file_frames(self, frames: list[tuple[float, int, bytes]]) -> None:
+        """Frames of a capture file: (ts, linktype, data)."""
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for fts, lt, data in frames:
+            size += len(data)
+            ev = feed(lt, data, fts)
+            if ev:
+                handle(ev)
+        if frames:
+            self._count(len(frames), size, frames[-1][0])
+
+    def _count(self, n: int, size: int, ts: float) -> None:
+        if n:
+            self.packets += n
+            self.bytes += size
+            if ts > self.last_ts:
+                self.last_ts = ts
+            self.last_wall = self.last_packet_wall = time.time()
+
+    def now(self) -> float:
+        """Packet time now: the latest packet time, advanced by the wall clock since it arrived."""
+        if self.last_ts == 0.0:
+            return time.time() if self.spec.mode == "live" else 0.0
+        return self.last_ts + max(0.0, time.time() - self.last_wall)
+
+    def secrets(self, secrets: list[Any], ts: float | None = None, *, pinned: bool = False) -> None:
+        self.secrets_received += len(secrets)
+        self.handle(self.engine.add_secrets(secrets, self.now() if ts is None else ts, pinned=pinned))
+
+    def control(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind == "secrets":
+            self.secrets(msg[1])
+        elif kind == "stop":
+            self.stop = True
+
+    # ------------------------------------------------------------------ timers
+    def timers(self, force_stats: bool = False) -> None:
+        mono = time.monotonic()
+        if mono >= self._next_expire:
+            self._next_expire = mono + self.spec.expire_interval
+            now = self.now()
+            if now:
+                self.handle(self.engine.expire(now))
+                if self.engine.keys.ttl:
+                    self.engine.keys.expire(now)
+        self.flush_calls()
+        if force_stats or mono >= self._next_stats:
+            self._next_stats = mono + self.spec.stats_interval
+            if self.out.broken or os.getppid() != self._ppid:  # the parent is gone: stop, do not linger
+                self.stop = self.eof = True
+            self.out.put(("stats", self.spec.index, self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        e = self.engine
+        kp = kd = 0
+        for s in self.sockets:
+            p, d = s.read_stats()
+            kp += p
+            kd += d
+        return {
+            "pid": os.getpid(), "wall": time.time(), "packets": self.packets, "bytes": self.bytes,
+            "kernel_packets": kp, "kernel_drops": kd, "result_drops": self.result_drops,
+            "engine": dict(e.stats), "tcp": e.tcp.stats, "frames": dict(e.frames.counters),
+            "keys": dict(e.keys.stats), "keys_stored": len(e.keys), "outcomes": dict(self.outcomes),
+            "held": {v: dict(c) for v, c in self.held.items()},
+            "key_lag": {v: dict(h) for v, h in self.key_lag.items()}, "exchanges": dict(self.exchanges),
+            "http_issues": self.http_issues,
+            "secrets_received": self.secrets_received, "held_bytes": e.tls.held_bytes,
+            "flows_open": e.tcp.open_flows, "tcp_buffered": e.tcp.buffered_bytes,
+            "fragments_pending": e.frames.fragments_pending, "rss": rss_bytes(),
+            "last_packet_wall": self.last_packet_wall, "outbox": self.out.qsize(),
+            "outbox_bytes": self.out.pending_bytes,
+        }
+
+    def finish(self) -> None:
+        self.handle(self.engine.finish())
+        self.flush_calls()
+        self.out.put(("stats", self.spec.index, self.stats()), block=True, timeout=5.0)
+        self.out.put(("done", self.spec.index), block=True, timeout=5.0)
+
+    # ------------------------------------------------------------------ loops
+    def run_live(self, ctl: Any) -> None:
+        from .capture import LiveSocket
+
+        spec = self.spec
+        for name, group in spec.interfaces:
+            self.sockets.append(LiveSocket(name, program=spec.bpf.get(name), fanout_group=group,
+                                           buffer_bytes=spec.buffer_bytes, snaplen=spec.snaplen))
+        ctl_fd = _reader_fd(ctl)
+        poller = select.poll()
+        by_fd = {}
+        for s in self.sockets:
+            poller.register(s.fileno(), select.POLLIN)
+            by_fd[s.fileno()] = s
+        if ctl_fd is not None:
+            poller.register(ctl_fd, select.POLLIN)
+        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        batch: list[bytes] = []
+        limit = spec.batch
+        while not self.stop:
+            for fd, _ev in poller.poll(200 if ctl_fd is not None else 20):
+                s = by_fd.get(fd)
+                if s is None:
+                    continue
+                batch.clear()
+                s.read_batch(limit, batch)
+                if batch:
+                    self.frames(s.linktype, batch, time.time())
+            _drain(ctl, self.control)
+            self.timers()
+        for s in self.sockets:
+            s.read_stats()
+
+    def run_pcap(self, inbox: Any, ctl: Any) -> None:
+        spec = self.spec
+        readers = [r for r in (_reader(inbox), _reader(ctl)) if r is not None]
+        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        while not (self.stop and self.eof):
+            if readers:
+                wait(readers, timeout=0.2)
+            _drain(ctl, self.control)
+            for _ in range(64):
+                try:
+                    msg = inbox.get_nowait() if readers else inbox.get(timeout=0.05)
+                except queue.Empty:
+                    break
+                kind = msg[0]
+                if kind == "frames":
+                    self.file_frames(msg[1])
+                elif kind == "secrets":
+                    self.secrets(msg[1], msg[2])
+                elif kind == "eof":
+                    self.eof = True
+                _drain(ctl, self.control)
+                self.timers()
+            self.timers()
+
+
+def _reader(q: Any) -> Connection | None:
+    r = getattr(q, "_reader", None)  # multiprocessing.Queue's pipe end: lets us wait on several queues
+    return r if isinstance(r, Connection) else None
+
+
+def _reader_fd(q: Any) -> int | None:
+    r = _reader(q)
+    return r.fileno() if r is not None else None
+
+
+def _drain(ctl: Any, handle: Any) -> None:
+    while True:
+        try:
+            msg = ctl.get_nowait()
+        except queue.Empty:
+            return
+        except (EOFError, OSError):
+            handle(("stop",))
+            return
+        handle(msg)
+
+
+def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
+                preload: list[Any] | None = None) -> None:
+    """Entry point of a worker process."""
+    from ..logs import get_logger, setup_logging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    setup_logging(spec.log_level, spec.log_format, spec.log_rate)
+    log = get_logger(f"worker{spec.index}")
+    outbox = Outbox(results, spec.outbox_size, spec.outbox_bytes)
+    worker = Worker(spec, outbox)
+
+    def on_term(_signo: int, _frame: Any) -> None:
+        worker.stop = True
+        worker.eof = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if preload:
+            # A capture-file run keeps its key log secrets whatever engine.key_ttl says (as decrypt and
+            # replay do); a live sensor ages them like every received secret.
+            worker.secrets(preload, 0.0 if spec.mode == "pcap" else None, pinned=spec.mode == "pcap")
+        if spec.mode == "live":
+            worker.run_live(ctl)
+        else:
+            worker.run_pcap(inbox, ctl)
+        worker.finish()
+    except Exception as exc:
+        from ..errors import InputError
+
+        if isinstance(exc, InputError):  # a start-up problem the operator must fix: the parent stops
+            outbox.put(("fatal", spec.index, str(exc)), block=True, timeout=5.0)
+        else:  # a bug: the parent restarts this worker and counts the crash
+            log.exception("worker %d failed", spec.index)
+            outbox.close()
+            os._exit(70)
+    finally:
+        for s in worker.sockets:
+            s.close()
+        outbox.close()
+        results.close()

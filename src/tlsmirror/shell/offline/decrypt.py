@@ -1,0 +1,195 @@
+"""`tlsmirror decrypt`: a capture file in, one JSON line per TLS connection out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ...frames.addresses import endpoint
+from ...keys.errors import KeyLogError
+from ...keys.events import RsaKey, Secret
+from ...keys.keylog import parse_keylog
+from ...keys.rsa import load_rsa_key
+from ...pipeline import Engine, EngineConfig
+from ...tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from ..errors import InputError
+from .pcapfile import CapturedFrame, CaptureReader
+
+MAX_KEYLOG_WARNINGS = 20  # skipped lines reported per key log; the rest are counted
+
+
+def load_keylog_files(paths: Iterable[str], warn: IO[str]) -> list[Secret]:
+    secrets: list[Secret] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read key log: {exc.strerror or exc}") from None
+        found, problems = parse_keylog(data)
+        for p in problems[:MAX_KEYLOG_WARNINGS]:
+            print(f"{path}:{p.line_no}: skipped key log line: {p.reason}", file=warn)
+        if len(problems) > MAX_KEYLOG_WARNINGS:
+            print(f"{path}: {len(problems) - MAX_KEYLOG_WARNINGS} more key log lines skipped", file=warn)
+        if problems and not found:
+            print(f"{path}: no usable key log line ({len(problems)} skipped): is this an NSS key log?",
+                  file=warn)
+        secrets.extend(found)
+    return secrets
+
+
+def load_rsa_files(paths: Iterable[str], password: bytes | None = None) -> list[RsaKey]:
+    keys = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read RSA key: {exc.strerror or exc}") from None
+        try:
+            keys.append(load_rsa_key(data, password))
+        except KeyLogError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    return keys
+
+
+@dataclass(slots=True)
+class _Conn:
+    sha: tuple[Any, Any] = field(default_factory=lambda: (hashlib.sha256(), hashlib.sha256()))
+    size: list[int] = field(default_factory=lambda: [0, 0])
+    dump: list[IO[bytes] | None] = field(default_factory=lambda: [None, None])
+    gaps: int = 0
+
+
+class DecryptRun:
+    """Drives an :class:`Engine` over capture files and writes the per-connection report."""
+
+    def __init__(self, engine: Engine, out: IO[str], dump_dir: str | None = None) -> None:
+        self.engine = engine
+        self.out = out
+        self.dump_dir = dump_dir
+        self.conns: dict[int, _Conn] = {}
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.connections = 0
+        self.warnings: list[str] = []  # non-fatal notes on the input (truncated file, bad secrets lines)
+
+    def run(self, path: str) -> None:
+        engine = self.engine
+        with CaptureReader(path) as reader:
+            for item in reader:
+                if type(item) is CapturedFrame:
+                    # direct calls, not bound methods in locals: compiled, these are native calls
+                    events = engine.feed_frame(item.linktype, item.data, item.ts)
+                else:
+                    secrets, problems = parse_keylog(item.data)
+                    for p in problems[:MAX_KEYLOG_WARNINGS]:
+                        self.warnings.append(f"{path}: decryption secrets block: line {p.line_no}: "
+                                             f"skipped key log line: {p.reason}")
+                    events = engine.add_secrets(secrets, item.ts)
+                if events:
+                    self.handle(events)
+        self.warnings.extend(reader.warnings)
+
+    def finish(self) -> None:
+        self.handle(self.engine.finish())
+
+    def handle(self, events: list[Any]) -> None:
+        conns = self.conns
+        for ev in events:
+            if type(ev) is TlsPlaintext:  # each test narrows ev (a saved type(ev) would not)
+                c = conns.get(ev.flow.id)
+                if c is None:
+                    c = conns[ev.flow.id] = _Conn()
+                c.sha[ev.direction].update(ev.data)
+                c.size[ev.direction] += len(ev.data)
+                if self.dump_dir is not None:
+                    self._dump(c, ev)
+            elif type(ev) is TlsOutcome:
+                done = conns.pop(ev.flow.id, None)
+                self._report(ev, done if done is not None else _Conn())
+            elif type(ev) is TlsGap:
+                c = conns.get(ev.flow.id)
+                if c is None:
+                    c = conns[ev.flow.id] = _Conn()
+                c.gaps += 1
+            elif type(ev) is TlsHandshake and ev.flow.id not in conns:
+                conns[ev.flow.id] = _Conn()
+
+    def _dump(self, c: _Conn, ev: TlsPlaintext) -> None:
+        f = c.dump[ev.direction]
+        if f is None:
+            assert self.dump_dir is not None
+            name = f"conn{ev.flow.id:06d}-{'c2s' if ev.direction == 0 else 's2c'}.bin"
+            f = c.dump[ev.direction] = open(os.path.join(self.dump_dir, name), "wb")  # noqa: SIM115
+        f.write(ev.data)
+
+    def _report(self, ev: TlsOutcome, c: _Conn) -> None:
+        flow = ev.flow
+        cd = ev.client_dir
+        for f in c.dump:
+            if f is not None:
+                f.close()
+        self.connections += 1
+        self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
+        rec = {
+            "id": flow.id,
+            "client": endpoint(flow.addr[cd], flow.port[cd]),
+            "server": endpoint(flow.addr[cd ^ 1], flow.port[cd ^ 1]),
+            "start": round(flow.ts_first, 6),
+            "end": round(ev.ts, 6),
+            "sni": ev.sni,
+            "alpn": ev.alpn,
+            "version": ev.version,
+            "suite": ev.suite,
+            "resumed": ev.resumed,
+            "outcome": ev.outcome,
+            "reason": ev.reason,
+            "late_key": ev.late_key,
+            "records_decrypted": ev.records_decrypted,
+            "records_failed": ev.records_failed,
+            "c2s_bytes": c.size[0],
+            "c2s_sha256": c.sha[0].hexdigest(),
+            "s2c_bytes": c.size[1],
+            "s2c_sha256": c.sha[1].hexdigest(),
+        }
+        self.out.write(json.dumps(rec) + "\n")
+
+    def summary(self) -> str:
+        parts = [f"{n} {name}" for name, n in self.outcomes.items() if n]
+        return f"{self.connections} TLS connections: " + (", ".join(parts) if parts else "none")
+
+
+def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int],
+                 output: str, dump_dir: str | None, rsa_password: bytes | None = None) -> int:
+    warn = sys.stderr
+    CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
+    secrets = load_keylog_files(keylogs, warn)
+    keys = load_rsa_files(rsa_keys, rsa_password)
+    if dump_dir is not None:
+        try:
+            os.makedirs(dump_dir, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{dump_dir}: cannot create dump directory: {exc.strerror or exc}") from None
+    engine = Engine(EngineConfig(ports=ports or None), rsa_keys=keys)
+    engine.add_secrets(secrets, 0.0)
+    if output == "-":
+        run = DecryptRun(engine, sys.stdout, dump_dir)
+        run.run(capture)
+        run.finish()
+    else:
+        try:
+            fh = open(output, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
+        with fh:
+            run = DecryptRun(engine, fh, dump_dir)
+            run.run(capture)
+            run.finish()
+    for w in run.warnings:
+        print(w, file=warn)
+    print(run.summary(), file=warn)
+    return 0

@@ -24,7 +24,7 @@ from tlsmirror.calls import ApiCall
 from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.record import call_to_dict
-from tlsmirror.shell.offline.decrypt import load_keylog_files, load_rsa_files
+from tlsmirror.shell.offline.inputs import load_keylog_files, load_rsa_files
 from tlsmirror.shell.offline.pcapfile import CapturedFrame, CaptureReader
 from tlsmirror.tls.events import TlsPlaintext
 
@@ -123,7 +123,7 @@ def _run(case: dict[str, Any], plain: dict[int, list[int]] | None = None) -> lis
     elif case["keytype"] == "keylog+rsa":
         rsa = [str(CORPUS / case["key2"])]
     engine = Engine(EngineConfig(http=True), rsa_keys=load_rsa_files(rsa))
-    engine.add_secrets(load_keylog_files(keylogs, io.StringIO()), 0.0)
+    engine.add_secrets(load_keylog_files(keylogs, lambda _note: None), 0.0)
     sink = _Collect()
     counts: dict[int, list[int]] = {}
     _drive(engine, str(CORPUS / case["capture"]), sink, counts)

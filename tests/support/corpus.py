@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tests.support.paths import CORPUS
 from tlsmirror.pipeline import Engine
-from tlsmirror.shell.offline.decrypt import DecryptRun, load_keylog_files, load_rsa_files
+from tlsmirror.shell.offline.decrypt import DecryptRun
+from tlsmirror.shell.offline.inputs import load_keylog_files, load_rsa_files
 
 
 def corpus_present() -> bool:
@@ -41,7 +42,7 @@ def run_case(case: dict[str, object]) -> list[dict[str, object]]:
     elif case["keytype"] == "keylog+rsa":
         rsa = [str(CORPUS / str(case["key2"]))]
     engine = Engine(rsa_keys=load_rsa_files(rsa))
-    engine.add_secrets(load_keylog_files(keylogs, io.StringIO()), 0.0)
+    engine.add_secrets(load_keylog_files(keylogs, lambda _note: None), 0.0)
     out = io.StringIO()
     with tempfile.TemporaryDirectory() as dump:
         run = DecryptRun(engine, out, dump)

@@ -218,9 +218,9 @@ class _Recorder:
 
 def test_replay_run_hands_calls_over_as_they_complete(captures: dict[str, Any]) -> None:
     engine = Engine(EngineConfig(http=True))
-    from tlsmirror.shell.offline.decrypt import load_keylog_files
+    from tlsmirror.shell.offline.inputs import load_keylog_files
 
-    engine.add_secrets(load_keylog_files([captures["keylog"]], io.StringIO()), 0.0)
+    engine.add_secrets(load_keylog_files([captures["keylog"]], lambda _note: None), 0.0)
     rec = _Recorder(engine)
     run = ReplayRun(engine, [rec])
     run.run(captures["one"])

@@ -23,16 +23,18 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...keys.events import Secret
-from ...keys.keylog import parse_keylog
 from ..config import Config, engine_kwargs, read_token
 from ..errors import InputError
 from ..export import Exporter
 from ..logs import get_logger
 from .metrics import MetricsServer, MetricsState, make_registry
 from .workers import WorkerSpec, worker_main
+
+if TYPE_CHECKING:
+    from ..offline.pcapfile import CapturedFrame
 
 log = get_logger("daemon")
 
@@ -321,55 +323,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ capture file
     def _read_pcap(self) -> None:
+        """The --pcap reader thread: the capture file through the one capture loop into the workers."""
         from ..errors import CaptureFileError
-        from ..offline.pcapfile import CapturedFrame
-        from .capture import FlowHasher
+        from ..offline.loop import pump
 
-        hasher = FlowHasher()
-        n = self.nworkers
-        batches: list[list[tuple[float, int, bytes]]] = [[] for _ in range(n)]
-        sizes = [0] * n
-        speed = self.cfg.capture.pcap_speed
-        t0: float | None = None
-        wall0 = 0.0
-
-        def flush(i: int) -> None:
-            if batches[i]:
-                self._to_inbox(i, ("frames", batches[i]))
-                batches[i] = []
-                sizes[i] = 0
-
+        feeder = _PcapFeeder(self)
         try:
-            for item in self._capture:
-                if self._reader_stop.is_set():
-                    break
-                if type(item) is CapturedFrame:
-                    if speed > 0:
-                        if t0 is None:
-                            t0, wall0 = item.ts, time.monotonic()
-                        delay = wall0 + (item.ts - t0) / speed - time.monotonic()
-                        if delay > 0.002:
-                            for i in range(n):
-                                flush(i)
-                            self._reader_stop.wait(delay)
-                    i = hasher(item.linktype, item.data) % n
-                    b = batches[i]
-                    b.append((item.ts, item.linktype, item.data))
-                    sizes[i] += len(item.data)
-                    if len(b) >= FRAME_BATCH or sizes[i] >= FRAME_BATCH_BYTES:
-                        flush(i)
-                else:  # a pcapng Decryption Secrets Block: every worker learns them at this position
-                    secrets, _problems = parse_keylog(item.data)
-                    for i in range(n):
-                        flush(i)
-                        self._to_inbox(i, ("secrets", secrets, item.ts))
+            pump(self._capture, feeder, lambda note: log.warning("capture file: %s", note),
+                 every=64, tick=lambda _frames: self._reader_stop.is_set())
         except CaptureFileError as exc:
             log.error("capture file: %s", exc)
         finally:
-            for i in range(n):
-                flush(i)
+            feeder.flush_all()
             self._reader_done = time.monotonic()
-            for i in range(n):
+            for i in range(self.nworkers):
                 self._to_inbox(i, ("eof",))
             with contextlib.suppress(Exception):
                 self._capture.close()
@@ -630,6 +597,54 @@ class Daemon:
         return restore
 
 
+class _PcapFeeder:
+    """The daemon's sink for :func:`~tlsmirror.shell.offline.loop.pump`: frames hashed by flow to the
+    workers in batches (bounded by count and bytes), paced at ``capture.pcap_speed``; the secrets of a
+    Decryption Secrets Block to every worker at its position in the file."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        from .capture import FlowHasher
+
+        self.daemon = daemon
+        self.hasher = FlowHasher()
+        self.n = daemon.nworkers
+        self.batches: list[list[tuple[float, int, bytes]]] = [[] for _ in range(self.n)]
+        self.sizes = [0] * self.n
+        self.speed = daemon.cfg.capture.pcap_speed
+        self.t0: float | None = None
+        self.wall0 = 0.0
+
+    def flush(self, i: int) -> None:
+        if self.batches[i]:
+            self.daemon._to_inbox(i, ("frames", self.batches[i]))
+            self.batches[i] = []
+            self.sizes[i] = 0
+
+    def flush_all(self) -> None:
+        for i in range(self.n):
+            self.flush(i)
+
+    def on_frame(self, frame: CapturedFrame) -> None:
+        if self.speed > 0:
+            if self.t0 is None:
+                self.t0, self.wall0 = frame.ts, time.monotonic()
+            delay = self.wall0 + (frame.ts - self.t0) / self.speed - time.monotonic()
+            if delay > 0.002:
+                self.flush_all()
+                self.daemon._reader_stop.wait(delay)
+        i = self.hasher(frame.linktype, frame.data) % self.n
+        b = self.batches[i]
+        b.append((frame.ts, frame.linktype, frame.data))
+        self.sizes[i] += len(frame.data)
+        if len(b) >= FRAME_BATCH or self.sizes[i] >= FRAME_BATCH_BYTES:
+            self.flush(i)
+
+    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        for i in range(self.n):
+            self.flush(i)
+            self.daemon._to_inbox(i, ("secrets", secrets, ts))
+
+
 def _stats_of(ex: Exporter) -> Callable[[], dict[str, int]]:
     return lambda: ex.stats
 
@@ -684,17 +699,8 @@ def _redaction(cfg: Config) -> Any:
         patterns=tuple(base.patterns) + tuple(o.redact_patterns))
 
 
-class _LogWriter:
-    """A text stream that logs each non-empty write as a warning (for the shared key log loader)."""
-
-    def write(self, text: str) -> int:
-        if text.strip():
-            log.warning("%s", text.strip())
-        return len(text)
-
-
 def load_preload(paths: list[str]) -> list[Secret]:
     """Secrets of --keylog files (bad lines are logged by number and skipped)."""
-    from ..offline.decrypt import load_keylog_files
+    from ..offline.inputs import load_keylog_files
 
-    return load_keylog_files(paths, _LogWriter())  # type: ignore[arg-type]
+    return load_keylog_files(paths, lambda note: log.warning("%s", note))

@@ -6,55 +6,17 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from ...frames.addresses import endpoint
-from ...keys.errors import KeyLogError
-from ...keys.events import RsaKey, Secret
-from ...keys.keylog import parse_keylog
-from ...keys.rsa import load_rsa_key
+from ...keys.events import Secret
 from ...pipeline import Engine, EngineConfig
 from ...tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from ..errors import InputError
+from .inputs import load_keylog_files, load_rsa_files
+from .loop import pump
 from .pcapfile import CapturedFrame, CaptureReader
-
-MAX_KEYLOG_WARNINGS = 20  # skipped lines reported per key log; the rest are counted
-
-
-def load_keylog_files(paths: Iterable[str], warn: IO[str]) -> list[Secret]:
-    secrets: list[Secret] = []
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read key log: {exc.strerror or exc}") from None
-        found, problems = parse_keylog(data)
-        for p in problems[:MAX_KEYLOG_WARNINGS]:
-            print(f"{path}:{p.line_no}: skipped key log line: {p.reason}", file=warn)
-        if len(problems) > MAX_KEYLOG_WARNINGS:
-            print(f"{path}: {len(problems) - MAX_KEYLOG_WARNINGS} more key log lines skipped", file=warn)
-        if problems and not found:
-            print(f"{path}: no usable key log line ({len(problems)} skipped): is this an NSS key log?",
-                  file=warn)
-        secrets.extend(found)
-    return secrets
-
-
-def load_rsa_files(paths: Iterable[str], password: bytes | None = None) -> list[RsaKey]:
-    keys = []
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read RSA key: {exc.strerror or exc}") from None
-        try:
-            keys.append(load_rsa_key(data, password))
-        except KeyLogError as exc:
-            raise InputError(f"{path}: {exc}") from None
-    return keys
 
 
 @dataclass(slots=True)
@@ -78,21 +40,19 @@ class DecryptRun:
         self.warnings: list[str] = []  # non-fatal notes on the input (truncated file, bad secrets lines)
 
     def run(self, path: str) -> None:
-        engine = self.engine
+        """Decrypt one capture file (through the one capture loop, :func:`.loop.pump`)."""
         with CaptureReader(path) as reader:
-            for item in reader:
-                if type(item) is CapturedFrame:
-                    # direct calls, not bound methods in locals: compiled, these are native calls
-                    events = engine.feed_frame(item.linktype, item.data, item.ts)
-                else:
-                    secrets, problems = parse_keylog(item.data)
-                    for p in problems[:MAX_KEYLOG_WARNINGS]:
-                        self.warnings.append(f"{path}: decryption secrets block: line {p.line_no}: "
-                                             f"skipped key log line: {p.reason}")
-                    events = engine.add_secrets(secrets, item.ts)
-                if events:
-                    self.handle(events)
-        self.warnings.extend(reader.warnings)
+            pump(reader, self, self.warnings.append)
+
+    def on_frame(self, frame: CapturedFrame) -> None:
+        events = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
+        if events:
+            self.handle(events)
+
+    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        events = self.engine.add_secrets(secrets, ts)
+        if events:
+            self.handle(events)
 
     def finish(self) -> None:
         self.handle(self.engine.finish())
@@ -167,7 +127,7 @@ def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: l
                  output: str, dump_dir: str | None, rsa_password: bytes | None = None) -> int:
     warn = sys.stderr
     CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
-    secrets = load_keylog_files(keylogs, warn)
+    secrets = load_keylog_files(keylogs, lambda w: print(w, file=warn))
     keys = load_rsa_files(rsa_keys, rsa_password)
     if dump_dir is not None:
         try:

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from ...calls import ApiCall, HttpIssue
-from ...keys.keylog import parse_keylog
+from ...keys.events import Secret
 from ...pipeline import Engine, EngineConfig
 from ...tls.events import OUTCOMES, TlsOutcome
 from ..errors import InputError
 from ..export import Exporter
-from .decrypt import load_keylog_files, load_rsa_files
+from .inputs import load_keylog_files, load_rsa_files
+from .loop import pump
 from .pcapfile import CapturedFrame, CaptureReader
 
 PROGRESS_MIN_BYTES = 32 << 20  # show a progress bar for files at least this large
@@ -114,39 +115,41 @@ class ReplayRun:
         self.embedded_secrets = 0
 
     def run(self, path: str, index: int = 1, count: int = 1) -> None:
-        engine = self.engine
+        """Replay one capture file (through the one capture loop, :func:`.loop.pump`), with a progress bar
+        on a terminal for large files."""
         reader = CaptureReader(path)
         bar = None
         if self.progress is not None:
             size = _estimate_size(path)
             if size >= PROGRESS_MIN_BYTES or (size == 0 and os.path.getsize(path) >= PROGRESS_MIN_BYTES // 8):
                 bar = _Progress(self.progress, path, index, count)
-        frames = 0
+
+        def tick(frames: int) -> bool:
+            if bar is not None:
+                bar.update(reader, frames)
+            return False
+
+        warn = self.warn
         try:
             with reader:
-                for item in reader:
-                    if type(item) is CapturedFrame:
-                        frames += 1
-                        if bar is not None and frames % _PROGRESS_EVERY == 0:
-                            bar.update(reader, frames)
-                        events = engine.feed_frame(item.linktype, item.data, item.ts)
-                    else:
-                        secrets, problems = parse_keylog(item.data)
-                        self.embedded_secrets += len(secrets)
-                        if problems and self.warn is not None:
-                            print(f"{path}: skipped {_plural(len(problems), 'bad key log line')} in an "
-                                  f"embedded secrets block", file=self.warn)
-                        events = engine.add_secrets(secrets, item.ts)
-                    if events:
-                        self.handle(events)
+                stats = pump(reader, self, (lambda w: print(w, file=warn)) if warn is not None else _ignore,
+                             every=_PROGRESS_EVERY if bar is not None else 0, tick=tick)
         finally:
             if bar is not None:
                 bar.end()
         self.files += 1
-        self.frames += frames
-        if self.warn is not None:
-            for w in reader.warnings:
-                print(w, file=self.warn)
+        self.frames += stats.frames
+        self.embedded_secrets += stats.secrets
+
+    def on_frame(self, frame: CapturedFrame) -> None:
+        events = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
+        if events:
+            self.handle(events)
+
+    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        events = self.engine.add_secrets(secrets, ts)
+        if events:
+            self.handle(events)
 
     def finish(self) -> None:
         """End of input: flush the engine (every open connection ends here)."""
@@ -222,6 +225,10 @@ class ReplayRun:
         return "\n".join(lines)
 
 
+def _ignore(_note: str) -> None:
+    pass
+
+
 def make_exporter(output: str, fmt: str, body_mode: str = "auto") -> Exporter:
     if fmt == "har":
         from ..export.har import HarExporter
@@ -244,7 +251,7 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such capture file" if not os.path.exists(path)
                              else f"{path}: not a regular file")
-    secrets = load_keylog_files(keylogs, warn)
+    secrets = load_keylog_files(keylogs, lambda w: print(w, file=warn))
     keys = load_rsa_files(rsa_keys, rsa_password)
     engine = Engine(EngineConfig(ports=ports or None, http=True, body_limit=body_limit), rsa_keys=keys)
     engine.add_secrets(secrets, 0.0)

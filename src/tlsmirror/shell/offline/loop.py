@@ -1,0 +1,72 @@
+"""The one capture-file loop: every frame and every embedded secret of a capture, in file order, to a sink.
+
+``decrypt`` and ``replay`` (a sink that feeds an engine) and the daemon's ``--pcap`` reader (a sink that
+hashes frames to its workers) all read capture files through :func:`pump`, so a pcapng Decryption
+Secrets Block means the same everywhere: its secrets take effect at its position in the file, after the
+frames before it, and its bad lines are reported the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ...keys.events import Secret
+from ...keys.keylog import parse_keylog
+from .inputs import report_problems
+from .pcapfile import CapturedFrame, CaptureReader
+
+
+class CaptureSink(Protocol):
+    """Where :func:`pump` delivers a capture."""
+
+    def on_frame(self, frame: CapturedFrame) -> None:
+        """One captured frame."""
+
+    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        """The secrets of one Decryption Secrets Block; ``ts`` is the time of the frame before it."""
+
+
+class PumpStats:
+    """What one :func:`pump` read: frames, secrets blocks, secrets, and key log lines skipped in them."""
+
+    __slots__ = ("bad_lines", "blocks", "frames", "secrets")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.blocks = 0
+        self.secrets = 0
+        self.bad_lines = 0
+
+
+def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], *,
+         every: int = 0, tick: Callable[[int], bool] | None = None) -> PumpStats:
+    """Read ``reader`` to its end (or until ``tick`` says stop) into ``sink``.
+
+    ``tick(frames)`` is called every ``every`` frames and after each secrets block (progress bars, pacing,
+    a stop request); it returns True to stop reading. Skipped key log lines are reported through ``warn``
+    naming the file and the block; the reader's own notes (a truncated file) too, at the end.
+    """
+    stats = PumpStats()
+    frames = 0
+    for item in reader:
+        if type(item) is CapturedFrame:
+            frames += 1
+            sink.on_frame(item)
+            if every and frames % every == 0 and tick is not None and tick(frames):
+                break
+        else:
+            secrets, problems = parse_keylog(item.data)
+            stats.blocks += 1
+            stats.secrets += len(secrets)
+            if problems:
+                stats.bad_lines += len(problems)
+                report_problems(f"{reader.name}: decryption secrets block {stats.blocks}", problems, warn,
+                                ", line ")
+            sink.on_secrets(secrets, item.ts)
+            if tick is not None and tick(frames):
+                break
+    stats.frames = frames
+    for note in reader.warnings:
+        warn(note)
+    return stats

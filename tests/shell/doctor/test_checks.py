@@ -31,29 +31,20 @@ from tlsmirror.shell.commands import main
 from tlsmirror.shell.config import load_config
 from tlsmirror.shell.daemon.metrics import MetricsState, make_registry
 from tlsmirror.shell.daemon.supervisor import Daemon, load_preload
-from tlsmirror.shell.doctor.checks import (
-    FAIL,
-    OK,
+from tlsmirror.shell.doctor.exporter import check_exporter
+from tlsmirror.shell.doctor.metrics import Scrape, check_drops, check_memory
+from tlsmirror.shell.doctor.mirror import (
     PACKET_HOST,
     PACKET_MULTICAST,
     PACKET_OTHERHOST,
-    SKIP,
-    WARN,
-    DoctorOptions,
     PacketSample,
-    Result,
-    Scrape,
-    check_drops,
-    check_exporter,
     check_interface,
-    check_memory,
     check_mirror,
-    exit_code,
     read_interface,
-    render_text,
-    run_doctor,
     sample_interface,
 )
+from tlsmirror.shell.doctor.result import FAIL, OK, SKIP, WARN, DoctorOptions, Result, exit_code, render_text
+from tlsmirror.shell.doctor.run import run_doctor
 
 ROOT = REPO
 SAMPLE = str(ROOT / "samples" / "api-mixed.pcap")
@@ -543,7 +534,7 @@ def test_interface_down_quiet_and_doctor_run(veth: tuple[str, str]) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to sample packets")
 def test_loopback_is_the_hosts_own_traffic() -> None:
-    from tlsmirror.shell.doctor.checks import host_addresses
+    from tlsmirror.shell.doctor.mirror import host_addresses
 
     stop = threading.Event()
     srv = socket.create_server(("127.0.0.1", 0))
@@ -574,7 +565,7 @@ def test_every_advice_link_has_a_section_in_the_troubleshooting_guide() -> None:
     import re
 
     source = "".join(f.read_text() for f in sorted((ROOT / "src" / "tlsmirror" / "shell" / "doctor").glob("*.py")))
-    anchors = set(re.findall(r'_see\("([a-z-]+)"\)', source))
+    anchors = set(re.findall(r'\bsee\("([a-z-]+)"\)', source))
     guide = (ROOT / "docs" / "troubleshooting.md").read_text()
     slugs = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
              for h in re.findall(r"^## (.+)$", guide, flags=re.M)}

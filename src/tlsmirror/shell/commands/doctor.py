@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..doctor.checks import DoctorOptions, exit_code, render_json, render_text, run_doctor
+    from ..doctor.result import DoctorOptions, exit_code, render_json, render_text
+    from ..doctor.run import run_doctor
 
     opts = DoctorOptions(config=args.config, url=args.url, wait=args.wait, interfaces=args.interfaces,
                          unit=args.unit, timeout=max(0.2, args.timeout), sample=not args.no_sample)

@@ -172,14 +172,15 @@ def test_export_queue_overflow_is_counted_not_grown() -> None:
 
 def test_pcap_frames_reach_the_workers_in_batches_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     from tlsmirror.shell.daemon import supervisor as daemon_module
+    from tlsmirror.shell.daemon.messages import FrameBatch
 
     monkeypatch.setattr(daemon_module, "FRAME_BATCH_BYTES", 4000)
     sizes: list[tuple[int, int]] = []  # (frames, frame bytes) of each message to a worker
 
     class Recording(Daemon):
         def _to_inbox(self, i: int, msg: Any) -> None:
-            if msg[0] == "frames":
-                sizes.append((len(msg[1]), sum(len(f[2]) for f in msg[1])))
+            if type(msg) is FrameBatch:
+                sizes.append((len(msg.frames), sum(len(f[2]) for f in msg.frames)))
             super()._to_inbox(i, msg)
 
     ex = ListExporter()

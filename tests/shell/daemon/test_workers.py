@@ -10,6 +10,7 @@ from typing import Any
 
 from tlsmirror.calls import ApiCall, Connection
 from tlsmirror.http.events import Body, Exchange
+from tlsmirror.shell.daemon.messages import CallBatch, WorkerStats
 from tlsmirror.shell.daemon.workers import MessageBuffer, Outbox
 
 
@@ -34,8 +35,8 @@ def test_messages_of_every_size_arrive_in_order_through_one_buffer() -> None:
     r, w = mp.Pipe(duplex=False)
     out = Outbox(w, size=64)
     sizes = [1, 40, 3, 200, 17, 90, 5]  # calls per batch: message sizes up and down
-    msgs = [("calls", 0, [api_call(i * 1000 + k) for k in range(n)]) for i, n in enumerate(sizes)]
-    msgs.append(("stats", 0, {"packets": 12}))
+    msgs = [CallBatch(0, [api_call(i * 1000 + k) for k in range(n)]) for i, n in enumerate(sizes)]
+    msgs.append(WorkerStats(0, {"packets": 12}))
     for m in msgs:
         assert out.put(m, block=True, timeout=5)
     got = receive(r, len(msgs))
@@ -48,8 +49,8 @@ def test_messages_of_every_size_arrive_in_order_through_one_buffer() -> None:
 def test_a_message_larger_than_the_limit_is_sent_and_the_buffer_shrinks_back() -> None:
     r, w = mp.Pipe(duplex=False)
     out = Outbox(w, size=8)
-    big = ("calls", 1, [api_call(k, body=100_000) for k in range(20)])  # ~4 MB pickled
-    small = ("calls", 1, [api_call(99)])
+    big = CallBatch(1, [api_call(k, body=100_000) for k in range(20)])  # ~4 MB pickled
+    small = CallBatch(1, [api_call(99)])
     reader = threading.Thread(target=lambda: got.extend(receive(r, 3)))
     got: list[Any] = []
     reader.start()
@@ -74,7 +75,7 @@ def test_message_buffer_grows_only_past_its_size_and_keeps_what_was_written() ->
 def test_outbox_is_bounded_by_bytes_and_drains_when_the_parent_reads() -> None:
     r, w = mp.Pipe(duplex=False)
     out = Outbox(w, size=1000, max_bytes=1 << 20)
-    msg = ("calls", 0, [api_call(k, body=60_000) for k in range(4)])  # ~480 KB: more than the pipe takes
+    msg = CallBatch(0, [api_call(k, body=60_000) for k in range(4)])  # ~480 KB: more than the pipe takes
     size = len(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
     assert 480_000 < size < 500_000
     accepted = 0
@@ -95,8 +96,8 @@ def test_outbox_is_bounded_by_bytes_and_drains_when_the_parent_reads() -> None:
 def test_a_message_larger_than_the_ring_goes_alone_when_the_outbox_is_idle() -> None:
     r, w = mp.Pipe(duplex=False)
     out = Outbox(w, size=8, max_bytes=64 << 10)
-    big = ("calls", 2, [api_call(k, body=50_000) for k in range(2)])  # ~200 KB
-    small = ("stats", 2, {"packets": 1})
+    big = CallBatch(2, [api_call(k, body=50_000) for k in range(2)])  # ~200 KB
+    small = WorkerStats(2, {"packets": 1})
     got: list[Any] = []
     reader = threading.Thread(target=lambda: got.extend(receive(r, 4)))
     reader.start()
@@ -110,7 +111,7 @@ def test_a_message_larger_than_the_ring_goes_alone_when_the_outbox_is_idle() -> 
 def test_ring_wraps_around_and_keeps_the_order() -> None:
     r, w = mp.Pipe(duplex=False)
     out = Outbox(w, size=100, max_bytes=200 << 10)
-    msgs = [("calls", 0, [api_call(k, body=2_000 + 997 * (k % 13))] * (1 + k % 5)) for k in range(300)]
+    msgs = [CallBatch(0, [api_call(k, body=2_000 + 997 * (k % 13))] * (1 + k % 5)) for k in range(300)]
     got: list[Any] = []
     reader = threading.Thread(target=lambda: got.extend(receive(r, len(msgs))))
     reader.start()

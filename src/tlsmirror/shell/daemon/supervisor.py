@@ -30,6 +30,20 @@ from ..config import Config, engine_kwargs, read_token
 from ..errors import InputError
 from ..export import Exporter
 from ..logs import get_logger
+from .messages import (
+    CallBatch,
+    EndOfCapture,
+    FrameBatch,
+    FromWorker,
+    KeysGiven,
+    SecretsAt,
+    StopRequest,
+    ToWorker,
+    WorkerDone,
+    WorkerFailed,
+    WorkerReady,
+    WorkerStats,
+)
 from .metrics import MetricsServer, MetricsState, make_registry
 from .workers import WorkerSpec, worker_main
 
@@ -254,7 +268,7 @@ class Daemon:
         h = _Handle(index, proc, ctl, inbox, r, time.monotonic())
         self.state.alive[index] = True
         if self.mode == "pcap" and self._reader_done is not None and inbox is not None:
-            inbox.put(("eof",))
+            inbox.put(EndOfCapture())
         return h
 
     # ------------------------------------------------------------------ key listener
@@ -312,7 +326,7 @@ class Daemon:
         with self._replay_lock:
             self._replay.extend(secrets)
         self.state.counters["secrets_received"] += len(secrets)
-        msg = ("secrets", secrets)
+        msg = KeysGiven(secrets)
         with self._handles_lock:
             handles = list(self.handles)
         for h in handles:
@@ -337,12 +351,12 @@ class Daemon:
             feeder.flush_all()
             self._reader_done = time.monotonic()
             for i in range(self.nworkers):
-                self._to_inbox(i, ("eof",))
+                self._to_inbox(i, EndOfCapture())
             with contextlib.suppress(Exception):
                 self._capture.close()
             log.info("capture file read: %d frames", getattr(self._capture, "frames", 0))
 
-    def _to_inbox(self, i: int, msg: Any) -> None:
+    def _to_inbox(self, i: int, msg: ToWorker) -> None:
         """Blocking put (capture files are lossless) that follows a worker's restarts."""
         while True:
             h = self.handles[i]
@@ -450,18 +464,17 @@ class Daemon:
                 h.conn.close()
             h.conn = None
 
-    def _message(self, h: _Handle, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "calls":
-            self._export(msg[2])
-        elif kind == "stats":
-            self.state.update(h.index, msg[2])
-        elif kind == "ready":
+    def _message(self, h: _Handle, msg: FromWorker) -> None:
+        if type(msg) is CallBatch:
+            self._export(msg.calls)
+        elif type(msg) is WorkerStats:
+            self.state.update(h.index, msg.stats)
+        elif type(msg) is WorkerReady:
             h.ready = True
-        elif kind == "done":
+        elif type(msg) is WorkerDone:
             h.done = True
-        elif kind == "fatal":
-            self._fatal = self._fatal or str(msg[2])
+        elif type(msg) is WorkerFailed:
+            self._fatal = self._fatal or msg.message
             h.done = True
 
     def _supervise(self) -> None:
@@ -514,7 +527,7 @@ class Daemon:
         for h in self.handles:
             if not h.done:
                 with contextlib.suppress(Exception):
-                    h.ctl.put(("stop",))
+                    h.ctl.put(StopRequest())
 
     def _do_reload(self) -> None:
         log.info("SIGHUP: reopening outputs, reloading key listener certificates")
@@ -616,7 +629,7 @@ class _PcapFeeder:
 
     def flush(self, i: int) -> None:
         if self.batches[i]:
-            self.daemon._to_inbox(i, ("frames", self.batches[i]))
+            self.daemon._to_inbox(i, FrameBatch(self.batches[i]))
             self.batches[i] = []
             self.sizes[i] = 0
 
@@ -642,7 +655,7 @@ class _PcapFeeder:
     def on_secrets(self, secrets: list[Secret], ts: float) -> None:
         for i in range(self.n):
             self.flush(i)
-            self.daemon._to_inbox(i, ("secrets", secrets, ts))
+            self.daemon._to_inbox(i, SecretsAt(secrets, ts))
 
 
 def _stats_of(ex: Exporter) -> Callable[[], dict[str, int]]:

@@ -3,16 +3,17 @@
 A worker reads frames (from its own AF_PACKET sockets in a fanout group, or from its inbox queue when
 the parent replays a capture file), feeds its engine, and sends the parent
 
-- ``("calls", index, [ApiCall, ...])`` through a bounded outbox (pickled at once into a fixed ring of
+- :class:`~.messages.CallBatch` through a bounded outbox (pickled at once into a fixed ring of
   ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted, capture
   never waits; in lossless mode, used for capture files, it waits instead),
-- ``("stats", index, {...})`` every ``stats_interval`` seconds (cumulative counters and gauges),
-- ``("done", index)`` after ``engine.finish()`` on stop, and ``("fatal", index, message)`` on a start-up
-  error.
+- :class:`~.messages.WorkerStats` every ``stats_interval`` seconds (cumulative counters and gauges),
+- :class:`~.messages.WorkerDone` after ``engine.finish()`` on stop, and :class:`~.messages.WorkerFailed`
+  on a start-up error.
 
-Secrets and commands reach it on its control queue: ``("secrets", [Secret, ...])``, ``("stop",)``.
-Every message is a tuple of picklable values; results travel over a pipe whose only writer is the
-worker (a killed worker cannot leave a lock held for anyone else).
+Secrets and commands reach it on its control queue (:class:`~.messages.KeysGiven`,
+:class:`~.messages.StopRequest`); every message is one of the classes of :mod:`.messages`. Results
+travel over a pipe whose only writer is the worker (a killed worker cannot leave a lock held for
+anyone else).
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ from ...frames.addresses import endpoint
 from ...pipeline import Engine, EngineConfig
 from ...tls.events import DECRYPTED, OUTCOMES, TlsOutcome
 from ..logs import get_logger
+from .messages import (
+    CallBatch,
+    EndOfCapture,
+    FrameBatch,
+    KeysGiven,
+    SecretsAt,
+    StopRequest,
+    WorkerDone,
+    WorkerFailed,
+    WorkerReady,
+    WorkerStats,
+)
 
 log = get_logger("worker")
 
@@ -201,7 +214,7 @@ class Outbox:
         try:
             self._pickler.dump(msg)
         except Exception:  # a value that does not pickle: a bug; lose this message, not the worker
-            log.exception("outbox: message %r not sent", msg[0] if isinstance(msg, tuple) else type(msg))
+            log.exception("outbox: message %s not sent", type(msg).__name__)
             self.failed += 1
             self._pickler = self._new_pickler()  # it may hold half a message
             buf.reset()
@@ -344,7 +357,7 @@ class Worker:
         if not self.calls:
             return
         batch, self.calls = self.calls, []
-        msg = ("calls", self.spec.index, batch)
+        msg = CallBatch(self.spec.index, batch)
         if self.spec.lossless:
             while not self.out.put(msg, block=True, timeout=1.0):
                 if self.out.broken:
@@ -396,10 +409,9 @@ class Worker:
         self.handle(self.engine.add_secrets(secrets, self.now() if ts is None else ts, pinned=pinned))
 
     def control(self, msg: Any) -> None:
-        kind = msg[0]
-        if kind == "secrets":
-            self.secrets(msg[1])
-        elif kind == "stop":
+        if type(msg) is KeysGiven:
+            self.secrets(msg.secrets)
+        elif type(msg) is StopRequest:
             self.stop = True
 
     # ------------------------------------------------------------------ timers
@@ -417,7 +429,7 @@ class Worker:
             self._next_stats = mono + self.spec.stats_interval
             if self.out.broken or os.getppid() != self._ppid:  # the parent is gone: stop, do not linger
                 self.stop = self.eof = True
-            self.out.put(("stats", self.spec.index, self.stats()))
+            self.out.put(WorkerStats(self.spec.index, self.stats()))
 
     def stats(self) -> dict[str, Any]:
         e = self.engine
@@ -444,8 +456,8 @@ class Worker:
     def finish(self) -> None:
         self.handle(self.engine.finish())
         self.flush_calls()
-        self.out.put(("stats", self.spec.index, self.stats()), block=True, timeout=5.0)
-        self.out.put(("done", self.spec.index), block=True, timeout=5.0)
+        self.out.put(WorkerStats(self.spec.index, self.stats()), block=True, timeout=5.0)
+        self.out.put(WorkerDone(self.spec.index), block=True, timeout=5.0)
 
     # ------------------------------------------------------------------ loops
     def run_live(self, ctl: Any) -> None:
@@ -463,7 +475,7 @@ class Worker:
             by_fd[s.fileno()] = s
         if ctl_fd is not None:
             poller.register(ctl_fd, select.POLLIN)
-        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        self.out.put(WorkerReady(spec.index, os.getpid()), block=True, timeout=5.0)
         batch: list[bytes] = []
         limit = spec.batch
         while not self.stop:
@@ -483,7 +495,7 @@ class Worker:
     def run_pcap(self, inbox: Any, ctl: Any) -> None:
         spec = self.spec
         readers = [r for r in (_reader(inbox), _reader(ctl)) if r is not None]
-        self.out.put(("ready", spec.index, os.getpid()), block=True, timeout=5.0)
+        self.out.put(WorkerReady(spec.index, os.getpid()), block=True, timeout=5.0)
         while not (self.stop and self.eof):
             if readers:
                 wait(readers, timeout=0.2)
@@ -493,12 +505,11 @@ class Worker:
                     msg = inbox.get_nowait() if readers else inbox.get(timeout=0.05)
                 except queue.Empty:
                     break
-                kind = msg[0]
-                if kind == "frames":
-                    self.file_frames(msg[1])
-                elif kind == "secrets":
-                    self.secrets(msg[1], msg[2])
-                elif kind == "eof":
+                if type(msg) is FrameBatch:
+                    self.file_frames(msg.frames)
+                elif type(msg) is SecretsAt:
+                    self.secrets(msg.secrets, msg.ts)
+                elif type(msg) is EndOfCapture:
                     self.eof = True
                 _drain(ctl, self.control)
                 self.timers()
@@ -522,7 +533,7 @@ def _drain(ctl: Any, handle: Any) -> None:
         except queue.Empty:
             return
         except (EOFError, OSError):
-            handle(("stop",))
+            handle(StopRequest())
             return
         handle(msg)
 
@@ -558,7 +569,7 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
         from ..errors import InputError
 
         if isinstance(exc, InputError):  # a start-up problem the operator must fix: the parent stops
-            outbox.put(("fatal", spec.index, str(exc)), block=True, timeout=5.0)
+            outbox.put(WorkerFailed(spec.index, str(exc)), block=True, timeout=5.0)
         else:  # a bug: the parent restarts this worker and counts the crash
             log.exception("worker %d failed", spec.index)
             outbox.close()

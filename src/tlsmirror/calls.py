@@ -68,3 +68,6 @@ class HttpIssue:
 
     connection: Connection
     problem: HttpProblem
+
+
+CallEvent = ApiCall | HttpIssue

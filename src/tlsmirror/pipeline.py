@@ -9,22 +9,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .calls import ApiCall, Connection, HttpIssue
+from .calls import ApiCall, CallEvent, Connection, HttpIssue
 from .frames.addresses import ip_text
 from .frames.decoder import FrameDecoder
 from .frames.events import TcpSegment
 from .http.connection import HttpConnection
-from .http.events import Exchange
+from .http.events import Exchange, HttpEvent, HttpProblem
 from .keys.events import RsaKey, Secret
 from .keys.store import KeyStore
 from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
 from .tcp.reassembly import TcpReassembler
 from .tls.context import TlsContext
-from .tls.events import TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from .tls.events import TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import TlsSession, looks_like_client_hello, looks_like_tls
 
 STARTTLS_CHUNKS = 64  # a cleartext flow is watched this many chunks for a ClientHello (STARTTLS)
 SNIFF_BYTES = 6  # bytes of a stream needed to tell TLS (record header + handshake type) from the rest
+
+EngineEvent = TlsEvent | CallEvent
+"""What the engine emits: TLS events (each connection's handshake, plaintext, gaps, outcome) and, with
+``http``, API calls and HTTP problems."""
 
 
 _HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
@@ -177,14 +181,14 @@ class Engine:
         self._stats["segments"] = self._segments
         return self._stats
 
-    def feed_frame(self, linktype: int, data: bytes, ts: float) -> list[Any]:
+    def feed_frame(self, linktype: int, data: bytes, ts: float) -> list[EngineEvent]:
         self._frames += 1
         seg = self.frames.decode(linktype, data, ts)
         if seg is None:
             return []
         return self.feed_segment(seg)
 
-    def feed_segment(self, seg: TcpSegment) -> list[Any]:
+    def feed_segment(self, seg: TcpSegment) -> list[EngineEvent]:
         ports = self.config.ports
         if ports is not None and seg.sport not in ports and seg.dport not in ports:
             self._stats["filtered"] += 1
@@ -193,7 +197,7 @@ class Engine:
         ts = seg.ts
         if ts > self.last_ts:
             self.last_ts = ts
-        out: list[Any] = []
+        out: list[EngineEvent] = []
         for ev in self.tcp.feed(seg):
             if type(ev) is StreamData:
                 app = ev.flow.app
@@ -206,11 +210,11 @@ class Engine:
             self._expire(ts, out)
         return out
 
-    def add_secrets(self, secrets: Iterable[Secret], ts: float, *, pinned: bool = False) -> list[Any]:
+    def add_secrets(self, secrets: Iterable[Secret], ts: float, *, pinned: bool = False) -> list[EngineEvent]:
         """Secrets became known at ``ts``: store them and wake the sessions waiting for them.
 
         ``pinned``: keep them whatever ``key_ttl`` says (key log files given to a capture-file run)."""
-        out: list[Any] = []
+        out: list[EngineEvent] = []
         woken: list[TlsSession] = []
         # Secrets given before any packet (key log files) start their TTL at the first packet.
         stamp = max(ts, self.last_ts) if self.last_ts else None
@@ -230,14 +234,14 @@ class Engine:
                 self._close_tls(sess, self._deferred[sess], out)  # the time it ended
         return out
 
-    def expire(self, now: float) -> list[Any]:
-        out: list[Any] = []
+    def expire(self, now: float) -> list[EngineEvent]:
+        out: list[EngineEvent] = []
         self._expire(now, out)
         return out
 
-    def finish(self) -> list[Any]:
+    def finish(self) -> list[EngineEvent]:
         """End of input: flush every flow and report every TLS connection."""
-        out: list[Any] = []
+        out: list[EngineEvent] = []
         # Connections that ended earlier and still waited for a key first (in the order they ended),
         # then the ones open at the end of input.
         for sess, ts in list(self._deferred.items()):
@@ -254,7 +258,7 @@ class Engine:
         return len(self._holding) + sum(1 for s in self._deferred if s not in self._holding)
 
     # ------------------------------------------------------------------ internals
-    def _tcp_event(self, ev: Any, out: list[Any]) -> None:
+    def _tcp_event(self, ev: Any, out: list[EngineEvent]) -> None:
         # ``type(ev) is X`` in each test, not a saved ``type(ev)``: mypy narrows only the former, and
         # compiled, a narrowed event is read natively instead of by attribute lookups
         if type(ev) is StreamData:
@@ -323,7 +327,7 @@ class Engine:
         elif type(ev) is FlowOpened:
             pass
 
-    def _tls_data(self, app: TlsSession, ev: StreamData, out: list[Any]) -> None:
+    def _tls_data(self, app: TlsSession, ev: StreamData, out: list[EngineEvent]) -> None:
         app.data(ev.direction, ev.data, ev.ts)
         if app.out:
             self._drain(app, out)
@@ -334,7 +338,7 @@ class Engine:
                 self._holding[app] = app.held_since
 
     # ------------------------------------------------------------------ http
-    def _drain(self, sess: TlsSession, out: list[Any]) -> None:
+    def _drain(self, sess: TlsSession, out: list[EngineEvent]) -> None:
         """Pass on what a TLS session emitted, in order: to ``out``, and to its HTTP parser when the
         engine reports exchanges (the one place where TLS events reach the HTTP stage)."""
         events = sess.out
@@ -363,11 +367,11 @@ class Engine:
                 self._http_events(http.connection(), http.conn.close(ev.ts), out)
         events.clear()
 
-    def _http_events(self, conn: Connection, events: list[Any], out: list[Any]) -> None:
+    def _http_events(self, conn: Connection, events: list[HttpEvent], out: list[EngineEvent]) -> None:
         for ev in events:
             if type(ev) is Exchange:
                 out.append(ApiCall(conn, ev))
-            else:
+            elif type(ev) is HttpProblem:
                 out.append(HttpIssue(conn, ev))
 
     def _register_wait(self, sess: TlsSession) -> None:
@@ -391,7 +395,7 @@ class Engine:
                     del waiting[ident]
         sess.registered = 0
 
-    def _sniff(self, ev: StreamData, out: list[Any]) -> None:
+    def _sniff(self, ev: StreamData, out: list[EngineEvent]) -> None:
         """Collect the first bytes of a flow until there are enough to tell TLS from the rest."""
         flow = ev.flow
         app = flow.app
@@ -401,7 +405,7 @@ class Engine:
         if app.ready() >= 0:
             self._unsniff(flow, out)
 
-    def _unsniff(self, flow: Flow, out: list[Any]) -> None:
+    def _unsniff(self, flow: Flow, out: list[EngineEvent]) -> None:
         """Decide on what was collected (enough, or all there will be) and feed it on."""
         app = flow.app
         assert type(app) is _Sniff
@@ -415,14 +419,14 @@ class Engine:
                 self._stats["tls_flows" if type(flow.app) is TlsSession else "other_flows"] += 1
             self._tcp_event(ev, out)
 
-    def _close_tls(self, sess: TlsSession, ts: float, out: list[Any]) -> None:
+    def _close_tls(self, sess: TlsSession, ts: float, out: list[EngineEvent]) -> None:
         sess.close(ts)
         self._unwait(sess)
         self._holding.pop(sess, None)
         self._deferred.pop(sess, None)
         self._drain(sess, out)
 
-    def _expire(self, now: float, out: list[Any]) -> None:
+    def _expire(self, now: float, out: list[EngineEvent]) -> None:
         for ev in self.tcp.expire(now):
             self._tcp_event(ev, out)
         self.keys.expire(now)

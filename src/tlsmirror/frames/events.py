@@ -48,3 +48,4 @@ class TcpSegment:
         self.payload = payload
 
 
+FrameEvent = TcpSegment  # the frames stage has one event: a decoded TCP segment

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .errors import HttpError
-from .events import Exchange, HttpProblem
+from .events import HttpEvent, HttpProblem
 from .h1 import H1Connection
 from .h2 import PREFACE, H2Connection
 
-_Out = list[Exchange | HttpProblem]
+_Out = list[HttpEvent]
 # What a bug inside an engine can raise; HttpError is handled inside the engines themselves.
 _INTERNAL = (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError, OverflowError,
              MemoryError)

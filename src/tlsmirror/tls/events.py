@@ -86,3 +86,6 @@ class TlsOutcome:
     held_dropped_bytes: int
     held: str | None = None  # how its wait for keys ended (HOLD_OUTCOMES), None when it never waited
     key_lag: float | None = None  # seconds from the ClientHello to the secret that unlocked it (None: unknown)
+
+
+TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome

@@ -42,6 +42,7 @@ from .events import (
     NO_KEY,
     UNLOCKED,
     UNSUPPORTED,
+    TlsEvent,
     TlsGap,
     TlsHandshake,
     TlsOutcome,
@@ -185,7 +186,7 @@ class TlsSession:
         self.wait_idents: list[bytes] = []  # idents this session waits on (client random, session id, ...)
         self.registered = 0  # how many of them the engine has registered
         self.closed = False
-        self.out: list[Any] = []  # events for the engine, in order
+        self.out: list[TlsEvent] = []  # events for the engine, in order
         self.queue: list[Any] = []  # events (and held records) waiting behind a held record
         self._sink: list[Any] | None = None  # where a held record being decided puts what it yields
         self._queued_plain = 0  # plaintext bytes in ``queue``

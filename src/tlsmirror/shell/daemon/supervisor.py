@@ -129,9 +129,6 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def request_reload(self) -> None:
-        self._reload.set()
-
     def wait_ready(self, timeout: float) -> bool:
         """True once every worker has its capture attached and the key listener is open."""
         return self._ready.wait(timeout)

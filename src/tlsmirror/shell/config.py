@@ -10,6 +10,9 @@ Every key lives in a section (``capture``, ``keys``, ``engine``, ``output``, ``o
 
 A bad value raises :class:`~tlsmirror.shell.errors.InputError` naming where it came from, the key, the
 value (never for secrets) and the fix.
+
+One module on purpose (about 600 lines): the schema is the single source of validation, environment
+names, ``config show`` and the reference in docs/configuration.md; value rules are in :mod:`.values`.
 """
 
 from __future__ import annotations

@@ -171,10 +171,10 @@ def test_export_queue_overflow_is_counted_not_grown() -> None:
 
 
 def test_pcap_frames_reach_the_workers_in_batches_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsmirror.shell.daemon import supervisor as daemon_module
+    from tlsmirror.shell.daemon import pcapfeed
     from tlsmirror.shell.daemon.messages import FrameBatch
 
-    monkeypatch.setattr(daemon_module, "FRAME_BATCH_BYTES", 4000)
+    monkeypatch.setattr(pcapfeed, "FRAME_BATCH_BYTES", 4000)
     sizes: list[tuple[int, int]] = []  # (frames, frame bytes) of each message to a worker
 
     class Recording(Daemon):

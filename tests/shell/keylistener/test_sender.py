@@ -19,8 +19,8 @@ from tests.support.tlspair import run_session
 from tlsmirror.keys.events import Secret
 from tlsmirror.shell.commands import main
 from tlsmirror.shell.errors import InputError, SendError
+from tlsmirror.shell.keylistener.certs import CERT_FILE
 from tlsmirror.shell.keylistener.sender import client_context, group_sessions, parse_target, send_session
-from tlsmirror.shell.keylistener.server import CERT_FILE
 
 SRC = str(SRC_DIR)
 

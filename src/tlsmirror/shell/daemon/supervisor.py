@@ -6,6 +6,10 @@ exporters (a thread fed by a bounded queue), the metrics server (a thread), the 
 when they die, the crash counted). Signals: SIGTERM/SIGINT drain (workers run ``engine.finish()``,
 exporters flush within ``output.drain_timeout``), SIGHUP reopens output files and reloads the key
 listener's certificate.
+
+One module on purpose (about 600 lines): start, supervision, restarts, draining and signals share the
+worker handles; the --pcap feed (:mod:`.pcapfeed`), exporters (:mod:`.outputs`), messages
+(:mod:`.messages`) and workers (:mod:`.workers`) have their own modules.
 """
 
 from __future__ import annotations
@@ -26,17 +30,15 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from ...keys.events import Secret
-from ..config import Config, engine_kwargs, read_token
+from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
 from ..logs import get_logger
 from .messages import (
     CallBatch,
     EndOfCapture,
-    FrameBatch,
     FromWorker,
     KeysGiven,
-    SecretsAt,
     StopRequest,
     ToWorker,
     WorkerDone,
@@ -45,15 +47,15 @@ from .messages import (
     WorkerStats,
 )
 from .metrics import MetricsServer, MetricsState, make_registry
+from .outputs import build_exporters, stats_of
+from .pcapfeed import PcapFeeder
 from .workers import WorkerSpec, worker_main
 
 if TYPE_CHECKING:
-    from ..offline.pcapfile import CapturedFrame
+    pass
 
 log = get_logger("daemon")
 
-FRAME_BATCH = 256  # frames per message to a worker (capture files), at most
-FRAME_BATCH_BYTES = 128 << 10  # frame bytes per message, at most (plus one frame): bounded, like-sized messages
 INBOX_SIZE = 64  # frame batches waiting per worker (so at most ~8 MiB of frames each)
 RESTART_DELAY = 0.5  # seconds before a crashed worker is started again
 CRASH_LOOP = 5  # consecutive crashes within CRASH_WINDOW seconds of start: give up
@@ -158,7 +160,7 @@ class Daemon:
             self._capture = CaptureReader(cfg.capture.pcap)  # CaptureFileError: a user error
         self.exporters = self._exporters_given if self._exporters_given is not None else build_exporters(cfg)
         for i, ex in enumerate(self.exporters):
-            self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = _stats_of(ex)
+            self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = stats_of(ex)
         self.state.export_queue_depth = self._export_q.qsize
         self.state.export_queue_size = cfg.output.queue_size
         self.state.counters["secrets_preloaded"] = len(self.preload)
@@ -338,7 +340,7 @@ class Daemon:
         from ..errors import CaptureFileError
         from ..offline.loop import pump
 
-        feeder = _PcapFeeder(self)
+        feeder = PcapFeeder(self.nworkers, self.cfg.capture.pcap_speed, self._to_inbox, self._reader_stop.wait)
         try:
             pump(self._capture, feeder, lambda note: log.warning("capture file: %s", note),
                  every=64, tick=lambda _frames: self._reader_stop.is_set())
@@ -605,108 +607,6 @@ class Daemon:
                 signal.signal(s, h)
 
         return restore
-
-
-class _PcapFeeder:
-    """The daemon's sink for :func:`~tlsmirror.shell.offline.loop.pump`: frames hashed by flow to the
-    workers in batches (bounded by count and bytes), paced at ``capture.pcap_speed``; the secrets of a
-    Decryption Secrets Block to every worker at its position in the file."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        from .capture import FlowHasher
-
-        self.daemon = daemon
-        self.hasher = FlowHasher()
-        self.n = daemon.nworkers
-        self.batches: list[list[tuple[float, int, bytes]]] = [[] for _ in range(self.n)]
-        self.sizes = [0] * self.n
-        self.speed = daemon.cfg.capture.pcap_speed
-        self.t0: float | None = None
-        self.wall0 = 0.0
-
-    def flush(self, i: int) -> None:
-        if self.batches[i]:
-            self.daemon._to_inbox(i, FrameBatch(self.batches[i]))
-            self.batches[i] = []
-            self.sizes[i] = 0
-
-    def flush_all(self) -> None:
-        for i in range(self.n):
-            self.flush(i)
-
-    def on_frame(self, frame: CapturedFrame) -> None:
-        if self.speed > 0:
-            if self.t0 is None:
-                self.t0, self.wall0 = frame.ts, time.monotonic()
-            delay = self.wall0 + (frame.ts - self.t0) / self.speed - time.monotonic()
-            if delay > 0.002:
-                self.flush_all()
-                self.daemon._reader_stop.wait(delay)
-        i = self.hasher(frame.linktype, frame.data) % self.n
-        b = self.batches[i]
-        b.append((frame.ts, frame.linktype, frame.data))
-        self.sizes[i] += len(frame.data)
-        if len(b) >= FRAME_BATCH or self.sizes[i] >= FRAME_BATCH_BYTES:
-            self.flush(i)
-
-    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
-        for i in range(self.n):
-            self.flush(i)
-            self.daemon._to_inbox(i, SecretsAt(secrets, ts))
-
-
-def _stats_of(ex: Exporter) -> Callable[[], dict[str, int]]:
-    return lambda: ex.stats
-
-
-def build_exporters(cfg: Config) -> list[Exporter]:
-    """The exporters the configuration asks for (JSON lines on stdout when none is configured)."""
-    out: list[Exporter] = []
-    path = cfg.output.jsonl
-    if path is None and not cfg.otlp.endpoint:
-        path = "-"
-    if path is not None:
-        try:
-            from ..export.jsonl import JsonlExporter
-        except ImportError:
-            raise InputError("the JSON lines exporter is not available in this build") from None
-        try:
-            out.append(JsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
-                                     backups=cfg.output.backups))
-        except OSError as exc:
-            raise InputError(f"output.jsonl {path!r}: cannot open: {exc.strerror or exc}") from None
-    if cfg.otlp.endpoint:
-        try:
-            from ..export.otlp import OtlpConfig, OtlpExporter
-        except ImportError:
-            raise InputError("the OTLP exporter is not available in this build; "
-                             "remove otlp.endpoint") from None
-        o = cfg.otlp
-        wanted: dict[str, Any] = {
-            "endpoint": o.endpoint, "protocol": o.protocol, "insecure": o.insecure, "ca": o.ca,
-            "cert": o.cert, "key": o.key, "headers": dict(o.headers), "token": read_token(cfg),
-            "token_header": o.token_header,
-            "span_profile": o.span_profile, "service_name": o.service_name, "environment": o.environment,
-            "spool_dir": o.spool_dir, "spool_max_bytes": o.spool_max_bytes, "batch_size": o.batch_size,
-            "batch_timeout": o.batch_timeout, "flush_timeout": o.flush_timeout, "compression": o.compression,
-            "redaction": _redaction(cfg),
-        }
-        known = ({f.name for f in dataclasses.fields(OtlpConfig)} if dataclasses.is_dataclass(OtlpConfig)
-                 else set())
-        kwargs = {k: v for k, v in wanted.items() if not known or k in known}
-        out.append(OtlpExporter(OtlpConfig(**kwargs)))
-    return out
-
-
-def _redaction(cfg: Config) -> Any:
-    from ...redact import RedactionConfig
-
-    o = cfg.otlp
-    base = RedactionConfig()
-    return dataclasses.replace(
-        base, enabled=o.redact, headers=frozenset(base.headers) | {h.lower() for h in o.redact_headers},
-        fields=frozenset(base.fields) | set(o.redact_fields),
-        patterns=tuple(base.patterns) + tuple(o.redact_patterns))
 
 
 def load_preload(paths: list[str]) -> list[Secret]:

@@ -11,6 +11,9 @@ Threads and order of delivery::
 While the spool holds anything every new batch goes behind it, so batches leave in the order they
 were made. The sender retries a batch until the receiver accepts it (or rejects it for good) and
 honours the receiver's throttling hints. Design notes and guarantees: docs/otlp.md.
+
+One module on purpose (about 650 lines): batching, both transports, retries and the spool hand-over are
+one delivery state machine; the spool itself is :mod:`.spool`, the span mapping :mod:`tlsmirror.spans`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ COMPILED = [
     "src/tlsmirror/tls/handshake.py",
     "src/tlsmirror/tls/context.py",
     "src/tlsmirror/frames/addresses.py",
+    "src/tlsmirror/frames/flowhash.py",
     "src/tlsmirror/keys/keylog.py",
     "src/tlsmirror/keys/store.py",
     "src/tlsmirror/tls/session.py",

@@ -124,7 +124,9 @@ class TcpReassembler:
         self._halves: dict[tuple[bytes, int, bytes, int], _Half] = {}
         self._lru: OrderedDict[_Conn, None] = OrderedDict()
         self._holding: dict[_Half, None] = {}
-        self._next_flow_id = 1
+        # id of the next flow opened; a caller may set it (replay --workers numbers each flow by the
+        # capture frame that opened it, so ids do not depend on how the flows were shared out)
+        self.next_flow_id = 1
         self._next_expire = float("-inf")
         self._segments = 0
         self._bytes = 0
@@ -302,8 +304,8 @@ class TcpReassembler:
             self._close(next(iter(self._lru)), ts, "evicted", out)
         sender = (seg.src, seg.sport)
         receiver = (seg.dst, seg.dport)
-        flow_id = self._next_flow_id
-        self._next_flow_id = flow_id + 1
+        flow_id = self.next_flow_id
+        self.next_flow_id = flow_id + 1
         if sender_is_client:
             flow = Flow(flow_id, sender, receiver, ts, syn_seen)
         else:

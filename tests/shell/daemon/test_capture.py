@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.pcapwriter import ethernet, ipv4, ipv4_fragments, ipv6, ipv6_fragments, tcp, udp, vxlan
+from tlsmirror.frames.flowhash import FlowHasher
 from tlsmirror.shell.daemon.capture import (
     BASE_FILTER,
-    FlowHasher,
     LiveSocket,
     bpf_matches,
     compile_bpf,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ...frames.flowhash import FlowHasher
 from ...keys.events import Secret
 from ..offline.pcapfile import CapturedFrame
-from .capture import FlowHasher
 from .messages import FrameBatch, SecretsAt, ToWorker
 
 FRAME_BATCH = 256  # frames per message to a worker (capture files), at most

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .calls import ApiCall, Connection
 from .http.events import Body, Exchange
+from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
 from .redact import Redactor, media_type
 
 AttrValue = str | bool | int | float | tuple[str, ...]
@@ -191,6 +192,35 @@ def _semconv_headers(out: list[tuple[str, AttrValue]], prefix: str, headers: Ite
         out.append((f"{prefix}.{key}", tuple(values)))
 
 
+def grpc_of(ex: Exchange) -> GrpcCall | None:
+    """The exchange as a gRPC call (counts and status only), or None."""
+    for name, value in ex.request_headers:
+        if name.lower() == "content-type":
+            if value.startswith("application/grpc"):
+                return grpc_info(ex, decode=0)
+            break
+    return None
+
+
+def _grpc_attrs(out: list[tuple[str, AttrValue]], info: GrpcCall | None, redactor: Redactor) -> None:
+    if info is None:
+        return
+    out.append(("rpc.system", "grpc"))
+    if info.service is not None:
+        out.append(("rpc.service", info.service))
+    if info.method is not None:
+        out.append(("rpc.method", info.method))
+    if info.status_code is not None:
+        out.append(("rpc.grpc.status_code", info.status_code))
+    if info.status_message:
+        out.append((f"{SENSOR_NAME}.rpc.grpc.status_message",
+                    redactor.header_value("grpc-message", info.status_message)))
+    out += [(f"{SENSOR_NAME}.rpc.request.messages", len(info.request.messages)),
+            (f"{SENSOR_NAME}.rpc.response.messages", len(info.response.messages))]
+    if info.flags:
+        out.append((f"{SENSOR_NAME}.rpc.flags", tuple(sorted(info.flags))))
+
+
 def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchange) -> None:
     out.append((f"{SENSOR_NAME}.connection.id", conn.id))
     if ex.stream_id is not None:
@@ -227,6 +257,7 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.server_name", conn.sni))
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
+    _grpc_attrs(out, grpc_of(ex), redactor)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -276,6 +307,7 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.client.server_name", conn.sni))
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
+    _grpc_attrs(out, grpc_of(ex), redactor)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -355,7 +387,15 @@ class SpanMapper:
             message = "exchange cut short: " + ", ".join(sorted(ex.flags & CUT_FLAGS))
         else:
             message = ""
-        return SpanRecord(_span_name(ex, self.profile, path), "server", start, end, trace_id, span_id,
+        name = _span_name(ex, self.profile, path)
+        rpc = grpc_of(ex)
+        if rpc is not None:
+            if rpc.service is not None and rpc.method is not None:
+                name = f"{rpc.service}/{rpc.method}"
+            if rpc.status_code is not None and rpc.status_code in SERVER_ERRORS:
+                error = error or rpc.status_name
+                message = message or f"gRPC {rpc.status_name}"
+        return SpanRecord(name, "server", start, end, trace_id, span_id,
                           parent_id, trace_state, flags & 0xFF, remote, error is not None, message, attrs)
 
 

@@ -18,6 +18,7 @@ import orjson
 from .calls import ApiCall, Connection
 from .http.bodies import is_text
 from .http.events import Body, Exchange, Headers
+from .http.graphql import graphql_info, maybe_graphql
 from .http.grpc import DECODED_MESSAGES, grpc_info
 
 BODY_MODES = ("auto", "base64", "none")
@@ -285,4 +286,8 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         info = grpc_info(ex)
         if info is not None:
             rec["grpc"] = info.to_dict(0 if body_mode == "none" else DECODED_MESSAGES)
+    elif maybe_graphql(ex):
+        gql = graphql_info(ex)
+        if gql is not None:
+            rec["graphql"] = gql.to_dict()
     return rec

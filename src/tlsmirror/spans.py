@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .calls import ApiCall, Connection
 from .http.events import Body, Exchange
+from .http.graphql import GraphqlCall, graphql_info, maybe_graphql
 from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
 from .redact import Redactor, media_type
 
@@ -221,6 +222,25 @@ def _grpc_attrs(out: list[tuple[str, AttrValue]], info: GrpcCall | None, redacto
         out.append((f"{SENSOR_NAME}.rpc.flags", tuple(sorted(info.flags))))
 
 
+def graphql_of(ex: Exchange) -> GraphqlCall | None:
+    return graphql_info(ex) if maybe_graphql(ex) else None
+
+
+def _graphql_attrs(out: list[tuple[str, AttrValue]], info: GraphqlCall | None) -> None:
+    if info is None:
+        return
+    if info.operation_type is not None:
+        out.append(("graphql.operation.type", info.operation_type))
+    if info.operation_name is not None:
+        out.append(("graphql.operation.name", info.operation_name))
+    if info.fields:
+        out.append((f"{SENSOR_NAME}.graphql.fields", tuple(info.fields)))
+    if info.errors:
+        out.append((f"{SENSOR_NAME}.graphql.errors", info.errors))
+    if info.flags:
+        out.append((f"{SENSOR_NAME}.graphql.flags", tuple(sorted(info.flags))))
+
+
 def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchange) -> None:
     out.append((f"{SENSOR_NAME}.connection.id", conn.id))
     if ex.stream_id is not None:
@@ -258,6 +278,7 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
+    _graphql_attrs(out, graphql_of(ex))
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -308,6 +329,7 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
+    _graphql_attrs(out, graphql_of(ex))
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -395,6 +417,13 @@ class SpanMapper:
             if rpc.status_code is not None and rpc.status_code in SERVER_ERRORS:
                 error = error or rpc.status_name
                 message = message or f"gRPC {rpc.status_name}"
+        else:
+            gql = graphql_of(ex)
+            if gql is not None:
+                name = gql.span_name
+                if gql.errors and not gql.has_data:
+                    error = error or "graphql"
+                    message = message or f"GraphQL errors: {gql.errors}"
         return SpanRecord(name, "server", start, end, trace_id, span_id,
                           parent_id, trace_state, flags & 0xFF, remote, error is not None, message, attrs)
 

@@ -16,10 +16,11 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .calls import ApiCall, Connection
-from .http.bodies import is_text
+from .http.bodies import is_event_stream, is_text
 from .http.events import Body, Exchange, Headers
 from .http.graphql import graphql_info, maybe_graphql
 from .http.grpc import DECODED_MESSAGES, grpc_info
+from .http.sse import sse_info
 
 BODY_MODES = ("auto", "base64", "none")
 RECORD_VERSION = 1
@@ -286,6 +287,10 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         info = grpc_info(ex)
         if info is not None:
             rec["grpc"] = info.to_dict(0 if body_mode == "none" else DECODED_MESSAGES)
+    elif resp_ct is not None and is_event_stream(resp_ct):
+        sse = sse_info(ex)
+        if sse is not None:
+            rec["sse"] = sse.to_dict(body_mode != "none")
     elif maybe_graphql(ex):
         gql = graphql_info(ex)
         if gql is not None:

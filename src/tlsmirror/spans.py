@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .calls import ApiCall, Connection
+from .http.bodies import is_event_stream
 from .http.events import Body, Exchange
 from .http.graphql import GraphqlCall, graphql_info, maybe_graphql
 from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
+from .http.sse import sse_info
 from .redact import Redactor, media_type
 
 AttrValue = str | bool | int | float | tuple[str, ...]
@@ -241,6 +243,18 @@ def _graphql_attrs(out: list[tuple[str, AttrValue]], info: GraphqlCall | None) -
         out.append((f"{SENSOR_NAME}.graphql.flags", tuple(sorted(info.flags))))
 
 
+def _sse_attrs(out: list[tuple[str, AttrValue]], ex: Exchange) -> None:
+    for name, value in ex.response_headers:
+        if name.lower() == "content-type":
+            if is_event_stream(value):
+                info = sse_info(ex)
+                if info is not None:
+                    out.append((f"{SENSOR_NAME}.sse.events", info.count))
+                    if info.last_id is not None:
+                        out.append((f"{SENSOR_NAME}.sse.last_id", info.last_id))
+            return
+
+
 def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchange) -> None:
     out.append((f"{SENSOR_NAME}.connection.id", conn.id))
     if ex.stream_id is not None:
@@ -279,6 +293,7 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
     _graphql_attrs(out, graphql_of(ex))
+    _sse_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -330,6 +345,7 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
     _graphql_attrs(out, graphql_of(ex))
+    _sse_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 

@@ -14,7 +14,7 @@ import re
 
 import httptools
 
-from .bodies import BodyCollector, is_text, parse_encodings
+from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
 
 MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
@@ -312,7 +312,7 @@ class H1Connection(EventQueue):
             elif st in (BODY_CL, CHUNK_DATA):
                 take = min(d.remaining, n - pos)
                 assert d.msg is not None and d.msg.body is not None
-                d.msg.body.write(buf[pos:pos + take])
+                d.msg.body.write(buf[pos:pos + take], ts)
                 pos += take
                 d.remaining -= take
                 if d.remaining == 0:
@@ -363,7 +363,7 @@ class H1Connection(EventQueue):
                     d.msg.trailers.append((_text(name), _text(value.strip(b" \t"))))
             elif st == BODY_EOF:
                 assert d.msg is not None and d.msg.body is not None
-                d.msg.body.write(buf[pos:] if pos else buf)
+                d.msg.body.write(buf[pos:] if pos else buf, ts)
                 pos = n
             elif st == WAIT:
                 if n - pos > MAX_WAIT:
@@ -525,8 +525,9 @@ class H1Connection(EventQueue):
         return "eof", 0
 
     def _start_body(self, d: _Dir, msg: _Msg, kind: str, length: int) -> None:
-        msg.body = BodyCollector(self.body_limit, parse_encodings(msg.header("content-encoding")),
-                                 is_text(msg.header("content-type")))
+        ct = msg.header("content-type")
+        msg.body = BodyCollector(self.body_limit, parse_encodings(msg.header("content-encoding")), is_text(ct),
+                                 stamps=is_event_stream(ct))
         if kind == "cl":
             d.state = BODY_CL
             d.remaining = length

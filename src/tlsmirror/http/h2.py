@@ -32,7 +32,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from .bodies import BodyCollector, is_text, parse_encodings
+from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .events import Body, EventQueue, Exchange, HttpError, HttpProblem
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -448,7 +448,7 @@ class H2Connection(EventQueue):
                     if s is not None:
                         body = s.half[i].body
                         if body is not None:
-                            body.write(buf[pos:pos + take])
+                            body.write(buf[pos:pos + take], ts)
                 else:
                     take = min(d.d_left, n - pos)  # padding
                     d.d_pad -= take
@@ -635,7 +635,7 @@ class H2Connection(EventQueue):
             elif k == "content-type" and ct is None:
                 ct = v
         if not ends_stream:
-            h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct))
+            h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct), stamps=is_event_stream(ct))
 
     def _new_stream(self, sid: int) -> _Stream | None:
         if sid in self._closed_set:

@@ -49,6 +49,52 @@ class Body:
 
 
 @dataclass(slots=True)
+class WebSocketMessage:
+    """One WebSocket message (data frames joined, masking removed, permessage-deflate undone) or control
+    frame. ``direction`` 0 = client to server; ``size`` the payload after decompression, ``wire_size``
+    the payload bytes of its frames; ``data`` at most the session's capture limit (``cut`` when shorter
+    than ``size``); ``ts`` the capture time of the packet that completed it."""
+
+    direction: int
+    opcode: int
+    size: int
+    wire_size: int
+    frames: int
+    compressed: bool
+    data: bytes
+    cut: bool
+    ts: float
+    error: str | None = None
+
+    def __reduce__(self) -> tuple[type[WebSocketMessage], tuple[Any, ...]]:
+        return WebSocketMessage, (self.direction, self.opcode, self.size, self.wire_size, self.frames,
+                                  self.compressed, self.data, self.cut, self.ts, self.error)
+
+
+@dataclass(slots=True)
+class WebSocketSession:
+    """What followed a WebSocket handshake on the connection (``Exchange.websocket``).
+
+    ``messages``: in arrival order, at most the session's message limit (``counts`` go on: messages
+    per direction); ``close_code``/``close_reason``/``closed_by`` from the first Close frame;
+    ``extensions`` and ``subprotocol`` as the server accepted them; ``flags`` what went wrong."""
+
+    messages: list[WebSocketMessage]
+    counts: list[int]
+    close_code: int | None
+    close_reason: str | None
+    closed_by: int | None
+    extensions: str | None
+    subprotocol: str | None
+    end_ts: float | None
+    flags: set[str]
+
+    def __reduce__(self) -> tuple[type[WebSocketSession], tuple[Any, ...]]:
+        return WebSocketSession, (self.messages, self.counts, self.close_code, self.close_reason,
+                                  self.closed_by, self.extensions, self.subprotocol, self.end_ts, self.flags)
+
+
+@dataclass(slots=True)
 class Exchange:
     """One request paired with its response (either side may be missing; see ``flags``)."""
 
@@ -71,6 +117,7 @@ class Exchange:
     response_end_ts: float | None
     stream_id: int | None
     flags: frozenset[str]
+    websocket: WebSocketSession | None  # the session after a WebSocket handshake (101), else None
 
     # written out: mypyc compiles it (a generated __init__ stays interpreted): 5x cheaper per event
     def __init__(self, http_version: str, method: str | None, scheme: str | None, authority: str | None,
@@ -78,7 +125,7 @@ class Exchange:
                  response_headers: Headers, request_trailers: Headers, response_trailers: Headers,
                  request_body: Body | None, response_body: Body | None, request_ts: float | None,
                  request_end_ts: float | None, response_ts: float | None, response_end_ts: float | None,
-                 stream_id: int | None, flags: frozenset[str]) -> None:
+                 stream_id: int | None, flags: frozenset[str], websocket: WebSocketSession | None = None) -> None:
         self.http_version = http_version
         self.method = method
         self.scheme = scheme
@@ -98,13 +145,15 @@ class Exchange:
         self.response_end_ts = response_end_ts
         self.stream_id = stream_id
         self.flags = flags
+        self.websocket = websocket
 
     # API calls travel pickled from workers to the daemon; a compiled class needs this
     def __reduce__(self) -> tuple[type[Exchange], tuple[Any, ...]]:
         return Exchange, (self.http_version, self.method, self.scheme, self.authority, self.path, self.status,
                          self.reason, self.request_headers, self.response_headers, self.request_trailers,
                          self.response_trailers, self.request_body, self.response_body, self.request_ts,
-                         self.request_end_ts, self.response_ts, self.response_end_ts, self.stream_id, self.flags)
+                         self.request_end_ts, self.response_ts, self.response_end_ts, self.stream_id, self.flags,
+                         self.websocket)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from .http.events import Body, Exchange, Headers
 from .http.graphql import graphql_info, maybe_graphql
 from .http.grpc import DECODED_MESSAGES, grpc_info
 from .http.sse import sse_info
+from .http.websocket import session_dict
 
 BODY_MODES = ("auto", "base64", "none")
 RECORD_VERSION = 1
@@ -282,6 +283,8 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         "flags": sorted(ex.flags) if ex.flags else [],
     }
     # API protocols above HTTP: keys present only for the calls they describe
+    if ex.websocket is not None:
+        rec["websocket"] = session_dict(ex.websocket, body_mode != "none")
     if (req_ct is not None and req_ct.startswith("application/grpc")) or \
             (resp_ct is not None and resp_ct.startswith("application/grpc")):
         info = grpc_info(ex)

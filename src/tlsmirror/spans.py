@@ -255,6 +255,20 @@ def _sse_attrs(out: list[tuple[str, AttrValue]], ex: Exchange) -> None:
             return
 
 
+def _websocket_attrs(out: list[tuple[str, AttrValue]], ex: Exchange) -> None:
+    ws = ex.websocket
+    if ws is None:
+        return
+    out += [(f"{SENSOR_NAME}.websocket.client.messages", ws.counts[0]),
+            (f"{SENSOR_NAME}.websocket.server.messages", ws.counts[1])]
+    if ws.close_code is not None:
+        out.append((f"{SENSOR_NAME}.websocket.close_code", ws.close_code))
+    if ws.subprotocol:
+        out.append((f"{SENSOR_NAME}.websocket.subprotocol", ws.subprotocol))
+    if ws.flags:
+        out.append((f"{SENSOR_NAME}.websocket.flags", tuple(sorted(ws.flags))))
+
+
 def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchange) -> None:
     out.append((f"{SENSOR_NAME}.connection.id", conn.id))
     if ex.stream_id is not None:
@@ -294,6 +308,7 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
     _grpc_attrs(out, grpc_of(ex), redactor)
     _graphql_attrs(out, graphql_of(ex))
     _sse_attrs(out, ex)
+    _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -346,6 +361,7 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
     _grpc_attrs(out, grpc_of(ex), redactor)
     _graphql_attrs(out, graphql_of(ex))
     _sse_attrs(out, ex)
+    _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -369,6 +385,8 @@ def _span_name(ex: Exchange, profile: str, target_path: str) -> str:
 def _times(ex: Exchange) -> tuple[int, int]:
     start = ex.request_ts if ex.request_ts is not None else ex.response_ts
     end = next((t for t in (ex.response_end_ts, ex.response_ts, ex.request_end_ts) if t is not None), start)
+    if ex.websocket is not None and ex.websocket.end_ts is not None:
+        end = ex.websocket.end_ts  # the span covers the session, not only its handshake
     if start is None:
         return 0, 0
     s, e = to_ns(start), to_ns(end if end is not None else start)

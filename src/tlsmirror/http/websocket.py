@@ -14,8 +14,11 @@ that direction with a flag (``ws_malformed``); a gap ends it with ``ws_gap``. No
 
 from __future__ import annotations
 
+import base64
 import zlib
+from typing import Any
 
+from .bodies import utf8_cut
 from .events import HttpError, WebSocketMessage, WebSocketSession
 
 OPCODES = {0: "continuation", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
@@ -363,3 +366,43 @@ class WebSocketParser:
     def _cut_message(self, i: int, d: _Dir, ts: float, why: str) -> None:
         if d.opcode:
             self._emit(i, d, ts, why)
+
+
+_SIDES = ("client", "server")
+
+
+def message_dict(m: WebSocketMessage, content: bool = True) -> dict[str, Any]:
+    """One message as the record shows it (docs/exchange-schema.md, ``websocket.list``)."""
+    out: dict[str, Any] = {"direction": _SIDES[m.direction], "opcode": OPCODES.get(m.opcode, str(m.opcode)),
+                           "size": m.size, "wire_size": m.wire_size, "frames": m.frames,
+                           "compressed": m.compressed, "ts": m.ts, "cut": m.cut}
+    if m.error:
+        out["error"] = m.error
+    if content:
+        data = m.data
+        text = None
+        if m.opcode == 1:
+            try:
+                text = (utf8_cut(data) if m.cut else data).decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        if text is not None:
+            out["text"] = text
+        else:
+            out["base64"] = base64.b64encode(data).decode("ascii")
+    return out
+
+
+def session_dict(s: WebSocketSession, content: bool = True) -> dict[str, Any]:
+    """The record's ``websocket`` object (docs/exchange-schema.md)."""
+    return {
+        "subprotocol": s.subprotocol,
+        "extensions": s.extensions,
+        "messages": {"client": s.counts[0], "server": s.counts[1]},
+        "close_code": s.close_code,
+        "close_reason": s.close_reason,
+        "closed_by": None if s.closed_by is None else _SIDES[s.closed_by],
+        "end_ts": s.end_ts,
+        "list": [message_dict(m, content) for m in s.messages],
+        "flags": sorted(s.flags),
+    }

@@ -16,8 +16,12 @@ from urllib.parse import parse_qsl
 import orjson
 
 from .calls import ApiCall, Connection
-from .http.bodies import is_text
+from .http.bodies import is_event_stream, is_text
 from .http.events import Body, Exchange, Headers
+from .http.graphql import graphql_info, maybe_graphql
+from .http.grpc import DECODED_MESSAGES, grpc_info
+from .http.sse import sse_info
+from .http.websocket import session_dict
 
 BODY_MODES = ("auto", "base64", "none")
 RECORD_VERSION = 1
@@ -236,7 +240,7 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
     req_ct = header_value(ex.request_headers, "content-type")
     resp_ct = header_value(ex.response_headers, "content-type")
     # One literal, in the documented key order (cheaper than item by item).
-    return {
+    rec: dict[str, Any] = {
         "v": RECORD_VERSION,
         "request_start": _iso(req_us),
         "request_start_ts": _epoch(req_us),
@@ -278,3 +282,20 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         },
         "flags": sorted(ex.flags) if ex.flags else [],
     }
+    # API protocols above HTTP: keys present only for the calls they describe
+    if ex.websocket is not None:
+        rec["websocket"] = session_dict(ex.websocket, body_mode != "none")
+    if (req_ct is not None and req_ct.startswith("application/grpc")) or \
+            (resp_ct is not None and resp_ct.startswith("application/grpc")):
+        info = grpc_info(ex)
+        if info is not None:
+            rec["grpc"] = info.to_dict(0 if body_mode == "none" else DECODED_MESSAGES)
+    elif resp_ct is not None and is_event_stream(resp_ct):
+        sse = sse_info(ex)
+        if sse is not None:
+            rec["sse"] = sse.to_dict(body_mode != "none")
+    elif maybe_graphql(ex):
+        gql = graphql_info(ex)
+        if gql is not None:
+            rec["graphql"] = gql.to_dict()
+    return rec

@@ -17,7 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .calls import ApiCall, Connection
+from .http.bodies import is_event_stream
 from .http.events import Body, Exchange
+from .http.graphql import GraphqlCall, graphql_info, maybe_graphql
+from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
+from .http.sse import sse_info
 from .redact import Redactor, media_type
 
 AttrValue = str | bool | int | float | tuple[str, ...]
@@ -191,6 +195,80 @@ def _semconv_headers(out: list[tuple[str, AttrValue]], prefix: str, headers: Ite
         out.append((f"{prefix}.{key}", tuple(values)))
 
 
+def grpc_of(ex: Exchange) -> GrpcCall | None:
+    """The exchange as a gRPC call (counts and status only), or None."""
+    for name, value in ex.request_headers:
+        if name.lower() == "content-type":
+            if value.startswith("application/grpc"):
+                return grpc_info(ex, decode=0)
+            break
+    return None
+
+
+def _grpc_attrs(out: list[tuple[str, AttrValue]], info: GrpcCall | None, redactor: Redactor) -> None:
+    if info is None:
+        return
+    out.append(("rpc.system", "grpc"))
+    if info.service is not None:
+        out.append(("rpc.service", info.service))
+    if info.method is not None:
+        out.append(("rpc.method", info.method))
+    if info.status_code is not None:
+        out.append(("rpc.grpc.status_code", info.status_code))
+    if info.status_message:
+        out.append((f"{SENSOR_NAME}.rpc.grpc.status_message",
+                    redactor.header_value("grpc-message", info.status_message)))
+    out += [(f"{SENSOR_NAME}.rpc.request.messages", len(info.request.messages)),
+            (f"{SENSOR_NAME}.rpc.response.messages", len(info.response.messages))]
+    if info.flags:
+        out.append((f"{SENSOR_NAME}.rpc.flags", tuple(sorted(info.flags))))
+
+
+def graphql_of(ex: Exchange) -> GraphqlCall | None:
+    return graphql_info(ex) if maybe_graphql(ex) else None
+
+
+def _graphql_attrs(out: list[tuple[str, AttrValue]], info: GraphqlCall | None) -> None:
+    if info is None:
+        return
+    if info.operation_type is not None:
+        out.append(("graphql.operation.type", info.operation_type))
+    if info.operation_name is not None:
+        out.append(("graphql.operation.name", info.operation_name))
+    if info.fields:
+        out.append((f"{SENSOR_NAME}.graphql.fields", tuple(info.fields)))
+    if info.errors:
+        out.append((f"{SENSOR_NAME}.graphql.errors", info.errors))
+    if info.flags:
+        out.append((f"{SENSOR_NAME}.graphql.flags", tuple(sorted(info.flags))))
+
+
+def _sse_attrs(out: list[tuple[str, AttrValue]], ex: Exchange) -> None:
+    for name, value in ex.response_headers:
+        if name.lower() == "content-type":
+            if is_event_stream(value):
+                info = sse_info(ex)
+                if info is not None:
+                    out.append((f"{SENSOR_NAME}.sse.events", info.count))
+                    if info.last_id is not None:
+                        out.append((f"{SENSOR_NAME}.sse.last_id", info.last_id))
+            return
+
+
+def _websocket_attrs(out: list[tuple[str, AttrValue]], ex: Exchange) -> None:
+    ws = ex.websocket
+    if ws is None:
+        return
+    out += [(f"{SENSOR_NAME}.websocket.client.messages", ws.counts[0]),
+            (f"{SENSOR_NAME}.websocket.server.messages", ws.counts[1])]
+    if ws.close_code is not None:
+        out.append((f"{SENSOR_NAME}.websocket.close_code", ws.close_code))
+    if ws.subprotocol:
+        out.append((f"{SENSOR_NAME}.websocket.subprotocol", ws.subprotocol))
+    if ws.flags:
+        out.append((f"{SENSOR_NAME}.websocket.flags", tuple(sorted(ws.flags))))
+
+
 def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchange) -> None:
     out.append((f"{SENSOR_NAME}.connection.id", conn.id))
     if ex.stream_id is not None:
@@ -227,6 +305,10 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.server_name", conn.sni))
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
+    _grpc_attrs(out, grpc_of(ex), redactor)
+    _graphql_attrs(out, graphql_of(ex))
+    _sse_attrs(out, ex)
+    _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -276,6 +358,10 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
             out.append(("tls.client.server_name", conn.sni))
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
+    _grpc_attrs(out, grpc_of(ex), redactor)
+    _graphql_attrs(out, graphql_of(ex))
+    _sse_attrs(out, ex)
+    _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
@@ -299,6 +385,8 @@ def _span_name(ex: Exchange, profile: str, target_path: str) -> str:
 def _times(ex: Exchange) -> tuple[int, int]:
     start = ex.request_ts if ex.request_ts is not None else ex.response_ts
     end = next((t for t in (ex.response_end_ts, ex.response_ts, ex.request_end_ts) if t is not None), start)
+    if ex.websocket is not None and ex.websocket.end_ts is not None:
+        end = ex.websocket.end_ts  # the span covers the session, not only its handshake
     if start is None:
         return 0, 0
     s, e = to_ns(start), to_ns(end if end is not None else start)
@@ -355,7 +443,22 @@ class SpanMapper:
             message = "exchange cut short: " + ", ".join(sorted(ex.flags & CUT_FLAGS))
         else:
             message = ""
-        return SpanRecord(_span_name(ex, self.profile, path), "server", start, end, trace_id, span_id,
+        name = _span_name(ex, self.profile, path)
+        rpc = grpc_of(ex)
+        if rpc is not None:
+            if rpc.service is not None and rpc.method is not None:
+                name = f"{rpc.service}/{rpc.method}"
+            if rpc.status_code is not None and rpc.status_code in SERVER_ERRORS:
+                error = error or rpc.status_name
+                message = message or f"gRPC {rpc.status_name}"
+        else:
+            gql = graphql_of(ex)
+            if gql is not None:
+                name = gql.span_name
+                if gql.errors and not gql.has_data:
+                    error = error or "graphql"
+                    message = message or f"GraphQL errors: {gql.errors}"
+        return SpanRecord(name, "server", start, end, trace_id, span_id,
                           parent_id, trace_state, flags & 0xFF, remote, error is not None, message, attrs)
 
 

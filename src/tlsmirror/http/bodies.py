@@ -184,6 +184,11 @@ def parse_encodings(value: str | None) -> list[str]:
     return [c for c in (p.strip().lower() for p in value.split(",")) if c and c != "identity"]
 
 
+def is_event_stream(content_type: str | None) -> bool:
+    """Whether a content type is ``text/event-stream`` (server-sent events)."""
+    return content_type is not None and content_type[:17].lower() == "text/event-stream"
+
+
 def is_text(content_type: str | None) -> bool:
     if not content_type:
         return False
@@ -209,15 +214,20 @@ def utf8_cut(data: bytes) -> bytes:
     return data
 
 
+MAX_STAMPS = 4096  # chunk times kept per streamed body
+
+
 class BodyCollector:
     """Collects one body: ``write`` wire bytes (de-chunked), ``gap`` lost bytes, then ``finish``."""
 
     __slots__ = ("_ceiling", "_decoders", "_done_decoding", "_error", "_limit", "_outs", "_parts",
-                 "_raw", "_raw_len", "_size", "_text", "_wire", "gapped")
+                 "_raw", "_raw_len", "_size", "_stamps", "_text", "_wire", "gapped")
 
     def __init__(self, limit: int, encodings: list[str] | None = None, text: bool = False,
-                 ceiling: int = DEFAULT_CEILING) -> None:
+                 ceiling: int = DEFAULT_CEILING, stamps: bool = False) -> None:
         self._limit = limit
+        # streamed bodies: (captured offset, ts) after each chunk, for per-event times
+        self._stamps: list[tuple[int, float]] | None = [] if stamps else None
         self._ceiling = ceiling
         self._text = text
         self._wire = 0
@@ -256,24 +266,34 @@ class BodyCollector:
         else:
             self._decoders[i].feed(data, self._outs[i])
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, ts: float = 0.0) -> None:
+        """``data``: the next wire bytes; ``ts``: the capture time of the packet that brought them
+        (used only for a streamed body)."""
         if not data:
             return
         self._wire += len(data)
         if self.gapped:
             return  # never capture past a hole
         self._capture_raw(data)
-        if not self._decoders:
-            return
-        if self._done_decoding:
-            return
-        try:
-            self._push(0, data)
-        except _Stop:
-            self._done_decoding = True
-            self._error = f"decoded size exceeds ceiling of {self._ceiling} bytes"
-        except ValueError as exc:
-            self._fail(str(exc))
+        if self._decoders and not self._done_decoding:
+            try:
+                self._push(0, data)
+            except _Stop:
+                self._done_decoding = True
+                self._error = f"decoded size exceeds ceiling of {self._ceiling} bytes"
+            except ValueError as exc:
+                self._fail(str(exc))
+        if self._stamps is not None:
+            self._stamp(ts)
+
+    def _stamp(self, ts: float) -> None:
+        stamps = self._stamps
+        assert stamps is not None
+        end = min(self._size if self._decoders else self._raw_len, self._limit)
+        if stamps and stamps[-1][0] == end:
+            return  # nothing new captured
+        if len(stamps) < MAX_STAMPS:
+            stamps.append((end, ts))
 
     def _capture_raw(self, data: bytes) -> None:
         room = self._limit - self._raw_len
@@ -318,4 +338,5 @@ class BodyCollector:
         truncated = len(data) < size or self.gapped
         if truncated and self._text:
             data = utf8_cut(data)
-        return Body(data, self._wire, size, truncated, self._error)
+        stamps = tuple(self._stamps) if self._stamps is not None else None
+        return Body(data, self._wire, size, truncated, self._error, stamps)

@@ -14,16 +14,17 @@ import re
 
 import httptools
 
-from .bodies import BodyCollector, is_text, parse_encodings
+from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
+from .websocket import WebSocketParser
 
 MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
 MAX_LINE = 4096  # one chunk-size line
 MAX_WAIT = 1024 * 1024  # client bytes held while waiting to learn whether an upgrade happened
 
 # per-direction parsing states
-HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE, SEEK = range(10)
+HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF, WAIT, DONE, SEEK, WS = range(11)
 
 # After a gap that broke message framing, parsing starts again at the next line that opens a message.
 _REQUEST_START = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND|REPORT|MKCOL|COPY|MOVE"
@@ -34,7 +35,13 @@ SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two c
 _CRLF = b"\r\n"
 # The fields this stage reads (framing, body decoding, the authority): only these are indexed.
 _INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
-                      "upgrade"))
+                      "upgrade", "sec-websocket-extensions", "sec-websocket-protocol"))
+
+
+def _is_websocket(req: _Msg, resp: _Msg) -> bool:
+    """A 101 answering ``Upgrade: websocket`` (RFC 6455 handshake)."""
+    up = req.header("upgrade")
+    return up is not None and "websocket" in up.lower()
 
 
 def _head_end(buf: bytes, start: int) -> int:
@@ -177,6 +184,10 @@ class H1Connection(EventQueue):
         self.resyncs = 0  # times parsing started again after a gap
         self._server_lost = False  # a server-side gap swallowed responses
         self.heads = 0  # message heads parsed (either direction)
+        # after a WebSocket handshake: the frame parser of both directions, and the handshake's exchange,
+        # reported with the session when it ends
+        self._ws: WebSocketParser | None = None
+        self._ws_exchange: Exchange | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -204,6 +215,8 @@ class H1Connection(EventQueue):
         return self._take()
 
     def close(self, ts: float) -> list[Exchange | HttpProblem]:
+        if self._ws is not None:
+            self._ws_end(ts)
         if not self.stopped:
             for i in (0, 1):
                 d = self._dirs[i]
@@ -227,6 +240,8 @@ class H1Connection(EventQueue):
         """End HTTP parsing of this connection: report why, flush what is in flight."""
         if not self.heads and "llhttp:" in reason:
             reason = "not HTTP: " + reason  # the very first message is not HTTP/1.x at all
+        if self._ws is not None:
+            self._ws_end(ts)
         self.problems.append(reason)
         self._out.append(HttpProblem(ts, reason))
         for i in (0, 1):
@@ -255,6 +270,13 @@ class H1Connection(EventQueue):
         msg = d.msg
         st = d.state
         if st == DONE:
+            return
+        if st == WS:
+            ws = self._ws
+            if ws is not None:
+                ws.gap(i, size, ts)
+                if ws.closed:
+                    self._ws_end(ts)
             return
         if msg is not None and msg.body is not None and st in (BODY_CL, CHUNK_DATA, BODY_EOF):
             if st == BODY_EOF or size <= d.remaining:
@@ -313,7 +335,7 @@ class H1Connection(EventQueue):
             elif st in (BODY_CL, CHUNK_DATA):
                 take = min(d.remaining, n - pos)
                 assert d.msg is not None and d.msg.body is not None
-                d.msg.body.write(buf[pos:pos + take])
+                d.msg.body.write(buf[pos:pos + take], ts)
                 pos += take
                 d.remaining -= take
                 if d.remaining == 0:
@@ -364,8 +386,16 @@ class H1Connection(EventQueue):
                     d.msg.trailers.append((_text(name), _text(value.strip(b" \t"))))
             elif st == BODY_EOF:
                 assert d.msg is not None and d.msg.body is not None
-                d.msg.body.write(buf[pos:] if pos else buf)
+                d.msg.body.write(buf[pos:] if pos else buf, ts)
                 pos = n
+            elif st == WS:
+                ws = self._ws
+                if ws is not None:
+                    ws.feed(i, buf[pos:] if pos else buf, ts)
+                    if ws.closed:
+                        self._ws_end(ts)
+                pos = n
+                break
             elif st == WAIT:
                 if n - pos > MAX_WAIT:
                     raise HttpError("too much data while waiting for the upgrade response")
@@ -526,8 +556,9 @@ class H1Connection(EventQueue):
         return "eof", 0
 
     def _start_body(self, d: _Dir, msg: _Msg, kind: str, length: int) -> None:
-        msg.body = BodyCollector(self.body_limit, parse_encodings(msg.header("content-encoding")),
-                                 is_text(msg.header("content-type")))
+        ct = msg.header("content-type")
+        msg.body = BodyCollector(self.body_limit, parse_encodings(msg.header("content-encoding")), is_text(ct),
+                                 stamps=is_event_stream(ct))
         if kind == "cl":
             d.state = BODY_CL
             d.remaining = length
@@ -582,6 +613,13 @@ class H1Connection(EventQueue):
         if status == 101:
             p.flags.add("upgrade")
             self._complete(1, d, ts)
+            req = p.req
+            out = self._out
+            last = out[-1] if out else None
+            if req is not None and type(last) is Exchange and _is_websocket(req, msg):
+                out.pop()
+                self._ws_begin(last, msg, ts)
+                return
             self._switch()
             return
         if method == "CONNECT" and 200 <= status < 300:
@@ -604,6 +642,33 @@ class H1Connection(EventQueue):
             c.state = HEAD
             if c.buf:
                 self._run(0, ts)
+
+    def _ws_begin(self, handshake: Exchange, resp: _Msg, ts: float) -> None:
+        """The WebSocket handshake is done: frames follow in both directions (client bytes held while
+        the upgrade was pending go first)."""
+        ws = WebSocketParser(resp.header("sec-websocket-extensions"), resp.header("sec-websocket-protocol"),
+                             capture=self.body_limit)
+        self._ws = ws
+        self._ws_exchange = handshake
+        for d in self._dirs:
+            d.state = WS
+        c = self._dirs[0]
+        held = c.buf
+        c.buf = b""
+        if held:
+            ws.feed(0, held, ts)
+        if ws.closed:
+            self._ws_end(ts)
+
+    def _ws_end(self, ts: float) -> None:
+        ws = self._ws
+        ex = self._ws_exchange
+        self._ws = None
+        self._ws_exchange = None
+        if ws is not None and ex is not None:
+            ex.websocket = ws.finish(ts)
+            self._out.append(ex)
+        self._switch()
 
     def _switch(self) -> None:
         """The connection left HTTP (101 Switching Protocols, CONNECT tunnel): stop, no error."""

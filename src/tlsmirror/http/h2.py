@@ -32,7 +32,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from .bodies import BodyCollector, is_text, parse_encodings
+from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
 
@@ -449,7 +449,7 @@ class H2Connection(EventQueue):
                     if s is not None:
                         body = s.half[i].body
                         if body is not None:
-                            body.write(buf[pos:pos + take])
+                            body.write(buf[pos:pos + take], ts)
                 else:
                     take = min(d.d_left, n - pos)  # padding
                     d.d_pad -= take
@@ -636,7 +636,7 @@ class H2Connection(EventQueue):
             elif k == "content-type" and ct is None:
                 ct = v
         if not ends_stream:
-            h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct))
+            h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct), stamps=is_event_stream(ct))
 
     def _new_stream(self, sid: int) -> _Stream | None:
         if sid in self._closed_set:

@@ -9,7 +9,9 @@ paths it has seen, so the arrival order never changes them. Two steps:
    ``{param}``: at a node with more than ``max_siblings`` distinct static children, children whose
    subtrees have the same shape are merged when the group is larger than ``max_siblings``; if more than
    ``max_siblings`` remain, all are merged. Then, while the service has more than ``max_routes``
-   routes, the node with the most static children has all of them merged.
+   routes, the node with the most children has all of them (typed ones too) merged into one parameter;
+   a fully merged service has at most one route per depth, so the cap holds for any ``max_routes`` of
+   at least ``MAX_SEGMENTS + 1``.
 
 Parameter names come from the parent segment (``/users/{user_id}``, ``/repos/{repo}``) or the type
 (``{id}``, ``{uuid}``, ``{date}``, ...); OpenAPI ``paths`` can seed a service with named templates
@@ -155,8 +157,8 @@ def _build(paths: Iterable[tuple[str, ...]], max_siblings: int, forced: frozense
             by_first.setdefault(p[0], []).append(p[1:])
     statics = sorted(k for k in by_first if not k.startswith(_T))
     merge: set[str] = set()
-    if prefix in forced:
-        merge = set(statics)
+    if prefix in forced:  # over the route cap: every child (typed ones too) becomes one parameter
+        merge = {k for k in by_first if k != WILD}
     elif len(statics) > max_siblings:
         groups: dict[frozenset[tuple[str, ...]], list[str]] = {}
         for k in statics:
@@ -183,7 +185,7 @@ def _routes_of(node: _Node, out: list[tuple[str, ...]], prefix: tuple[str, ...] 
 
 
 def _static_counts(node: _Node, out: list[tuple[int, tuple[str, ...]]], prefix: tuple[str, ...] = ()) -> None:
-    n = sum(1 for k in node.children if not k.startswith(_T))
+    n = len(node.children)
     if n > 1:
         out.append((n, prefix))
     for k in sorted(node.children):

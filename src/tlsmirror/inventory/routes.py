@@ -168,6 +168,9 @@ def _build(paths: Iterable[tuple[str, ...]], max_siblings: int, forced: frozense
                 merge.update(members)
         if len(statics) - len(merge) > max_siblings:
             merge = set(statics)
+    if WILD in by_first:  # a compacted parameter: statics shaped like it join it
+        wild_shapes = {_shape(s) for s in by_first[WILD]}
+        merge.update(k for k in statics if {_shape(s) for s in by_first[k]} <= wild_shapes)
     if merge:
         wild = by_first.setdefault(WILD, [])
         for k in sorted(merge):

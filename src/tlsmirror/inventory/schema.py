@@ -99,6 +99,27 @@ class Shape:
             for sub in v[:MAX_FIELDS]:
                 self.items.observe(sub, depth + 1)
 
+    def merge(self, other: Shape) -> None:
+        """Add what ``other`` saw (same caps)."""
+        self.count += other.count
+        for k, n in other.types.items():
+            self.types[k] = self.types.get(k, 0) + n
+        for k, n in other.formats.items():
+            self.formats[k] = self.formats.get(k, 0) + n
+        for k, p in other.properties.items():
+            mine = self.properties.get(k)
+            if mine is None:
+                if len(self.properties) >= MAX_FIELDS:
+                    self.dropped += 1
+                    continue
+                mine = self.properties[k] = Shape()
+            mine.merge(p)
+        if other.items is not None:
+            if self.items is None:
+                self.items = Shape()
+            self.items.merge(other.items)
+        self.dropped += other.dropped
+
     def to_schema(self) -> dict[str, Any]:
         """A JSON Schema (2020-12, as OpenAPI 3.1 uses) for the values seen."""
         types = [t for t in TYPE_ORDER if self.types.get(t)]
@@ -201,6 +222,19 @@ class ParamSet:
             f = string_format(value)
             if f:
                 p["f:" + f] = p.get("f:" + f, 0) + 1
+
+    def merge(self, other: ParamSet) -> None:
+        self.requests += other.requests
+        for name, q in other.params.items():
+            p = self.params.get(name)
+            if p is None:
+                if len(self.params) >= MAX_PARAMS:
+                    self.dropped += 1
+                    continue
+                p = self.params[name] = {}
+            for k, n in q.items():
+                p[k] = p.get(k, 0) + n
+        self.dropped += other.dropped
 
     def to_schema(self, name: str) -> dict[str, Any]:
         p = self.params[name]

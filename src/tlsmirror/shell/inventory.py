@@ -56,7 +56,7 @@ def _load_json(path: str) -> Any:
         import yaml
 
         return yaml.safe_load(data)
-    except Exception:  # noqa: BLE001 - any parse error is an input error
+    except Exception:
         raise InputError(f"{path}: neither JSON nor YAML") from None
 
 

@@ -143,7 +143,7 @@ def _json_body(side: Mapping[str, Any]) -> tuple[Any, str | None, bool]:
 
 def _pairs(v: Any) -> list[tuple[str, str]]:
     out = []
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         for p in v:
             if isinstance(p, (list, tuple)) and len(p) >= 2 and isinstance(p[0], str) and isinstance(p[1], str):
                 out.append((p[0], p[1]))

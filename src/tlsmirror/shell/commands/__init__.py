@@ -21,7 +21,7 @@ from ..errors import ShellError
 EXIT_OK = 0
 EXIT_INPUT = 1
 
-COMMANDS = ("decrypt", "replay", "run", "keys", "f5", "config", "status", "doctor")
+COMMANDS = ("decrypt", "replay", "inventory", "run", "keys", "f5", "config", "status", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

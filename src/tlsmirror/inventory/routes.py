@@ -1,0 +1,437 @@
+"""Route templating: raw request paths in, bounded route templates (``/users/{user_id}/orders``) out.
+
+Pure and deterministic: the routes of a service are a function of the *set* of distinct (typed)
+paths it has seen, so the arrival order never changes them. Two steps:
+
+1. Segment typing (:func:`segment_type`): integers, UUIDs, hex ids, dates, emails and base64-ish
+   tokens become typed parameters at once; version segments (``v1``, ``v2.1``) and words stay static.
+2. Per service (host), per tree level, high-cardinality static siblings are merged into one
+   ``{param}``: at a node with more than ``max_siblings`` distinct static children, children whose
+   subtrees have the same shape are merged when the group is larger than ``max_siblings``; if more than
+   ``max_siblings`` remain, all are merged. Then, while the service has more than ``max_routes``
+   routes, the node with the most children has all of them (typed ones too) merged into one parameter;
+   a fully merged service has at most one route per depth, so the cap holds for any ``max_routes`` of
+   at least ``MAX_SEGMENTS + 1``.
+
+Parameter names come from the parent segment (``/users/{user_id}``, ``/repos/{repo}``) or the type
+(``{id}``, ``{uuid}``, ``{date}``, ...); OpenAPI ``paths`` can seed a service with named templates
+(``/{owner}/{repo}/hooks``) that take precedence over inferred ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+# typed tokens inside the stored path sets: "\x00" + type (never a valid literal segment of a path)
+_T = "\x00"
+WILD = _T + "any"  # a merged (formerly static) segment
+TYPES = ("integer", "uuid", "hex", "date", "email", "token")
+
+_INT = re.compile(r"\d+\Z")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_HEX = re.compile(r"[0-9a-fA-F]{8,}\Z")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?\Z")
+_EMAIL = re.compile(r"[^@/\s]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
+_VERSION = re.compile(r"[vV]\d+(?:\.\d+)*\Z")
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+=.~%]+\Z")
+_WORD = re.compile(r"[A-Za-z][A-Za-z_-]*\Z")
+_PARAM = re.compile(r"\{([^{}/]*)\}\Z")
+
+MAX_SEGMENTS = 32  # deeper paths are cut: the rest becomes one {rest} segment
+MAX_SEGMENT_LEN = 200
+
+
+def segment_type(seg: str) -> str | None:
+    """The type of a path segment (one of :data:`TYPES`), or None when it is static."""
+    if not seg:
+        return None
+    if _INT.match(seg):
+        return "integer"
+    if _VERSION.match(seg):
+        return None
+    if len(seg) == 36 and _UUID.match(seg):
+        return "uuid"
+    if _DATE.match(seg):
+        return "date"
+    if _HEX.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
+        return "hex"
+    if ("@" in seg or "%40" in seg) and _EMAIL.match(seg):
+        return "email"
+    if len(seg) > MAX_SEGMENT_LEN:
+        return "token"
+    if len(seg) >= 16 and _TOKEN_CHARS.match(seg):
+        classes = [0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3 for c in seg]
+        switches = sum(1 for a, b in pairwise(classes) if a != b and a != 3 and b != 3)
+        if 0 in classes and (1 in classes or 2 in classes) and switches * 4 >= len(seg):
+            return "token"
+    return None
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """The segments of a path (query cut, empty segments dropped, at most MAX_SEGMENTS)."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:  # absolute-form target
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    segs = tuple(s for s in path.split("/") if s)
+    if len(segs) > MAX_SEGMENTS:
+        segs = (*segs[:MAX_SEGMENTS - 1], _T + "token")
+    return segs
+
+
+def typed(segs: Iterable[str]) -> tuple[str, ...]:
+    """Segments with the typed ones replaced by their type tokens."""
+    out = []
+    for s in segs:
+        if s.startswith(_T):
+            out.append(s)
+            continue
+        t = segment_type(s)
+        out.append(_T + t if t else s)
+    return tuple(out)
+
+
+def singular(word: str) -> str:
+    w = word.lower().replace("-", "_")
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("sses", "xes", "ches", "shes")):
+        return w[:-2]
+    if w.endswith("s") and not w.endswith(("ss", "us", "is")) and len(w) > 3:
+        return w[:-1]
+    return w
+
+
+_TYPE_NAMES = {"integer": "id", "uuid": "uuid", "hex": "id", "date": "date", "email": "email",
+               "token": "token", "any": "param"}
+_CHILD_ORDER = {t: i for i, t in enumerate(("integer", "uuid", "hex", "any", "date", "email", "token"))}
+
+
+@dataclass(slots=True)
+class RouteConfig:
+    max_routes: int = 200  # per service
+    max_siblings: int = 20  # distinct static children of one node before they are merged
+    max_paths: int = 5000  # distinct typed paths kept per service (then they are compacted)
+    max_services: int = 1000
+
+    def to_dict(self) -> dict[str, int]:
+        return {"max_routes": self.max_routes, "max_siblings": self.max_siblings,
+                "max_paths": self.max_paths, "max_services": self.max_services}
+
+
+@dataclass(slots=True)
+class Route:
+    """One route template: ``template`` (``/users/{user_id}``) and the type of each parameter."""
+
+    template: str
+    params: tuple[tuple[str, str], ...]  # (name, type) in path order; type "any" for merged statics
+    seeded: bool = False
+
+
+class _Node:
+    __slots__ = ("children", "route", "terminal")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.terminal = False
+        self.route: Route | None = None
+
+
+def _shape(suffix: tuple[str, ...]) -> tuple[str, ...]:
+    """A subtree suffix with its static segments blurred except the last: the shape siblings share."""
+    n = len(suffix)
+    return tuple(s if (s.startswith(_T) or i == n - 1) else "*" for i, s in enumerate(suffix))
+
+
+def _build(paths: Iterable[tuple[str, ...]], max_siblings: int, forced: frozenset[tuple[str, ...]],
+           prefix: tuple[str, ...] = ()) -> _Node:
+    node = _Node()
+    by_first: dict[str, list[tuple[str, ...]]] = {}
+    for p in paths:
+        if not p:
+            node.terminal = True
+        else:
+            by_first.setdefault(p[0], []).append(p[1:])
+    statics = sorted(k for k in by_first if not k.startswith(_T))
+    merge: set[str] = set()
+    if prefix in forced:  # over the route cap: every child (typed ones too) becomes one parameter
+        merge = {k for k in by_first if k != WILD}
+    elif len(statics) > max_siblings:
+        groups: dict[frozenset[tuple[str, ...]], list[str]] = {}
+        for k in statics:
+            groups.setdefault(frozenset(_shape(s) for s in by_first[k]), []).append(k)
+        for members in groups.values():
+            if len(members) > max_siblings:
+                merge.update(members)
+        if len(statics) - len(merge) > max_siblings:
+            merge = set(statics)
+    if WILD in by_first:  # a compacted parameter: statics shaped like it join it
+        wild_shapes = {_shape(s) for s in by_first[WILD]}
+        merge.update(k for k in statics if {_shape(s) for s in by_first[k]} <= wild_shapes)
+    if merge:
+        wild = by_first.setdefault(WILD, [])
+        for k in sorted(merge):
+            wild.extend(by_first.pop(k))
+    for k in sorted(by_first):
+        node.children[k] = _build(by_first[k], max_siblings, forced, (*prefix, k))
+    return node
+
+
+def _routes_of(node: _Node, out: list[tuple[str, ...]], prefix: tuple[str, ...] = ()) -> None:
+    if node.terminal:
+        out.append(prefix)
+    for k in sorted(node.children):
+        _routes_of(node.children[k], out, (*prefix, k))
+
+
+def _static_counts(node: _Node, out: list[tuple[int, tuple[str, ...]]], prefix: tuple[str, ...] = ()) -> None:
+    n = len(node.children)
+    if n > 1:
+        out.append((n, prefix))
+    for k in sorted(node.children):
+        _static_counts(node.children[k], out, (*prefix, k))
+
+
+def _name(parent: str | None, kind: str, first_param: bool, used: set[str]) -> str:
+    if parent is not None and _WORD.match(parent) and first_param and kind in ("integer", "uuid", "hex", "any"):
+        base = singular(parent) + ("" if kind == "any" else "_id")
+    else:
+        base = _TYPE_NAMES.get(kind, "param")
+    name, i = base, 2
+    while name in used:
+        name = f"{base}{i}"
+        i += 1
+    used.add(name)
+    return name
+
+
+def _name_tree(node: _Node, prefix: list[str], params: list[tuple[str, str]], parent: str | None) -> None:
+    if node.terminal:
+        node.route = Route("/" + "/".join(prefix), tuple(params))
+    kinds = sorted((k for k in node.children if k.startswith(_T)), key=lambda k: _CHILD_ORDER.get(k[1:], 99))
+    for k in sorted(k for k in node.children if not k.startswith(_T)):
+        _name_tree(node.children[k], [*prefix, k], params, k)
+    for i, k in enumerate(kinds):
+        used = {n for n, _ in params}
+        name = _name(parent, k[1:], i == 0, used)
+        _name_tree(node.children[k], [*prefix, "{" + name + "}"], [*params, (name, k[1:])], None)
+
+
+def _lookup(node: _Node, segs: tuple[str, ...], raw: tuple[str, ...]) -> Route | None:
+    for i, s in enumerate(segs):
+        child = node.children.get(raw[i]) if not raw[i].startswith(_T) else None
+        if child is None:
+            child = node.children.get(s) if s.startswith(_T) else None
+        if child is None:
+            child = node.children.get(WILD)
+        if child is None:
+            return None
+        node = child
+    return node.route if node.terminal else None
+
+
+def _seed_match(template: tuple[str, ...], raw: tuple[str, ...]) -> int:
+    """-1 when a seeded template does not match; else its number of literal segments (more is better)."""
+    if len(template) != len(raw):
+        return -1
+    score = 0
+    for t, s in zip(template, raw, strict=True):
+        if _PARAM.match(t):
+            continue
+        if t != s:
+            return -1
+        score += 1
+    return score
+
+
+class _Service:
+    __slots__ = ("dirty", "paths", "root", "routes")
+
+    def __init__(self) -> None:
+        self.paths: set[tuple[str, ...]] = set()
+        self.dirty = True
+        self.root: _Node | None = None
+        self.routes: list[Route] = []
+
+
+@dataclass(slots=True)
+class RouteTable:
+    """Routes per service. :meth:`observe` paths, then :meth:`route` them (or the other way round:
+    :meth:`route` rebuilds lazily when paths were added since)."""
+
+    config: RouteConfig = field(default_factory=RouteConfig)
+    services: dict[str, _Service] = field(default_factory=dict)
+    seeds: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)  # host ("*" = every host)
+    overflow: int = 0  # paths of services past max_services (templated by type only)
+
+    def observe(self, host: str | None, path: str) -> None:
+        host = (host or "").lower()
+        svc = self.services.get(host)
+        if svc is None:
+            if len(self.services) >= self.config.max_services:
+                self.overflow += 1
+                return
+            svc = self.services[host] = _Service()
+        p = typed(split_path(path))
+        if self._seeded(host, split_path(path)) is not None or p in svc.paths:
+            return
+        svc.paths.add(p)
+        svc.dirty = True
+        if len(svc.paths) > self.config.max_paths:
+            self._compact(svc)
+
+    def _compact(self, svc: _Service) -> None:
+        """Replace a service's paths by its current route templates (bounded memory; from here on the
+        routes may depend on the order of arrival)."""
+        self._rebuild(svc)
+        new: set[tuple[str, ...]] = set()
+        for r in svc.routes:
+            segs = r.template.strip("/").split("/") if r.template != "/" else []
+            kinds = iter(t for _, t in r.params)
+            new.add(tuple(_T + next(kinds) if _PARAM.match(s) else s for s in segs))
+        svc.paths = new
+        svc.dirty = True
+
+    def _seeded(self, host: str, raw: tuple[str, ...]) -> tuple[str, ...] | None:
+        best: tuple[str, ...] | None = None
+        best_score = -1
+        for key in (host, "*"):
+            for t in self.seeds.get(key, ()):
+                sc = _seed_match(t, raw)
+                if sc > best_score or (sc == best_score and sc >= 0 and best is not None and t < best):
+                    best, best_score = t, sc
+        return best if best_score >= 0 else None
+
+    def _rebuild(self, svc: _Service) -> None:
+        cfg = self.config
+        forced: frozenset[tuple[str, ...]] = frozenset()
+        while True:
+            root = _build(svc.paths, cfg.max_siblings, forced)
+            found: list[tuple[str, ...]] = []
+            _routes_of(root, found)
+            if len(found) <= cfg.max_routes:
+                break
+            counts: list[tuple[int, tuple[str, ...]]] = []
+            _static_counts(root, counts)
+            candidates = [c for c in counts if c[1] not in forced]
+            if not candidates:
+                break
+            candidates.sort(key=lambda c: (-c[0], c[1]))
+            forced = forced | {candidates[0][1]}
+        _name_tree(root, [], [], None)
+        svc.root = root
+        routes: list[Route] = []
+        _collect(root, routes)
+        svc.routes = sorted(routes, key=lambda r: r.template)
+        svc.dirty = False
+
+    def route(self, host: str | None, path: str) -> Route:
+        """The route of a request path: a seeded template, else the inferred one, else the path with its
+        typed segments as parameters (a path never observed)."""
+        host = (host or "").lower()
+        raw = split_path(path)
+        seed = self._seeded(host, raw)
+        if seed is not None:
+            return _seed_route(seed)
+        svc = self.services.get(host)
+        if svc is not None:
+            if svc.dirty:
+                self._rebuild(svc)
+            assert svc.root is not None
+            r = _lookup(svc.root, typed(raw), raw)
+            if r is not None:
+                return r
+        root = _build([typed(raw)], self.config.max_siblings, frozenset())
+        _name_tree(root, [], [], None)
+        r = _lookup(root, typed(raw), raw)
+        assert r is not None
+        return r
+
+    def routes(self, host: str | None) -> list[Route]:
+        """The inferred routes of a service (sorted by template; seeds not included)."""
+        svc = self.services.get((host or "").lower())
+        if svc is None:
+            return []
+        if svc.dirty:
+            self._rebuild(svc)
+        return list(svc.routes)
+
+    def seed(self, paths: Iterable[str], host: str | None = None) -> None:
+        """Seed templates (OpenAPI ``paths`` keys such as ``/repos/{owner}/{repo}``) for ``host`` (None:
+        every host). Paths already observed that match a seed are moved to it."""
+        key = (host or "*").lower()
+        lst = self.seeds.setdefault(key, [])
+        for p in paths:
+            t = split_path(p)
+            if t not in lst:
+                lst.append(t)
+        lst.sort()
+        for h, svc in self.services.items():
+            if key in ("*", h):
+                kept = {p for p in svc.paths if not _has_seed_for_typed(self, h, p)}
+                if kept != svc.paths:
+                    svc.paths = kept
+                    svc.dirty = True
+
+    def seed_openapi(self, doc: Mapping[str, Any], host: str | None = None) -> None:
+        paths = doc.get("paths")
+        if isinstance(paths, Mapping):
+            self.seed([p for p in paths if isinstance(p, str)], host)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "config": self.config.to_dict(),
+            "seeds": {h: ["/" + "/".join(t) for t in ts] for h, ts in sorted(self.seeds.items())},
+            "services": {h: sorted("/" + "/".join(_enc(s) for s in p) for p in svc.paths)
+                         for h, svc in sorted(self.services.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RouteTable:
+        cfg_d = d.get("config") or {}
+        cfg = RouteConfig(**{k: int(v) for k, v in cfg_d.items() if k in RouteConfig.__dataclass_fields__})
+        table = cls(cfg)
+        for h, ts in (d.get("seeds") or {}).items():
+            table.seeds[str(h)] = sorted(split_path(str(t)) for t in ts)
+        for h, ps in (d.get("services") or {}).items():
+            svc = table.services[str(h)] = _Service()
+            for p in ps:
+                svc.paths.add(tuple(_dec(s) for s in split_path(str(p))))
+        return table
+
+
+def _has_seed_for_typed(table: RouteTable, host: str, p: tuple[str, ...]) -> bool:
+    # only literal paths can be matched against a seed exactly; typed tokens match seed parameters
+    for key in (host, "*"):
+        for t in table.seeds.get(key, ()):
+            if len(t) == len(p) and all(_PARAM.match(a) or (not b.startswith(_T) and a == b)
+                                        for a, b in zip(t, p, strict=True)):
+                return True
+    return False
+
+
+def _enc(s: str) -> str:
+    return "{" + s[1:] + "}" if s.startswith(_T) else s
+
+
+def _dec(s: str) -> str:
+    m = _PARAM.match(s)
+    if m and m.group(1) in (*TYPES, "any"):
+        return _T + m.group(1)
+    return s
+
+
+def _seed_route(t: tuple[str, ...]) -> Route:
+    params = tuple((m.group(1), "any") for s in t if (m := _PARAM.match(s)))
+    return Route("/" + "/".join(t), params, seeded=True)
+
+
+def _collect(node: _Node, out: list[Route]) -> None:
+    if node.route is not None:
+        out.append(node.route)
+    for child in node.children.values():
+        _collect(child, out)

@@ -1,0 +1,202 @@
+"""Sensitive data: which types occur where (path, query, header, body field path), never the values.
+
+Pure. Each rule is a type name and a regular expression, with an optional validator (Luhn for card
+numbers, mod-97 for IBANs, check letters for national ids) that must accept the match. Findings are
+``(type, location)`` pairs; locations are ``path``, ``query:<name>``, ``header:<name>``,
+``request.body:<field path>`` / ``response.body:<field path>`` (``$`` for a non-JSON body).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCAN_LIMIT = 64 * 1024  # characters of one text scanned
+MAX_FINDINGS = 256  # per scan
+MAX_DEPTH = 8
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+_CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:2[2-9]|[3-6]\d|7[01]|720)|3[47]|6(?:011|5|4[4-9]|22)|35|3(?:0[0-5]|[68])")
+
+
+def _card(m: str) -> bool:
+    digits = re.sub(r"[ -]", "", m)
+    if not 13 <= len(digits) <= 19 or len(set(digits)) < 3:
+        return False
+    return bool(_CARD_PREFIX.match(digits)) and luhn_ok(digits)
+
+
+_IBAN_LEN = {"AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20,
+             "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IS": 26, "IT": 27,
+             "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31, "NL": 18, "NO": 15, "PL": 28, "PT": 25,
+             "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26, "AE": 23, "SA": 24, "IL": 23, "BR": 29}
+
+
+def _iban(m: str) -> bool:
+    s = re.sub(r"\s", "", m).upper()
+    want = _IBAN_LEN.get(s[:2])
+    if want is None or len(s) != want:
+        return False
+    moved = s[4:] + s[:4]
+    num = "".join(str(int(c, 36)) for c in moved)
+    return int(num) % 97 == 1
+
+
+def _phone(m: str) -> bool:
+    n = sum(c.isdigit() for c in m)
+    return 8 <= n <= 15
+
+
+def _ssn(m: str) -> bool:
+    a, b, c = m.split("-")
+    return a not in ("000", "666") and a[0] != "9" and b != "00" and c != "0000"
+
+
+_NINO_BAD = {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
+
+
+def _nino(m: str) -> bool:
+    return m[:2].upper() not in _NINO_BAD
+
+
+_DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
+
+
+def _dni(m: str) -> bool:
+    num = m[:-1]
+    if num[0] in "XYZ":  # NIE
+        num = str("XYZ".index(num[0])) + num[1:]
+    return _DNI_LETTERS[int(num) % 23] == m[-1].upper()
+
+
+@dataclass(slots=True)
+class Rule:
+    type: str
+    pattern: re.Pattern[str]
+    validate: Callable[[str], bool] | None = None
+
+
+def _r(t: str, p: str, v: Callable[[str], bool] | None = None, flags: int = 0) -> Rule:
+    return Rule(t, re.compile(p, flags), v)
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    _r("email", r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b"),
+    _r("card_number", r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])", _card),
+    _r("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", _iban),
+    _r("phone_number", r"(?<![\w+])\+[1-9][\d \-().]{6,18}\d\b", _phone),
+    _r("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
+    _r("aws_access_key", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
+    _r("aws_secret_key", r"(?i)aws.{0,20}secret.{0,20}[\"'=: ]{1,4}[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"),
+    _r("gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"),
+    _r("gcp_oauth_token", r"\bya29\.[0-9A-Za-z_-]{20,}"),
+    _r("gcp_service_account", r"\"type\"\s*:\s*\"service_account\""),
+    _r("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b"),
+    _r("slack_token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
+    _r("stripe_key", r"\b[sr]k_live_[0-9A-Za-z]{20,}"),
+    _r("private_key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
+    _r("us_ssn", r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])", _ssn),
+    _r("uk_nino", r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", _nino),
+    _r("es_dni", r"\b[XYZ0-9]\d{7}[A-Za-z]\b", _dni),
+)
+TYPES = tuple(r.type for r in DEFAULT_RULES)
+
+
+@dataclass(slots=True)
+class SensitiveRules:
+    """The rules in force: the defaults minus ``disabled`` plus ``extra`` (type, regex) rules."""
+
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+
+    @classmethod
+    def configured(cls, disabled: Iterable[str] = (), extra: Mapping[str, str] | None = None) -> SensitiveRules:
+        off = set(disabled)
+        rules = [r for r in DEFAULT_RULES if r.type not in off]
+        for t, p in (extra or {}).items():
+            rules.append(Rule(t, re.compile(p)))
+        return cls(tuple(rules))
+
+    def types_in(self, text: str) -> set[str]:
+        """The types found in one string (never the matches)."""
+        text = text[:SCAN_LIMIT]
+        found: set[str] = set()
+        for r in self.rules:
+            if r.type in found:
+                continue
+            for m in r.pattern.finditer(text):
+                if r.validate is None or r.validate(m.group(0)):
+                    found.add(r.type)
+                    break
+        return found
+
+
+@dataclass(slots=True)
+class Findings:
+    """(type, location) pairs of one scan, bounded."""
+
+    items: set[tuple[str, str]] = field(default_factory=set)
+
+    def add(self, types: Iterable[str], location: str) -> None:
+        for t in types:
+            if len(self.items) < MAX_FINDINGS:
+                self.items.add((t, location))
+
+
+def _walk(rules: SensitiveRules, v: Any, path: str, loc: str, out: Findings, depth: int = 0) -> None:
+    if isinstance(v, str):
+        found = rules.types_in(v)
+        if found:
+            out.add(found, f"{loc}:{path or '$'}")
+    elif isinstance(v, bool) or v is None:
+        return
+    elif isinstance(v, int):
+        if v > 10**12:
+            found = rules.types_in(str(v))
+            if found:
+                out.add(found, f"{loc}:{path or '$'}")
+    elif depth >= MAX_DEPTH:
+        return
+    elif isinstance(v, dict):
+        for k, sub in list(v.items())[:256]:
+            _walk(rules, sub, f"{path}.{k}" if path else str(k), loc, out, depth + 1)
+    elif isinstance(v, list):
+        for sub in v[:256]:
+            _walk(rules, sub, path + "[]", loc, out, depth + 1)
+
+
+def scan_request(rules: SensitiveRules, path_segments: Sequence[str], query: Sequence[Sequence[str]],
+                 headers: Sequence[Sequence[str]], response_headers: Sequence[Sequence[str]] = (),
+                 request_body: Any = None, response_body: Any = None,
+                 request_text: str | None = None, response_text: str | None = None) -> set[tuple[str, str]]:
+    """Findings of one API call. Bodies: parsed JSON (``*_body``) or raw text (``*_text``)."""
+    out = Findings()
+    from urllib.parse import unquote
+
+    for seg in path_segments:
+        out.add(rules.types_in(unquote(seg)), "path")
+    for q in query:
+        out.add(rules.types_in(q[1]), f"query:{q[0][:64]}")
+    for side, hs in (("header", headers), ("response.header", response_headers)):
+        for h in hs:
+            out.add(rules.types_in(h[1]), f"{side}:{h[0].lower()[:64]}")
+    for loc, body, text in (("request.body", request_body, request_text),
+                            ("response.body", response_body, response_text)):
+        if body is not None:
+            _walk(rules, body, "", loc, out)
+        elif text:
+            out.add(rules.types_in(text), f"{loc}:$")
+    return out.items

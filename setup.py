@@ -34,6 +34,7 @@ COMPILED = [
     "src/tlsmirror/tls/session.py",
     "src/tlsmirror/pipeline.py",
     "src/tlsmirror/shell/offline/pcapfile.py",
+    "src/tlsmirror/shell/offline/loop.py",
     "src/tlsmirror/shell/offline/decrypt.py",
     "src/tlsmirror/shell/offline/replay.py",
     "src/tlsmirror/shell/export/jsonl.py",

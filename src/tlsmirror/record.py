@@ -18,10 +18,6 @@ import orjson
 from .calls import ApiCall, Connection
 from .http.bodies import is_event_stream, is_text
 from .http.events import Body, Exchange, Headers
-from .http.graphql import graphql_info, maybe_graphql
-from .http.grpc import DECODED_MESSAGES, grpc_info
-from .http.sse import sse_info
-from .http.websocket import session_dict
 
 BODY_MODES = ("auto", "base64", "none")
 RECORD_VERSION = 1
@@ -283,19 +279,28 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         "flags": sorted(ex.flags) if ex.flags else [],
     }
     # API protocols above HTTP: keys present only for the calls they describe
+    # (their readers are imported where used: most calls are none of these, and start-up stays short)
     if ex.websocket is not None:
+        from .http.websocket import session_dict
+
         rec["websocket"] = session_dict(ex.websocket, body_mode != "none")
     if (req_ct is not None and req_ct.startswith("application/grpc")) or \
             (resp_ct is not None and resp_ct.startswith("application/grpc")):
+        from .http.grpc import DECODED_MESSAGES, grpc_info
+
         info = grpc_info(ex)
         if info is not None:
             rec["grpc"] = info.to_dict(0 if body_mode == "none" else DECODED_MESSAGES)
     elif resp_ct is not None and is_event_stream(resp_ct):
+        from .http.sse import sse_info
+
         sse = sse_info(ex)
         if sse is not None:
             rec["sse"] = sse.to_dict(body_mode != "none")
-    elif maybe_graphql(ex):
-        gql = graphql_info(ex)
+    elif ex.method == "POST" or ex.method == "GET":
+        from .http.graphql import graphql_info
+
+        gql = graphql_info(ex)  # None unless the exchange reads as a GraphQL call
         if gql is not None:
             rec["graphql"] = gql.to_dict()
     return rec

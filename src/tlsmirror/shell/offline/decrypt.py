@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ...frames.addresses import endpoint
-from ...keys.events import Secret
 from ...pipeline import Engine, EngineConfig
 from ...tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from ..errors import InputError
 from .inputs import load_keylog_files, load_rsa_files
-from .loop import pump
-from .pcapfile import CapturedFrame, CaptureReader
+from .loop import EngineFeed, pump
+from .pcapfile import CaptureReader
 
 
 @dataclass(slots=True)
@@ -27,7 +26,7 @@ class _Conn:
     gaps: int = 0
 
 
-class DecryptRun:
+class DecryptRun(EngineFeed):
     """Drives an :class:`Engine` over capture files and writes the per-connection report."""
 
     def __init__(self, engine: Engine, out: IO[str], dump_dir: str | None = None) -> None:
@@ -43,19 +42,6 @@ class DecryptRun:
         """Decrypt one capture file (through the one capture loop, :func:`.loop.pump`)."""
         with CaptureReader(path) as reader:
             pump(reader, self, self.warnings.append)
-
-    def on_frame(self, frame: CapturedFrame) -> None:
-        events = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
-        if events:
-            self.handle(events)
-
-    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
-        events = self.engine.add_secrets(secrets, ts)
-        if events:
-            self.handle(events)
-
-    def finish(self) -> None:
-        self.handle(self.engine.finish())
 
     def handle(self, events: list[Any]) -> None:
         conns = self.conns

@@ -9,10 +9,11 @@ frames before it, and its bad lines are reported the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ...keys.events import Secret
 from ...keys.keylog import parse_keylog
+from ...pipeline import Engine
 from .inputs import report_problems
 from .pcapfile import CapturedFrame, CaptureReader
 
@@ -25,6 +26,31 @@ class CaptureSink(Protocol):
 
     def on_secrets(self, secrets: list[Secret], ts: float) -> None:
         """The secrets of one Decryption Secrets Block; ``ts`` is the time of the frame before it."""
+
+
+class EngineFeed:
+    """A :class:`CaptureSink` that feeds an :class:`~tlsmirror.pipeline.Engine` and passes what it emits to
+    :meth:`handle` (``decrypt`` and ``replay`` are its two kinds)."""
+
+    engine: Engine
+
+    def on_frame(self, frame: CapturedFrame) -> None:
+        events = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
+        if events:
+            self.handle(events)
+
+    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        events = self.engine.add_secrets(secrets, ts)
+        if events:
+            self.handle(events)
+
+    def finish(self) -> None:
+        """End of input: flush the engine (every open connection ends here)."""
+        self.handle(self.engine.finish())
+
+    def handle(self, events: list[Any]) -> None:
+        """What the engine emitted, in order."""
+        raise NotImplementedError
 
 
 class PumpStats:

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from ...calls import ApiCall, HttpIssue
-from ...keys.events import Secret
 from ...pipeline import Engine, EngineConfig
 from ...tls.events import OUTCOMES, TlsOutcome
 from ..errors import InputError
 from ..export import Exporter
 from .inputs import load_keylog_files, load_rsa_files
-from .loop import pump
-from .pcapfile import CapturedFrame, CaptureReader
+from .loop import EngineFeed, pump
+from .pcapfile import CaptureReader
 
 PROGRESS_MIN_BYTES = 32 << 20  # show a progress bar for files at least this large
 _PROGRESS_EVERY = 2048  # frames between progress checks
@@ -91,7 +90,7 @@ def _estimate_size(path: str) -> int:
     return size
 
 
-class ReplayRun:
+class ReplayRun(EngineFeed):
     """Drives one :class:`Engine` (with HTTP) over capture files and hands every API call to the
     exporters; counts what happened for :meth:`summary`."""
 
@@ -140,20 +139,6 @@ class ReplayRun:
         self.files += 1
         self.frames += stats.frames
         self.embedded_secrets += stats.secrets
-
-    def on_frame(self, frame: CapturedFrame) -> None:
-        events = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
-        if events:
-            self.handle(events)
-
-    def on_secrets(self, secrets: list[Secret], ts: float) -> None:
-        events = self.engine.add_secrets(secrets, ts)
-        if events:
-            self.handle(events)
-
-    def finish(self) -> None:
-        """End of input: flush the engine (every open connection ends here)."""
-        self.handle(self.engine.finish())
 
     def handle(self, events: list[Any]) -> None:
         for ev in events:

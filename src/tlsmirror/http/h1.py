@@ -444,7 +444,7 @@ class H1Connection(EventQueue):
             if pos == n:
                 return pos
             end = buf.find(b"\r\n\r\n", pos)
-            if 0 <= end and end - pos <= MAX_HEAD and self._fast_head(i, d, buf[pos:end], ts):
+            if end >= 0 and end - pos <= MAX_HEAD and self._fast_head(i, d, buf[pos:end], ts):
                 return end + 4
             d.proto = _Head()
             d.parser = (httptools.HttpRequestParser(d.proto) if i == 0

@@ -259,6 +259,7 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         "authority": ex.authority,
         "target": target,
         "path": path,
+        "route": call.route,  # the route template (http.route), from the engine's route table
         "query_string": query,
         "query": query_params(query),
         "url": url_of(call),

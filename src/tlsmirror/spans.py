@@ -22,6 +22,8 @@ from .http.events import Body, Exchange
 from .http.graphql import GraphqlCall, graphql_info, maybe_graphql
 from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
 from .http.sse import sse_info
+from .inventory.sensitive import SensitiveRules, scan_request
+from .record import query_params, split_target
 from .redact import Redactor, media_type
 
 AttrValue = str | bool | int | float | tuple[str, ...]
@@ -285,6 +287,8 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         out.append(("http.method", ex.method))
     out += [("http.url", f.url), ("http.target", f.target), ("http.scheme", f.scheme),
             ("http.host", f.authority), ("http.flavor", ex.http_version)]
+    if call.route is not None:
+        out.append(("http.route", _route(call.route, redactor)))
     if ex.status is not None:
         out.append(("http.status_code", ex.status))
     out += [("net.peer.ip", conn.client_ip), ("net.peer.port", conn.client_port),
@@ -327,6 +331,8 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         out.append(("url.path", f.url_path))
     if f.query is not None:
         out.append(("url.query", f.query))
+    if call.route is not None:
+        out.append(("http.route", _route(call.route, redactor)))
     if ex.status is not None:
         out.append(("http.response.status_code", ex.status))
     out += [("server.address", f.host), ("server.port", f.port),
@@ -373,13 +379,41 @@ def _error_type(ex: Exchange) -> str | None:
     return cut[0] if cut else None
 
 
-def _span_name(ex: Exchange, profile: str, target_path: str) -> str:
+def _route(route: str, redactor: Redactor) -> str:
+    return redactor.text(route) if redactor.enabled else route
+
+
+def _span_name(ex: Exchange, profile: str, target_path: str, route: str | None) -> str:
+    """``GET /users/{user_id}`` with a route (both profiles); without one, hypertrace names the span by
+    the raw path and semconv by the method only."""
     method = ex.method
     if profile == "semconv":
-        return method if method in KNOWN_METHODS else "HTTP"  # type: ignore[return-value]
+        head = method if method in KNOWN_METHODS else "HTTP"
+        return f"{head} {route}" if route is not None else head  # type: ignore[return-value]
     if method is None:
-        return "HTTP"
+        return f"HTTP {route}" if route is not None else "HTTP"
+    if route is not None:
+        return f"{method} {route}"
     return f"{method} {target_path}" if target_path else method
+
+
+def sensitive_attrs(out: list[tuple[str, AttrValue]], call: ApiCall, rules: SensitiveRules,
+                    bodies: bool) -> None:
+    """The types of sensitive data the call carries and where (never the values): path, query, headers,
+    and with ``bodies`` the request and response bodies (docs/otlp.md)."""
+    ex = call.exchange
+    path, query = split_target(ex.path)
+    segs = [s for s in (path or "").split("/") if s][:32]
+    texts: list[str | None] = [None, None]
+    if bodies:
+        for i, body in enumerate((ex.request_body, ex.response_body)):
+            if body is not None and body.data and not body.decode_error:
+                texts[i] = body.data.decode("utf-8", "replace")
+    found = scan_request(rules, segs, query_params(query), ex.request_headers, ex.response_headers,
+                         request_text=texts[0], response_text=texts[1])
+    if found:
+        out.append((f"{SENSOR_NAME}.sensitive.types", tuple(sorted({t for t, _ in found}))))
+        out.append((f"{SENSOR_NAME}.sensitive.locations", tuple(sorted(f"{t}@{loc}" for t, loc in found))))
 
 
 def _times(ex: Exchange) -> tuple[int, int]:
@@ -396,15 +430,20 @@ def _times(ex: Exchange) -> tuple[int, int]:
 class SpanMapper:
     """Maps API calls to :class:`SpanRecord` under one profile and one redactor."""
 
-    __slots__ = ("_attrs", "profile", "random_bytes", "redactor")
+    __slots__ = ("_attrs", "profile", "random_bytes", "redactor", "sensitive", "sensitive_bodies")
 
     def __init__(self, profile: str = "hypertrace", redactor: Redactor | None = None,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, *, sensitive: SensitiveRules | None = None,
+                 sensitive_bodies: bool = False) -> None:
+        """``sensitive``: rules whose types found in the call become span attributes (None: no scan);
+        ``sensitive_bodies``: scan the bodies too (costly: off unless asked)."""
         if profile not in PROFILES:
             raise ValueError(f"unknown span profile {profile!r} (choose from {', '.join(PROFILES)})")
         self.profile = profile
         self.redactor = redactor or Redactor()
         self.random_bytes = random_bytes
+        self.sensitive = sensitive
+        self.sensitive_bodies = sensitive_bodies
         self._attrs = hypertrace_attributes if profile == "hypertrace" else semconv_attributes
 
     def span(self, call: ApiCall) -> SpanRecord:
@@ -430,6 +469,10 @@ class SpanMapper:
         if span_id == _ZERO_SPAN:
             span_id = b"\x00" * 7 + b"\x01"
         attrs = self._attrs(call, self.redactor)
+        if self.sensitive is not None:
+            extra: list[tuple[str, AttrValue]] = []
+            sensitive_attrs(extra, call, self.sensitive, self.sensitive_bodies)
+            attrs += tuple(extra)
         start, end = _times(ex)
         path = ""
         if ex.path is not None:
@@ -443,7 +486,8 @@ class SpanMapper:
             message = "exchange cut short: " + ", ".join(sorted(ex.flags & CUT_FLAGS))
         else:
             message = ""
-        name = _span_name(ex, self.profile, path)
+        route = None if call.route is None else _route(call.route, self.redactor)
+        name = _span_name(ex, self.profile, path, route)
         rpc = grpc_of(ex)
         if rpc is not None:
             if rpc.service is not None and rpc.method is not None:

@@ -51,19 +51,22 @@ def segment_type(seg: str) -> str | None:
         return None
     if _INT.match(seg):
         return "integer"
+    n = len(seg)
+    if n < 8 and "@" not in seg:  # shorter than every pattern below but the version's (cheap exit)
+        return None
     if _VERSION.match(seg):
         return None
-    if len(seg) == 36 and _UUID.match(seg):
+    if n == 36 and _UUID.match(seg):
         return "uuid"
-    if _DATE.match(seg):
+    if n >= 10 and _DATE.match(seg):
         return "date"
     if _HEX.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
         return "hex"
     if ("@" in seg or "%40" in seg) and _EMAIL.match(seg):
         return "email"
-    if len(seg) > MAX_SEGMENT_LEN:
+    if n > MAX_SEGMENT_LEN:
         return "token"
-    if len(seg) >= 16 and _TOKEN_CHARS.match(seg):
+    if n >= 16 and _TOKEN_CHARS.match(seg):
         classes = [0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3 for c in seg]
         switches = sum(1 for a, b in pairwise(classes) if a != b and a != 3 and b != 3)
         if 0 in classes and (1 in classes or 2 in classes) and switches * 4 >= len(seg):
@@ -435,3 +438,128 @@ def _collect(node: _Node, out: list[Route]) -> None:
         out.append(node.route)
     for child in node.children.values():
         _collect(child, out)
+
+
+REBUILD_SHARE = 8  # a service's tree is rebuilt once it has 1/8 more distinct paths than when last built
+MAX_CACHE = 4096  # raw paths remembered per service (then the memo starts over)
+MAX_SEGMENT_MEMO = 8192
+
+
+def _lookup_via(node: _Node, segs: tuple[str, ...], raw: tuple[str, ...]) -> tuple[Route | None, bool]:
+    """:func:`_lookup`, and whether a merged parameter (not a literal or a typed segment) matched."""
+    wild = False
+    for i, s in enumerate(segs):
+        r = raw[i]
+        child = node.children.get(r) if not r.startswith(_T) else None
+        if child is None:
+            child = node.children.get(s) if s.startswith(_T) else None
+        if child is None:
+            child = node.children.get(WILD)
+            wild = True
+        if child is None:
+            return None, False
+        node = child
+    return (node.route if node.terminal else None), wild
+
+
+class CallRouter:
+    """The route of each API call as it comes (the engine's record path): :meth:`template` observes the
+    path and returns its route template, in one step.
+
+    Deterministic: the answer is a function of the calls seen so far, in their order (the same capture
+    gives the same routes every run). Cheap per call: a memo per service maps a raw path (no query) to
+    its template. A path the service's current tree already routes through a merged parameter
+    (``/items/{item}``) is not observed again: high-cardinality segments cost one lookup and grow
+    nothing. Other new paths are observed; the tree is rebuilt once the service's distinct typed paths
+    grew by 1/REBUILD_SHARE since its last build (a path new since then is looked up in the last tree),
+    and the service's memo starts over at each rebuild. Bounded by the table's caps, ``max_cache`` raw
+    paths per service and a memo of segment types.
+    """
+
+    __slots__ = ("_built", "_memo", "_segs", "max_cache", "table")
+
+    def __init__(self, table: RouteTable | None = None, *, max_cache: int = MAX_CACHE) -> None:
+        self.table = table if table is not None else RouteTable()
+        self.max_cache = max_cache
+        self._memo: dict[str, dict[str, str]] = {}  # host -> raw path -> template
+        self._built: dict[str, int] = {}  # host -> distinct typed paths at its last build
+        self._segs: dict[str, str] = {}  # segment -> itself or its type token
+
+    def template(self, host: str | None, path: str) -> str:
+        """The route template of ``path`` (a request target; the query is cut) on ``host``."""
+        raw = path.partition("?")[0]
+        memo = self._memo.get(host or "")  # keyed by the host as written: lower-cased on a miss only
+        if memo is not None:
+            t = memo.get(raw)
+            if t is not None:
+                return t
+        return self._miss(host or "", raw, memo)
+
+    def _typed(self, segs: tuple[str, ...]) -> tuple[str, ...]:
+        memo = self._segs
+        out = []
+        for s in segs:
+            t = memo.get(s)
+            if t is None:
+                if s.startswith(_T):
+                    t = s
+                else:
+                    kind = segment_type(s)
+                    t = _T + kind if kind else s
+                if len(memo) >= MAX_SEGMENT_MEMO:
+                    memo.clear()
+                memo[s] = t
+            out.append(t)
+        return tuple(out)
+
+    def _miss(self, host: str, raw_path: str, memo: dict[str, str] | None) -> str:
+        table = self.table
+        key = host.lower()
+        raw = split_path(raw_path)
+        tp = self._typed(raw)
+        svc = table.services.get(key)
+        t: str | None = None
+        if table.seeds:
+            seed = table._seeded(key, raw)
+            if seed is not None:
+                t = _seed_route(seed).template
+        if t is None and svc is not None and svc.root is not None:
+            r, via_wild = _lookup_via(svc.root, tp, raw)
+            if r is not None and (via_wild or tp in svc.paths):
+                t = r.template  # nothing new for the service: no need to observe it
+        if t is None:
+            if svc is None:
+                if len(table.services) >= table.config.max_services:
+                    table.overflow += 1
+                    return table.route(key, raw_path).template  # typed segments only, not remembered
+                svc = table.services[key] = _Service()
+            if tp not in svc.paths:
+                svc.paths.add(tp)
+                svc.dirty = True
+                if len(svc.paths) > table.config.max_paths:
+                    table._compact(svc)
+            n = len(svc.paths)
+            if svc.dirty and (svc.root is None or n - self._built.get(key, 0) >= max(1, n // REBUILD_SHARE)):
+                table._rebuild(svc)
+                self._built[key] = len(svc.paths)
+                for h in [h for h in self._memo if h.lower() == key]:  # its memos start over
+                    del self._memo[h]
+                memo = None
+            t = self._route(table, svc, tp, raw)
+        if memo is None or len(memo) >= self.max_cache:
+            if len(self._memo) >= 2 * table.config.max_services:
+                self._memo.clear()
+            memo = self._memo[host] = {}
+        memo[raw_path] = t
+        return t
+
+    @staticmethod
+    def _route(table: RouteTable, svc: _Service, tp: tuple[str, ...], raw: tuple[str, ...]) -> str:
+        if svc.root is not None:
+            r = _lookup(svc.root, tp, raw)
+            if r is not None:
+                return r.template
+        root = _build([tp], table.config.max_siblings, frozenset())
+        _name_tree(root, [], [], None)
+        r = _lookup(root, tp, raw)
+        return r.template if r is not None else "/" + "/".join(raw)

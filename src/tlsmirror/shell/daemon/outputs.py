@@ -47,6 +47,7 @@ def build_exporters(cfg: Config) -> list[Exporter]:
             "spool_dir": o.spool_dir, "spool_max_bytes": o.spool_max_bytes, "batch_size": o.batch_size,
             "batch_timeout": o.batch_timeout, "flush_timeout": o.flush_timeout, "compression": o.compression,
             "redaction": _redaction(cfg),
+            "sensitive": cfg.inventory.sensitive_spans, "sensitive_bodies": cfg.inventory.sensitive_bodies,
         }
         known = ({f.name for f in dataclasses.fields(OtlpConfig)} if dataclasses.is_dataclass(OtlpConfig)
                  else set())

@@ -33,6 +33,7 @@ from ...keys.events import Secret
 from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
+from ..inventory.seeds import engine_routes
 from ..logs import get_logger
 from .messages import (
     CallBatch,
@@ -242,7 +243,7 @@ class Daemon:
         cfg = self.cfg
         ttl = (cfg.engine.idle_timeout + cfg.engine.key_wait) if self.mode == "live" else None
         return WorkerSpec(
-            index=index, mode=self.mode, engine=engine_kwargs(cfg),
+            index=index, mode=self.mode, engine={**engine_kwargs(cfg), "routes": engine_routes(cfg)},
             interfaces=tuple((n, self._groups.get(n)) for n in cfg.capture.interfaces),
             bpf=dict(self._bpf), snaplen=cfg.capture.snaplen, buffer_bytes=cfg.capture.buffer_bytes,
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,

@@ -42,6 +42,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ... import __version__
 from ...calls import ApiCall
+from ...inventory.sensitive import SensitiveRules
 from ...redact import RedactionConfig, RedactionError, Redactor
 from ...spans import PROFILES, SENSOR_NAME, AttrValue, SpanMapper, SpanRecord, resource_attributes
 from ..errors import InputError, SpoolError
@@ -96,6 +97,8 @@ class OtlpConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
+    sensitive: bool = True  # tlsmirror.sensitive.* attributes: types found in path, query, headers
+    sensitive_bodies: bool = False  # and in bodies (costly)
 
 
 @dataclass(slots=True)
@@ -374,7 +377,8 @@ class OtlpExporter:
             redactor = Redactor(cfg.redaction)
         except RedactionError as exc:
             raise InputError(str(exc)) from None
-        self.mapper = SpanMapper(cfg.span_profile, redactor)
+        self.mapper = SpanMapper(cfg.span_profile, redactor, sensitive=SensitiveRules() if cfg.sensitive else None,
+                                 sensitive_bodies=cfg.sensitive_bodies)
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.stats.update(map_errors=0, corrupt=0, spool_bytes=0)

@@ -379,6 +379,29 @@ class RouteTable:
                     svc.paths = kept
                     svc.dirty = True
 
+    def merge(self, other: RouteTable) -> None:
+        """Fold another table's seeds and observed paths into this one (the union of what both saw, within
+        this table's caps): routes of the merged table are those of one table that saw every path."""
+        for h, ts in other.seeds.items():
+            lst = self.seeds.setdefault(h, [])
+            lst.extend(t for t in ts if t not in lst)
+            lst.sort()
+        for h in sorted(other.services):
+            theirs = other.services[h]
+            svc = self.services.get(h)
+            if svc is None:
+                if len(self.services) >= self.config.max_services:
+                    self.overflow += len(theirs.paths)
+                    continue
+                svc = self.services[h] = _Service()
+            new = theirs.paths - svc.paths
+            if new:
+                svc.paths |= new
+                svc.dirty = True
+                if len(svc.paths) > self.config.max_paths:
+                    self._compact(svc)
+        self.overflow += other.overflow
+
     def seed_openapi(self, doc: Mapping[str, Any], host: str | None = None) -> None:
         paths = doc.get("paths")
         if isinstance(paths, Mapping):

@@ -162,11 +162,12 @@ class InventorySection:
     seed_openapi: str | None = field(default=None, metadata=_k(
         "OpenAPI file (JSON or YAML) whose paths seed the route templates (`/users/{id}`)", path=True))
     state: str | None = field(default=None, metadata=_k(
-        "route table file (`tlsmirror inventory --state`) the route templates start from"))
+        "route table file (`tlsmirror inventory --state`) the route templates start from; the daemon "
+        "writes its live table there when it stops"))
     max_routes: int = field(default=200, metadata=_k("route templates per service at most", minimum=8))
     max_siblings: int = field(default=20, metadata=_k(
         "distinct static children of one path segment before they merge into a {param}", minimum=1))
-    max_endpoints: int = field(default=5000, metadata=_k(
+    max_endpoints: int = field(default=20000, metadata=_k(
         "endpoints (service, method, typed path) the live inventory keeps; then calls fold into their "
         "route", minimum=1))
     sensitive_spans: bool = field(default=True, metadata=_k(

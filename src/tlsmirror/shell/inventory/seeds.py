@@ -9,6 +9,7 @@ from ...inventory.routes import RouteConfig, RouteTable
 from ..config import Config
 from ..errors import InputError
 from ..offline.inventory import _load_json
+from .live import LiveInventory
 
 
 def route_table(cfg: Config) -> RouteTable:
@@ -34,3 +35,11 @@ def route_table(cfg: Config) -> RouteTable:
 def engine_routes(cfg: Config) -> dict[str, Any]:
     """``EngineConfig(routes=...)``: the starting route table as data (it travels to the workers)."""
     return route_table(cfg).to_dict()
+
+
+def live_inventory(cfg: Config) -> LiveInventory | None:
+    """The daemon's live inventory (``inventory.enabled``), started from the configured route table."""
+    inv = cfg.inventory
+    if not inv.enabled:
+        return None
+    return LiveInventory(route_table(cfg), max_endpoints=inv.max_endpoints, state=inv.state)

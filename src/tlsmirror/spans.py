@@ -131,7 +131,7 @@ class _Facts:
         self.port = port if port is not None else conn.server_port
         self.method = ex.method
         path = ex.path
-        if path is None or ex.method == "CONNECT":
+        if path is None or (ex.method == "CONNECT" and ex.websocket is None):  # RFC 8441 CONNECT has a path
             target = path or authority
             self.url = f"{scheme}://{authority}"
             self.url_path = ""

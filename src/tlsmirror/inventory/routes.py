@@ -32,12 +32,33 @@ WILD = _T + "any"  # a merged (formerly static) segment
 TYPES = ("integer", "uuid", "hex", "date", "email", "token")
 
 _INT = re.compile(r"\d+\Z")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-_HEX = re.compile(r"[0-9a-fA-F]{8,}\Z")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?\Z")
-_EMAIL = re.compile(r"[^@/\s]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
-_VERSION = re.compile(r"[vV]\d+(?:\.\d+)*\Z")
-_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+=.~%]+\Z")
+
+
+class _Lazy:
+    """The other segment patterns, compiled on first use (most runs type few long segments: the engine
+    imports this module at start-up, and compiling them costs more than a capture slice's routing)."""
+
+    __slots__ = ("date", "email", "hex", "token_chars", "uuid", "version")
+
+    def __init__(self) -> None:
+        self.uuid = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+        self.hex = re.compile(r"[0-9a-fA-F]{8,}\Z")
+        self.date = re.compile(
+            r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?\Z")
+        self.email = re.compile(r"[^@/\s]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
+        self.version = re.compile(r"[vV]\d+(?:\.\d+)*\Z")
+        self.token_chars = re.compile(r"[A-Za-z0-9_\-+=.~%]+\Z")
+
+
+_lazy: list[_Lazy] = []
+
+
+def _patterns() -> _Lazy:
+    if not _lazy:
+        _lazy.append(_Lazy())
+    return _lazy[0]
+
+
 _WORD = re.compile(r"[A-Za-z][A-Za-z_-]*\Z")
 _PARAM = re.compile(r"\{([^{}/]*)\}\Z")
 
@@ -54,19 +75,20 @@ def segment_type(seg: str) -> str | None:
     n = len(seg)
     if n < 8 and "@" not in seg:  # shorter than every pattern below but the version's (cheap exit)
         return None
-    if _VERSION.match(seg):
+    p = _patterns()
+    if p.version.match(seg):
         return None
-    if n == 36 and _UUID.match(seg):
+    if n == 36 and p.uuid.match(seg):
         return "uuid"
-    if n >= 10 and _DATE.match(seg):
+    if n >= 10 and p.date.match(seg):
         return "date"
-    if _HEX.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
+    if p.hex.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
         return "hex"
-    if ("@" in seg or "%40" in seg) and _EMAIL.match(seg):
+    if ("@" in seg or "%40" in seg) and p.email.match(seg):
         return "email"
     if n > MAX_SEGMENT_LEN:
         return "token"
-    if n >= 16 and _TOKEN_CHARS.match(seg):
+    if n >= 16 and p.token_chars.match(seg):
         classes = [0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3 for c in seg]
         switches = sum(1 for a, b in pairwise(classes) if a != b and a != 3 and b != 3)
         if 0 in classes and (1 in classes or 2 in classes) and switches * 4 >= len(seg):

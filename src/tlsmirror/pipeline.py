@@ -15,6 +15,7 @@ from .frames.decoder import FrameDecoder
 from .frames.events import TcpSegment
 from .http.connection import HttpConnection
 from .http.events import Exchange, HttpEvent, HttpProblem
+from .inventory.routes import CallRouter, RouteTable
 from .keys.events import RsaKey, Secret
 from .keys.store import KeyStore
 from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
@@ -95,6 +96,7 @@ class EngineConfig:
         "max_keys",
         "max_total_buffer",
         "ports",
+        "routes",
     )
 
     def __init__(self, *, ports: Iterable[int] | None = None, idle_timeout: float = 300.0,
@@ -102,7 +104,7 @@ class EngineConfig:
                  max_flows: int = 200_000, max_hold_bytes_per_session: int = 4 << 20,
                  max_hold_bytes_total: int = 256 << 20, expire_interval: float = 1.0,
                  http: bool = False, body_limit: int = 128 * 1024, key_ttl: float | None = None,
-                 max_keys: int = 1_000_000) -> None:
+                 max_keys: int = 1_000_000, routes: bool | dict[str, Any] = True) -> None:
         self.ports = frozenset(ports) if ports else None
         self.idle_timeout = idle_timeout
         self.key_wait = key_wait  # ciphertext held this long for a missing key is dropped (0: no wait)
@@ -118,6 +120,9 @@ class EngineConfig:
         # (offline runs, where key logs are loaded at time 0).
         self.key_ttl = key_ttl
         self.max_keys = max_keys
+        # with ``http``: every API call gets its route template from one route table of this engine
+        # (True: an empty one; a dict: RouteTable.to_dict() to start from: seeds, state; False: none)
+        self.routes = routes
 
 
 def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connection:
@@ -172,6 +177,10 @@ class Engine:
         self._stats: dict[str, int] = {"frames": 0, "segments": 0, "filtered": 0, "tls_flows": 0,
                                       "other_flows": 0}
         self.last_ts = 0.0
+        self.router: CallRouter | None = None
+        if cfg.http and cfg.routes is not False:
+            table = RouteTable.from_dict(cfg.routes) if isinstance(cfg.routes, dict) else RouteTable()
+            self.router = CallRouter(table)
 
     # ------------------------------------------------------------------ input
     @property
@@ -368,9 +377,15 @@ class Engine:
         events.clear()
 
     def _http_events(self, conn: Connection, events: list[HttpEvent], out: list[EngineEvent]) -> None:
+        router = self.router
         for ev in events:
             if type(ev) is Exchange:
-                out.append(ApiCall(conn, ev))
+                path = ev.path
+                if router is not None and path is not None:
+                    host = ev.authority or f"{conn.server_ip}:{conn.server_port}"
+                    out.append(ApiCall(conn, ev, router.template(host, path)))
+                else:
+                    out.append(ApiCall(conn, ev))
             elif type(ev) is HttpProblem:
                 out.append(HttpIssue(conn, ev))
 

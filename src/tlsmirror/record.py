@@ -10,7 +10,7 @@ import base64
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -18,6 +18,9 @@ import orjson
 from .calls import ApiCall, Connection
 from .http.bodies import is_event_stream, is_text
 from .http.events import Body, Exchange, Headers
+
+if TYPE_CHECKING:  # the GraphQL reader is imported where used
+    from .http.graphql import GraphqlOptions
 
 BODY_MODES = ("auto", "base64", "none")
 RECORD_VERSION = 1
@@ -213,12 +216,15 @@ def _epoch(us: int | None) -> float | None:
     return None if us is None else us / 1_000_000.0
 
 
-def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
+def call_to_dict(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOptions | None = None,
+                 websocket_list: bool = True) -> dict[str, Any]:
     """The JSON record of one API call (``docs/exchange-schema.md``).
 
     ``body_mode``: ``auto`` (text bodies as UTF-8 strings, others base64), ``base64`` (every body
     base64) or ``none`` (sizes and flags only, no content). Headers and trailers are the exchange's
-    tuples of (name, value) pairs, not copied: JSON encoders write them as arrays.
+    tuples of (name, value) pairs, not copied: JSON encoders write them as arrays. ``graphql``: GraphQL
+    paths and limits (default: ``/graphql``, 64 fields, 5 errors). ``websocket_list``: False leaves the
+    session's messages out of ``websocket`` (they go as :func:`websocket_message_records` instead).
     """
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {', '.join(BODY_MODES)}: {body_mode!r}")
@@ -259,6 +265,7 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         "authority": ex.authority,
         "target": target,
         "path": path,
+        "route": call.route,  # the route template (http.route), from the engine's route table
         "query_string": query,
         "query": query_params(query),
         "url": url_of(call),
@@ -284,6 +291,8 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
         from .http.websocket import session_dict
 
         rec["websocket"] = session_dict(ex.websocket, body_mode != "none")
+        if not websocket_list:
+            rec["websocket"]["list"] = []
     if (req_ct is not None and req_ct.startswith("application/grpc")) or \
             (resp_ct is not None and resp_ct.startswith("application/grpc")):
         from .http.grpc import DECODED_MESSAGES, grpc_info
@@ -300,7 +309,31 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto") -> dict[str, Any]:
     elif ex.method == "POST" or ex.method == "GET":
         from .http.graphql import graphql_info
 
-        gql = graphql_info(ex)  # None unless the exchange reads as a GraphQL call
+        gql = graphql_info(ex, options=graphql) if graphql is not None else graphql_info(ex)  # None unless GraphQL
         if gql is not None:
             rec["graphql"] = gql.to_dict()
     return rec
+
+
+def websocket_message_records(call: ApiCall, *, body_mode: str = "auto") -> list[dict[str, Any]]:
+    """One record per message of the call's WebSocket session (``output.websocket_records: message``;
+    docs/exchange-schema.md ``websocket_message``), in the session's order; [] without a session."""
+    ws = call.exchange.websocket
+    if ws is None:
+        return []
+    from .http.websocket import message_dict
+
+    conn = call.connection
+    ex = call.exchange
+    start = ex.request_ts if ex.request_ts is not None else ex.response_ts
+    head = {"v": RECORD_VERSION, "kind": "websocket_message", "connection_id": conn.id,
+            "stream_id": ex.stream_id, "session_start_ts": None if start is None else _epoch(micros(start)),
+            "authority": ex.authority, "path": split_target(ex.path)[0], "route": call.route}
+    out = []
+    for i, m in enumerate(ws.messages):
+        rec = dict(head)
+        rec["index"] = i
+        rec["time"] = iso_time(m.ts)
+        rec.update(message_dict(m, body_mode != "none"))
+        out.append(rec)
+    return out

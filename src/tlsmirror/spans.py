@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 from .calls import ApiCall, Connection
 from .http.bodies import is_event_stream
-from .http.events import Body, Exchange
-from .http.graphql import GraphqlCall, graphql_info, maybe_graphql
+from .http.events import Body, Exchange, WebSocketSession
+from .http.graphql import DEFAULT_OPTIONS, GraphqlCall, GraphqlOptions, graphql_info, maybe_graphql
 from .http.grpc import SERVER_ERRORS, GrpcCall, grpc_info
 from .http.sse import sse_info
+from .inventory.sensitive import SensitiveRules, scan_request
+from .record import query_params, split_target
 from .redact import Redactor, media_type
 
 AttrValue = str | bool | int | float | tuple[str, ...]
@@ -39,6 +41,20 @@ KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+
+
+MAX_SPAN_EVENTS = 128  # WebSocket messages sent as span events per session span (the first ones)
+_WS_SIDES = ("client", "server")
+_WS_OPCODES = {0: "continuation", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
+
+
+@dataclass(frozen=True, slots=True)
+class SpanEvent:
+    """One event of a span: a name, its time (ns since the epoch, capture time) and attributes."""
+
+    name: str
+    time_ns: int
+    attributes: Attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +76,8 @@ class SpanRecord:
     error: bool
     status_message: str
     attributes: Attributes
+    events: tuple[SpanEvent, ...] = ()
+    dropped_events: int = 0
 
 
 def parse_traceparent(value: str) -> tuple[bytes, bytes, int] | None:
@@ -129,7 +147,7 @@ class _Facts:
         self.port = port if port is not None else conn.server_port
         self.method = ex.method
         path = ex.path
-        if path is None or ex.method == "CONNECT":
+        if path is None or (ex.method == "CONNECT" and ex.websocket is None):  # RFC 8441 CONNECT has a path
             target = path or authority
             self.url = f"{scheme}://{authority}"
             self.url_path = ""
@@ -224,8 +242,8 @@ def _grpc_attrs(out: list[tuple[str, AttrValue]], info: GrpcCall | None, redacto
         out.append((f"{SENSOR_NAME}.rpc.flags", tuple(sorted(info.flags))))
 
 
-def graphql_of(ex: Exchange) -> GraphqlCall | None:
-    return graphql_info(ex) if maybe_graphql(ex) else None
+def graphql_of(ex: Exchange, options: GraphqlOptions = DEFAULT_OPTIONS) -> GraphqlCall | None:
+    return graphql_info(ex, options=options) if maybe_graphql(ex, options.paths) else None
 
 
 def _graphql_attrs(out: list[tuple[str, AttrValue]], info: GraphqlCall | None) -> None:
@@ -277,7 +295,30 @@ def _sensor_attrs(out: list[tuple[str, AttrValue]], conn: Connection, ex: Exchan
         out.append((f"{SENSOR_NAME}.flags", tuple(sorted(ex.flags))))
 
 
-def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
+def websocket_events(ws: WebSocketSession, limit: int = MAX_SPAN_EVENTS) -> tuple[tuple[SpanEvent, ...], int]:
+    """One ``websocket.message`` event per message of the session (at most ``limit``: the first ones),
+    and how many were left out (messages past the session's own bound included). Never the content."""
+    events = []
+    seq = [0, 0]
+    for m in ws.messages[:limit]:
+        seq[m.direction] += 1
+        attrs: list[tuple[str, AttrValue]] = [
+            # the OpenTelemetry message event's names: the span is the server's, so the client's are received
+            ("message.type", "RECEIVED" if m.direction == 0 else "SENT"), ("message.id", seq[m.direction]),
+            ("message.uncompressed_size", m.size),
+            (f"{SENSOR_NAME}.websocket.direction", _WS_SIDES[m.direction]),
+            (f"{SENSOR_NAME}.websocket.opcode", _WS_OPCODES.get(m.opcode, str(m.opcode))),
+            (f"{SENSOR_NAME}.websocket.wire_size", m.wire_size)]
+        if m.compressed:
+            attrs.append(("message.compressed_size", m.wire_size))
+        if m.cut:
+            attrs.append((f"{SENSOR_NAME}.websocket.cut", True))
+        events.append(SpanEvent("websocket.message", to_ns(m.ts), tuple(attrs)))
+    return tuple(events), sum(ws.counts) - len(events)
+
+
+def hypertrace_attributes(call: ApiCall, redactor: Redactor,
+                          graphql: GraphqlOptions = DEFAULT_OPTIONS) -> Attributes:
     conn, ex = call.connection, call.exchange
     f = _Facts(conn, ex, redactor)
     out: list[tuple[str, AttrValue]] = []
@@ -285,6 +326,8 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         out.append(("http.method", ex.method))
     out += [("http.url", f.url), ("http.target", f.target), ("http.scheme", f.scheme),
             ("http.host", f.authority), ("http.flavor", ex.http_version)]
+    if call.route is not None:
+        out.append(("http.route", _route(call.route, redactor)))
     if ex.status is not None:
         out.append(("http.status_code", ex.status))
     out += [("net.peer.ip", conn.client_ip), ("net.peer.port", conn.client_port),
@@ -306,14 +349,14 @@ def hypertrace_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
-    _graphql_attrs(out, graphql_of(ex))
+    _graphql_attrs(out, graphql_of(ex, graphql))
     _sse_attrs(out, ex)
     _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
     return tuple(out)
 
 
-def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
+def semconv_attributes(call: ApiCall, redactor: Redactor, graphql: GraphqlOptions = DEFAULT_OPTIONS) -> Attributes:
     conn, ex = call.connection, call.exchange
     f = _Facts(conn, ex, redactor)
     out: list[tuple[str, AttrValue]] = []
@@ -327,6 +370,8 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         out.append(("url.path", f.url_path))
     if f.query is not None:
         out.append(("url.query", f.query))
+    if call.route is not None:
+        out.append(("http.route", _route(call.route, redactor)))
     if ex.status is not None:
         out.append(("http.response.status_code", ex.status))
     out += [("server.address", f.host), ("server.port", f.port),
@@ -359,7 +404,7 @@ def semconv_attributes(call: ApiCall, redactor: Redactor) -> Attributes:
         if conn.alpn:
             out.append(("tls.next_protocol", conn.alpn))
     _grpc_attrs(out, grpc_of(ex), redactor)
-    _graphql_attrs(out, graphql_of(ex))
+    _graphql_attrs(out, graphql_of(ex, graphql))
     _sse_attrs(out, ex)
     _websocket_attrs(out, ex)
     _sensor_attrs(out, conn, ex)
@@ -373,13 +418,41 @@ def _error_type(ex: Exchange) -> str | None:
     return cut[0] if cut else None
 
 
-def _span_name(ex: Exchange, profile: str, target_path: str) -> str:
+def _route(route: str, redactor: Redactor) -> str:
+    return redactor.text(route) if redactor.enabled else route
+
+
+def _span_name(ex: Exchange, profile: str, target_path: str, route: str | None) -> str:
+    """``GET /users/{user_id}`` with a route (both profiles); without one, hypertrace names the span by
+    the raw path and semconv by the method only."""
     method = ex.method
     if profile == "semconv":
-        return method if method in KNOWN_METHODS else "HTTP"  # type: ignore[return-value]
+        head = method if method in KNOWN_METHODS else "HTTP"
+        return f"{head} {route}" if route is not None else head  # type: ignore[return-value]
     if method is None:
-        return "HTTP"
+        return f"HTTP {route}" if route is not None else "HTTP"
+    if route is not None:
+        return f"{method} {route}"
     return f"{method} {target_path}" if target_path else method
+
+
+def sensitive_attrs(out: list[tuple[str, AttrValue]], call: ApiCall, rules: SensitiveRules,
+                    bodies: bool) -> None:
+    """The types of sensitive data the call carries and where (never the values): path, query, headers,
+    and with ``bodies`` the request and response bodies (docs/otlp.md)."""
+    ex = call.exchange
+    path, query = split_target(ex.path)
+    segs = [s for s in (path or "").split("/") if s][:32]
+    texts: list[str | None] = [None, None]
+    if bodies:
+        for i, body in enumerate((ex.request_body, ex.response_body)):
+            if body is not None and body.data and not body.decode_error:
+                texts[i] = body.data.decode("utf-8", "replace")
+    found = scan_request(rules, segs, query_params(query), ex.request_headers, ex.response_headers,
+                         request_text=texts[0], response_text=texts[1])
+    if found:
+        out.append((f"{SENSOR_NAME}.sensitive.types", tuple(sorted({t for t, _ in found}))))
+        out.append((f"{SENSOR_NAME}.sensitive.locations", tuple(sorted(f"{t}@{loc}" for t, loc in found))))
 
 
 def _times(ex: Exchange) -> tuple[int, int]:
@@ -396,15 +469,25 @@ def _times(ex: Exchange) -> tuple[int, int]:
 class SpanMapper:
     """Maps API calls to :class:`SpanRecord` under one profile and one redactor."""
 
-    __slots__ = ("_attrs", "profile", "random_bytes", "redactor")
+    __slots__ = ("_attrs", "graphql", "max_events", "profile", "random_bytes", "redactor", "sensitive",
+                 "sensitive_bodies")
 
     def __init__(self, profile: str = "hypertrace", redactor: Redactor | None = None,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom, *, sensitive: SensitiveRules | None = None,
+                 sensitive_bodies: bool = False, graphql: GraphqlOptions = DEFAULT_OPTIONS,
+                 max_events: int = MAX_SPAN_EVENTS) -> None:
+        """``sensitive``: rules whose types found in the call become span attributes (None: no scan);
+        ``sensitive_bodies``: scan the bodies too (costly: off unless asked); ``graphql``: GraphQL paths
+        and limits; ``max_events``: WebSocket messages sent as events of the session's span."""
+        self.graphql = graphql
+        self.max_events = max_events
         if profile not in PROFILES:
             raise ValueError(f"unknown span profile {profile!r} (choose from {', '.join(PROFILES)})")
         self.profile = profile
         self.redactor = redactor or Redactor()
         self.random_bytes = random_bytes
+        self.sensitive = sensitive
+        self.sensitive_bodies = sensitive_bodies
         self._attrs = hypertrace_attributes if profile == "hypertrace" else semconv_attributes
 
     def span(self, call: ApiCall) -> SpanRecord:
@@ -429,7 +512,11 @@ class SpanMapper:
         span_id = rnd(8)
         if span_id == _ZERO_SPAN:
             span_id = b"\x00" * 7 + b"\x01"
-        attrs = self._attrs(call, self.redactor)
+        attrs = self._attrs(call, self.redactor, self.graphql)
+        if self.sensitive is not None:
+            extra: list[tuple[str, AttrValue]] = []
+            sensitive_attrs(extra, call, self.sensitive, self.sensitive_bodies)
+            attrs += tuple(extra)
         start, end = _times(ex)
         path = ""
         if ex.path is not None:
@@ -443,7 +530,8 @@ class SpanMapper:
             message = "exchange cut short: " + ", ".join(sorted(ex.flags & CUT_FLAGS))
         else:
             message = ""
-        name = _span_name(ex, self.profile, path)
+        route = None if call.route is None else _route(call.route, self.redactor)
+        name = _span_name(ex, self.profile, path, route)
         rpc = grpc_of(ex)
         if rpc is not None:
             if rpc.service is not None and rpc.method is not None:
@@ -452,14 +540,19 @@ class SpanMapper:
                 error = error or rpc.status_name
                 message = message or f"gRPC {rpc.status_name}"
         else:
-            gql = graphql_of(ex)
+            gql = graphql_of(ex, self.graphql)
             if gql is not None:
                 name = gql.span_name
                 if gql.errors and not gql.has_data:
                     error = error or "graphql"
                     message = message or f"GraphQL errors: {gql.errors}"
+        events: tuple[SpanEvent, ...] = ()
+        dropped = 0
+        if ex.websocket is not None:
+            events, dropped = websocket_events(ex.websocket, self.max_events)
         return SpanRecord(name, "server", start, end, trace_id, span_id,
-                          parent_id, trace_state, flags & 0xFF, remote, error is not None, message, attrs)
+                          parent_id, trace_state, flags & 0xFF, remote, error is not None, message, attrs,
+                          events, dropped)
 
 
 def call_to_span(call: ApiCall, *, profile: str = "hypertrace", redactor: Redactor | None = None,

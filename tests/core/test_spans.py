@@ -65,8 +65,10 @@ def test_real_calls_carry_their_exchange(profile: str) -> None:
         assert len(span.trace_id) == 16 and len(span.span_id) == 8
         path, _, query = ex.path.partition("?")
         url = f"https://{ex.authority}{ex.path}"
+        # the engine's route table named the call: the span is named by it in both profiles
+        assert call.route is not None and not any(s.isdigit() for s in call.route.split("/"))
+        assert span.name == f"{ex.method} {call.route}" and a["http.route"] == call.route
         if profile == "hypertrace":
-            assert span.name == f"{ex.method} {path}"
             assert (a["http.method"], a["http.url"], a["http.target"], a["http.scheme"], a["http.host"],
                     a["http.status_code"]) == (ex.method, url, ex.path, "https", ex.authority, ex.status)
             assert (a["net.peer.ip"], a["net.peer.port"], a["net.host.ip"], a["net.host.port"]) == \
@@ -76,7 +78,6 @@ def test_real_calls_carry_their_exchange(profile: str) -> None:
             for name, value in ex.response_headers:
                 assert a[f"http.response.header.{name.lower()}"] == value
         else:
-            assert span.name == ex.method
             assert (a["http.request.method"], a["url.full"], a["url.path"], a["url.scheme"],
                     a["http.response.status_code"], a["server.address"], a["server.port"]) == \
                 (ex.method, url, path, "https", ex.status, conn.server_ip, 443)
@@ -246,3 +247,36 @@ def test_any_exchange_maps(method: Any, scheme: Any, authority: Any, path: Any, 
     for key, value in span.attributes:
         assert isinstance(key, str)
         assert isinstance(value, (str, bool, int, float, tuple))
+
+
+@pytest.mark.parametrize("profile", ["hypertrace", "semconv"])
+def test_route_names_the_span(profile: str) -> None:
+    call = ApiCall(CONN, exchange(path="/users/1234?x=1"), "/users/{user_id}")
+    span = SpanMapper(profile).span(call)
+    assert span.name == "GET /users/{user_id}" and attrs(span)["http.route"] == "/users/{user_id}"
+    odd = SpanMapper(profile).span(ApiCall(CONN, exchange(method="BREW", path="/pot/1"), "/pot/{pot_id}"))
+    assert odd.name == ("HTTP /pot/{pot_id}" if profile == "semconv" else "BREW /pot/{pot_id}")
+    bare = SpanMapper(profile).span(ApiCall(CONN, exchange(path="/users/1234")))
+    assert bare.name == ("GET" if profile == "semconv" else "GET /users/1234") and "http.route" not in attrs(bare)
+
+
+def test_sensitive_types_never_values() -> None:
+    from tlsmirror.inventory.sensitive import SensitiveRules
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+    body = Body(b'{"card": "4012 8888 8888 1881"}', 31, 31, False, None)
+    ex = exchange(path="/mail/jane.doe@example.com?to=bob%40example.org",
+                  request_headers=(("Host", "api.example.test"), ("Authorization", f"Bearer {jwt}")),
+                  request_body=body)
+    call = ApiCall(CONN, ex, "/mail/{email}")
+    plain = attrs(SpanMapper("semconv", sensitive=SensitiveRules()).span(call))
+    assert plain["tlsmirror.sensitive.types"] == ("email", "jwt")
+    assert plain["tlsmirror.sensitive.locations"] == ("email@path", "email@query:to", "jwt@header:authorization")
+    deep = attrs(SpanMapper("semconv", sensitive=SensitiveRules(), sensitive_bodies=True).span(call))
+    assert deep["tlsmirror.sensitive.types"] == ("card_number", "email", "jwt")
+    assert "card_number@request.body:$" in deep["tlsmirror.sensitive.locations"]
+    for v in (*plain["tlsmirror.sensitive.locations"], *deep["tlsmirror.sensitive.locations"]):
+        assert "jane" not in v and "4012" not in v and "eyJ" not in v
+    assert "tlsmirror.sensitive.types" not in attrs(SpanMapper("semconv").span(call))
+    clean = attrs(SpanMapper("semconv", sensitive=SensitiveRules()).span(ApiCall(CONN, exchange())))
+    assert "tlsmirror.sensitive.types" not in clean

@@ -107,7 +107,7 @@ def _directives(toks: list[tuple[str, str]], i: int) -> int:
     return i
 
 
-def _selection(toks: list[tuple[str, str]], i: int, fields: list[str]) -> int:
+def _selection(toks: list[tuple[str, str]], i: int, fields: list[str], max_fields: int = MAX_FIELDS) -> int:
     """Reads the selection set at ``toks[i]`` (``{``), adding its fields' names; returns the index after it."""
     if not _is(toks, i, "punct", "{"):
         raise GraphqlError("selection set expected")
@@ -127,7 +127,7 @@ def _selection(toks: list[tuple[str, str]], i: int, fields: list[str]) -> int:
                 i = _directives(toks, i)
                 continue
             i = _directives(toks, i)
-            i = _selection(toks, i, fields)
+            i = _selection(toks, i, fields, max_fields)
             continue
         if kind != "name":
             raise GraphqlError(f"field expected, got {text!r}")
@@ -139,7 +139,7 @@ def _selection(toks: list[tuple[str, str]], i: int, fields: list[str]) -> int:
                 raise GraphqlError("field name expected after alias")
             name = toks[i][1]
             i += 1
-        if len(fields) < MAX_FIELDS:
+        if len(fields) < max_fields:
             fields.append(name)
         if _is(toks, i, "punct", "("):
             i = _skip_group(toks, i, "(", ")")
@@ -148,8 +148,9 @@ def _selection(toks: list[tuple[str, str]], i: int, fields: list[str]) -> int:
             i = _skip_group(toks, i, "{", "}")
 
 
-def operations(document: str) -> list[Operation]:
-    """The operations of an executable document, in order. Raises :class:`GraphqlError`."""
+def operations(document: str, max_fields: int = MAX_FIELDS) -> list[Operation]:
+    """The operations of an executable document, in order (at most ``max_fields`` top-level fields each).
+    Raises :class:`GraphqlError`."""
     toks = tokens(document)
     ops: list[Operation] = []
     i, n = 0, len(toks)
@@ -159,7 +160,7 @@ def operations(document: str) -> list[Operation]:
         kind, text = toks[i]
         if kind == "punct" and text == "{":  # query shorthand
             fields: list[str] = []
-            i = _selection(toks, i, fields)
+            i = _selection(toks, i, fields, max_fields)
             ops.append(Operation("query", None, fields))
         elif kind == "name" and text in OPERATION_TYPES:
             i += 1
@@ -171,7 +172,7 @@ def operations(document: str) -> list[Operation]:
                 i = _skip_group(toks, i, "(", ")")
             i = _directives(toks, i)
             fields = []
-            i = _selection(toks, i, fields)
+            i = _selection(toks, i, fields, max_fields)
             ops.append(Operation(text, name, fields))
         elif kind == "name" and text == "fragment":
             i += 1
@@ -269,6 +270,18 @@ def _request(ex: Exchange) -> tuple[dict[str, Any] | None, bool]:
     return params, False
 
 
+@dataclass(frozen=True, slots=True)
+class GraphqlOptions:
+    """What is read as GraphQL and how much of it is listed (``http.graphql_*`` configuration keys)."""
+
+    paths: tuple[str, ...] = GRAPHQL_PATHS  # read as GraphQL even when the body does not look like it
+    max_fields: int = MAX_FIELDS  # top-level fields listed
+    max_errors: int = MAX_ERRORS  # error messages listed
+
+
+DEFAULT_OPTIONS = GraphqlOptions()
+
+
 def maybe_graphql(ex: Exchange, paths: tuple[str, ...] = GRAPHQL_PATHS) -> bool:
     """A cheap test before :func:`graphql_info`: could this exchange be a GraphQL call?"""
     path = ex.path
@@ -281,8 +294,11 @@ def maybe_graphql(ex: Exchange, paths: tuple[str, ...] = GRAPHQL_PATHS) -> bool:
     return ex.method == "POST" and _looks_like(ex.request_body)
 
 
-def graphql_info(ex: Exchange, paths: tuple[str, ...] = GRAPHQL_PATHS) -> GraphqlCall | None:
-    """The exchange read as a GraphQL call, or None when it is not one."""
+def graphql_info(ex: Exchange, paths: tuple[str, ...] | None = None,
+                 options: GraphqlOptions = DEFAULT_OPTIONS) -> GraphqlCall | None:
+    """The exchange read as a GraphQL call, or None when it is not one (``paths``: ``options.paths``)."""
+    if paths is None:
+        paths = options.paths
     if not maybe_graphql(ex, paths):
         return None
     on_path = ex.path is not None and ex.path.partition("?")[0] in paths
@@ -304,7 +320,7 @@ def graphql_info(ex: Exchange, paths: tuple[str, ...] = GRAPHQL_PATHS) -> Graphq
     ops: list[Operation] = []
     if isinstance(query, str):
         try:
-            ops = operations(query)
+            ops = operations(query, options.max_fields)
         except GraphqlError:
             if not on_path:
                 return None
@@ -328,11 +344,11 @@ def graphql_info(ex: Exchange, paths: tuple[str, ...] = GRAPHQL_PATHS) -> Graphq
     call = GraphqlCall(op.type if op is not None else None,
                        op.name if op is not None else wanted, op.fields if op is not None else [],
                        ops, persisted, flags=flags)
-    _response(ex, call)
+    _response(ex, call, options.max_errors)
     return call
 
 
-def _response(ex: Exchange, call: GraphqlCall) -> None:
+def _response(ex: Exchange, call: GraphqlCall, max_errors: int = MAX_ERRORS) -> None:
     body = ex.response_body
     if body is None or not body.data:
         return
@@ -347,7 +363,7 @@ def _response(ex: Exchange, call: GraphqlCall) -> None:
     call.has_data = parsed.get("data") is not None
     if isinstance(errors, list):
         call.errors = len(errors)
-        for e in errors[:MAX_ERRORS]:
+        for e in errors[:max_errors]:
             msg = e.get("message") if isinstance(e, dict) else None
             call.error_messages.append(msg[:MAX_TEXT] if isinstance(msg, str) else "")
     else:

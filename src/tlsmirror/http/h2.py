@@ -12,6 +12,11 @@ resolve everything. Headers it returns are never wrong; missing ones are flagged
 
 Streams are tracked passively (no endpoint state machine): an exchange completes when both sides
 sent END_STREAM, or on RST_STREAM, or at close.
+
+WebSocket over HTTP/2 (RFC 8441): a stream whose request is an extended CONNECT (``:method CONNECT``,
+``:protocol websocket``) answered with a 2xx carries WebSocket frames in its DATA frames, both ways;
+they go to the same :class:`~tlsmirror.http.websocket.WebSocketParser` as after an HTTP/1.1 upgrade,
+and the stream's exchange (the handshake) carries the session in ``websocket`` when the stream ends.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from hyperframe.frame import (
 from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
+from .websocket import WebSocketParser
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -193,12 +199,13 @@ class _Half:
 
 
 class _Stream:
-    __slots__ = ("flags", "half", "id")
+    __slots__ = ("flags", "half", "id", "ws")
 
     def __init__(self, sid: int) -> None:
         self.id = sid
         self.half = (_Half(), _Half())
         self.flags: set[str] = set()
+        self.ws: WebSocketParser | None = None  # RFC 8441: the stream carries a WebSocket session
 
 
 class _Dir:
@@ -281,7 +288,9 @@ class H2Connection(EventQueue):
             data_left = d.d_left - d.d_pad
             if s is not None:
                 h = s.half[direction]
-                if h.body is not None and data_left:
+                if s.ws is not None and data_left:
+                    s.ws.gap(direction, min(size, data_left), ts)
+                elif h.body is not None and data_left:
                     h.body.gap(min(size, data_left))
                 s.flags.add("gap")
             if size > data_left:
@@ -296,7 +305,9 @@ class H2Connection(EventQueue):
             if s is not None:
                 s.flags.add("gap")
                 h = s.half[direction]
-                if h.body is not None:
+                if s.ws is not None:
+                    s.ws.gap(direction, size, ts)
+                elif h.body is not None:
                     h.body.gap(size)
         if d.block is not None:
             s = self._streams.get(d.block_sid)
@@ -447,9 +458,12 @@ class H2Connection(EventQueue):
                     take = min(data_left, n - pos)
                     s = self._streams.get(d.d_sid)
                     if s is not None:
-                        body = s.half[i].body
-                        if body is not None:
-                            body.write(buf[pos:pos + take], ts)
+                        if s.ws is not None:
+                            s.ws.feed(i, buf[pos:pos + take], ts)
+                        else:
+                            body = s.half[i].body
+                            if body is not None:
+                                body.write(buf[pos:pos + take], ts)
                 else:
                     take = min(d.d_left, n - pos)  # padding
                     d.d_pad -= take
@@ -615,6 +629,8 @@ class H2Connection(EventQueue):
                     s.flags.add("interim_response")
                     return  # 1xx: the final response follows
             self._set_headers(h, headers, start_ts, ends_stream=d.block_end_stream)
+            if i == 1 and not d.block_end_stream:
+                self._maybe_websocket(s, ts)
         else:
             h.trailers.extend((k, v) for k, v in headers if not k.startswith(":"))
         if d.block_end_stream:
@@ -637,6 +653,28 @@ class H2Connection(EventQueue):
                 ct = v
         if not ends_stream:
             h.body = BodyCollector(self.body_limit, parse_encodings(enc), is_text(ct), stamps=is_event_stream(ct))
+
+    def _maybe_websocket(self, s: _Stream, ts: float) -> None:
+        """RFC 8441: a 2xx answering an extended CONNECT with ``:protocol websocket`` starts a session on
+        the stream; from here its DATA frames are WebSocket frames (bytes the client sent before the
+        answer go first)."""
+        req, resp = s.half
+        if req.pseudo.get(":method") != "CONNECT" or req.pseudo.get(":protocol", "").lower() != "websocket":
+            return
+        status = resp.pseudo.get(":status", "")
+        if len(status) != 3 or status[0] != "2":
+            return
+        ext = next((v for k, v in resp.headers if k == "sec-websocket-extensions"), None)
+        proto = next((v for k, v in resp.headers if k == "sec-websocket-protocol"), None)
+        ws = s.ws = WebSocketParser(ext, proto, capture=self.body_limit)
+        early = req.body
+        req.body = resp.body = None
+        if early is not None:
+            held = early.finish(True)
+            if held.data:
+                ws.feed(0, held.data, ts)
+            if held.truncated:
+                ws.session.flags.add("ws_cut")
 
     def _new_stream(self, sid: int) -> _Stream | None:
         if sid in self._closed_set:
@@ -661,6 +699,8 @@ class H2Connection(EventQueue):
                 s.flags.add("response_without_request")
                 s.half[0].ended = True
         h = s.half[i]
+        if s.ws is not None:  # RFC 8441: the DATA frames are the WebSocket session's, not a body
+            return
         if h.body is None:
             h.seen = True
             h.ts = ts
@@ -708,6 +748,7 @@ class H2Connection(EventQueue):
                     flags.add("decode_error")
                 if body.truncated:
                     flags.add("body_truncated")
+        ws = s.ws.finish(ts) if s.ws is not None else None
         status_text = resp.pseudo.get(":status")
         status = int(status_text) if status_text and status_text.isdigit() else None
         authority = req.pseudo.get(":authority")
@@ -733,4 +774,5 @@ class H2Connection(EventQueue):
             response_end_ts=resp.end_ts if resp.seen else None,
             stream_id=s.id,
             flags=frozenset(flags),
+            websocket=ws,
         ))

@@ -261,6 +261,27 @@ class Inventory:
         for t, loc in sorted(found):
             _add(st.sensitive, f"{t}\t{loc}", 1, MAX_SENSITIVE)
 
+    def merge(self, other: Inventory) -> None:
+        """Fold another inventory (the calls another worker saw) into this one: the result is the
+        inventory of both sets of calls, as if one inventory had seen them all (within ``max_keys``)."""
+        self.routes.merge(other.routes)
+        for key, st in other.keys.items():
+            mine = self.keys.get(key)
+            if mine is None:
+                if len(self.keys) >= self.max_keys and key[2][:1] != ("\x00route",):
+                    r = self.routes.route(key[0], "/" + "/".join(key[2]))
+                    key = (key[0], key[1], ("\x00route", r.template))
+                    mine = self.keys.get(key)
+                if mine is None:
+                    mine = self.keys[key] = Stats()
+            mine.merge(st)
+            while len(mine.timeline_counts) > self.max_buckets:
+                oldest = min(mine.timeline_counts)
+                del mine.timeline_counts[oldest]
+                mine.timeline.pop(oldest, None)
+        self.calls += other.calls
+        self.skipped += other.skipped
+
     def endpoints(self) -> list[Endpoint]:
         """Endpoints sorted by (service, route, method), each folding every typed path of its route."""
         merged: dict[tuple[str, str, str], Endpoint] = {}

@@ -32,12 +32,33 @@ WILD = _T + "any"  # a merged (formerly static) segment
 TYPES = ("integer", "uuid", "hex", "date", "email", "token")
 
 _INT = re.compile(r"\d+\Z")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-_HEX = re.compile(r"[0-9a-fA-F]{8,}\Z")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?\Z")
-_EMAIL = re.compile(r"[^@/\s]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
-_VERSION = re.compile(r"[vV]\d+(?:\.\d+)*\Z")
-_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-+=.~%]+\Z")
+
+
+class _Lazy:
+    """The other segment patterns, compiled on first use (most runs type few long segments: the engine
+    imports this module at start-up, and compiling them costs more than a capture slice's routing)."""
+
+    __slots__ = ("date", "email", "hex", "token_chars", "uuid", "version")
+
+    def __init__(self) -> None:
+        self.uuid = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+        self.hex = re.compile(r"[0-9a-fA-F]{8,}\Z")
+        self.date = re.compile(
+            r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?\Z")
+        self.email = re.compile(r"[^@/\s]+(?:@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
+        self.version = re.compile(r"[vV]\d+(?:\.\d+)*\Z")
+        self.token_chars = re.compile(r"[A-Za-z0-9_\-+=.~%]+\Z")
+
+
+_lazy: list[_Lazy] = []
+
+
+def _patterns() -> _Lazy:
+    if not _lazy:
+        _lazy.append(_Lazy())
+    return _lazy[0]
+
+
 _WORD = re.compile(r"[A-Za-z][A-Za-z_-]*\Z")
 _PARAM = re.compile(r"\{([^{}/]*)\}\Z")
 
@@ -51,19 +72,23 @@ def segment_type(seg: str) -> str | None:
         return None
     if _INT.match(seg):
         return "integer"
-    if _VERSION.match(seg):
+    n = len(seg)
+    if n < 8 and "@" not in seg:  # shorter than every pattern below but the version's (cheap exit)
         return None
-    if len(seg) == 36 and _UUID.match(seg):
+    p = _patterns()
+    if p.version.match(seg):
+        return None
+    if n == 36 and p.uuid.match(seg):
         return "uuid"
-    if _DATE.match(seg):
+    if n >= 10 and p.date.match(seg):
         return "date"
-    if _HEX.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
+    if p.hex.match(seg) and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg):
         return "hex"
-    if ("@" in seg or "%40" in seg) and _EMAIL.match(seg):
+    if ("@" in seg or "%40" in seg) and p.email.match(seg):
         return "email"
-    if len(seg) > MAX_SEGMENT_LEN:
+    if n > MAX_SEGMENT_LEN:
         return "token"
-    if len(seg) >= 16 and _TOKEN_CHARS.match(seg):
+    if n >= 16 and p.token_chars.match(seg):
         classes = [0 if c.isdigit() else 1 if c.isupper() else 2 if c.islower() else 3 for c in seg]
         switches = sum(1 for a, b in pairwise(classes) if a != b and a != 3 and b != 3)
         if 0 in classes and (1 in classes or 2 in classes) and switches * 4 >= len(seg):
@@ -376,6 +401,29 @@ class RouteTable:
                     svc.paths = kept
                     svc.dirty = True
 
+    def merge(self, other: RouteTable) -> None:
+        """Fold another table's seeds and observed paths into this one (the union of what both saw, within
+        this table's caps): routes of the merged table are those of one table that saw every path."""
+        for h, ts in other.seeds.items():
+            lst = self.seeds.setdefault(h, [])
+            lst.extend(t for t in ts if t not in lst)
+            lst.sort()
+        for h in sorted(other.services):
+            theirs = other.services[h]
+            svc = self.services.get(h)
+            if svc is None:
+                if len(self.services) >= self.config.max_services:
+                    self.overflow += len(theirs.paths)
+                    continue
+                svc = self.services[h] = _Service()
+            new = theirs.paths - svc.paths
+            if new:
+                svc.paths |= new
+                svc.dirty = True
+                if len(svc.paths) > self.config.max_paths:
+                    self._compact(svc)
+        self.overflow += other.overflow
+
     def seed_openapi(self, doc: Mapping[str, Any], host: str | None = None) -> None:
         paths = doc.get("paths")
         if isinstance(paths, Mapping):
@@ -435,3 +483,128 @@ def _collect(node: _Node, out: list[Route]) -> None:
         out.append(node.route)
     for child in node.children.values():
         _collect(child, out)
+
+
+REBUILD_SHARE = 8  # a service's tree is rebuilt once it has 1/8 more distinct paths than when last built
+MAX_CACHE = 4096  # raw paths remembered per service (then the memo starts over)
+MAX_SEGMENT_MEMO = 8192
+
+
+def _lookup_via(node: _Node, segs: tuple[str, ...], raw: tuple[str, ...]) -> tuple[Route | None, bool]:
+    """:func:`_lookup`, and whether a merged parameter (not a literal or a typed segment) matched."""
+    wild = False
+    for i, s in enumerate(segs):
+        r = raw[i]
+        child = node.children.get(r) if not r.startswith(_T) else None
+        if child is None:
+            child = node.children.get(s) if s.startswith(_T) else None
+        if child is None:
+            child = node.children.get(WILD)
+            wild = True
+        if child is None:
+            return None, False
+        node = child
+    return (node.route if node.terminal else None), wild
+
+
+class CallRouter:
+    """The route of each API call as it comes (the engine's record path): :meth:`template` observes the
+    path and returns its route template, in one step.
+
+    Deterministic: the answer is a function of the calls seen so far, in their order (the same capture
+    gives the same routes every run). Cheap per call: a memo per service maps a raw path (no query) to
+    its template. A path the service's current tree already routes through a merged parameter
+    (``/items/{item}``) is not observed again: high-cardinality segments cost one lookup and grow
+    nothing. Other new paths are observed; the tree is rebuilt once the service's distinct typed paths
+    grew by 1/REBUILD_SHARE since its last build (a path new since then is looked up in the last tree),
+    and the service's memo starts over at each rebuild. Bounded by the table's caps, ``max_cache`` raw
+    paths per service and a memo of segment types.
+    """
+
+    __slots__ = ("_built", "_memo", "_segs", "max_cache", "table")
+
+    def __init__(self, table: RouteTable | None = None, *, max_cache: int = MAX_CACHE) -> None:
+        self.table = table if table is not None else RouteTable()
+        self.max_cache = max_cache
+        self._memo: dict[str, dict[str, str]] = {}  # host -> raw path -> template
+        self._built: dict[str, int] = {}  # host -> distinct typed paths at its last build
+        self._segs: dict[str, str] = {}  # segment -> itself or its type token
+
+    def template(self, host: str | None, path: str) -> str:
+        """The route template of ``path`` (a request target; the query is cut) on ``host``."""
+        raw = path.partition("?")[0]
+        memo = self._memo.get(host or "")  # keyed by the host as written: lower-cased on a miss only
+        if memo is not None:
+            t = memo.get(raw)
+            if t is not None:
+                return t
+        return self._miss(host or "", raw, memo)
+
+    def _typed(self, segs: tuple[str, ...]) -> tuple[str, ...]:
+        memo = self._segs
+        out = []
+        for s in segs:
+            t = memo.get(s)
+            if t is None:
+                if s.startswith(_T):
+                    t = s
+                else:
+                    kind = segment_type(s)
+                    t = _T + kind if kind else s
+                if len(memo) >= MAX_SEGMENT_MEMO:
+                    memo.clear()
+                memo[s] = t
+            out.append(t)
+        return tuple(out)
+
+    def _miss(self, host: str, raw_path: str, memo: dict[str, str] | None) -> str:
+        table = self.table
+        key = host.lower()
+        raw = split_path(raw_path)
+        tp = self._typed(raw)
+        svc = table.services.get(key)
+        t: str | None = None
+        if table.seeds:
+            seed = table._seeded(key, raw)
+            if seed is not None:
+                t = _seed_route(seed).template
+        if t is None and svc is not None and svc.root is not None:
+            r, via_wild = _lookup_via(svc.root, tp, raw)
+            if r is not None and (via_wild or tp in svc.paths):
+                t = r.template  # nothing new for the service: no need to observe it
+        if t is None:
+            if svc is None:
+                if len(table.services) >= table.config.max_services:
+                    table.overflow += 1
+                    return table.route(key, raw_path).template  # typed segments only, not remembered
+                svc = table.services[key] = _Service()
+            if tp not in svc.paths:
+                svc.paths.add(tp)
+                svc.dirty = True
+                if len(svc.paths) > table.config.max_paths:
+                    table._compact(svc)
+            n = len(svc.paths)
+            if svc.dirty and (svc.root is None or n - self._built.get(key, 0) >= max(1, n // REBUILD_SHARE)):
+                table._rebuild(svc)
+                self._built[key] = len(svc.paths)
+                for h in [h for h in self._memo if h.lower() == key]:  # its memos start over
+                    del self._memo[h]
+                memo = None
+            t = self._route(table, svc, tp, raw)
+        if memo is None or len(memo) >= self.max_cache:
+            if len(self._memo) >= 2 * table.config.max_services:
+                self._memo.clear()
+            memo = self._memo[host] = {}
+        memo[raw_path] = t
+        return t
+
+    @staticmethod
+    def _route(table: RouteTable, svc: _Service, tp: tuple[str, ...], raw: tuple[str, ...]) -> str:
+        if svc.root is not None:
+            r = _lookup(svc.root, tp, raw)
+            if r is not None:
+                return r.template
+        root = _build([tp], table.config.max_siblings, frozenset())
+        _name_tree(root, [], [], None)
+        r = _lookup(root, tp, raw)
+        return r.template if r is not None else "/" + "/".join(raw)

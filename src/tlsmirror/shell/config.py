@@ -1,7 +1,7 @@
 """Configuration of the daemon: one YAML file, environment variables and flags, validated at start.
 
-Every key lives in a section (``capture``, ``keys``, ``engine``, ``output``, ``otlp``, ``metrics``,
-``log``) and can be set three ways; the first that sets it wins:
+Every key lives in a section (``capture``, ``keys``, ``engine``, ``output``, ``http``, ``inventory``,
+``otlp``, ``metrics``, ``log``) and can be set three ways; the first that sets it wins:
 
 1. a flag (``--workers 4``, or the generic ``--set capture.workers=4``),
 2. an environment variable ``TLSMIRROR_<SECTION>_<KEY>`` (``TLSMIRROR_CAPTURE_WORKERS=4``),
@@ -138,6 +138,43 @@ class OutputConfig:
         "API calls waiting for the exporters; beyond it calls are dropped and counted", minimum=1))
     drain_timeout: float = field(default=30.0, metadata=_k(
         "seconds allowed on shutdown for workers to finish and exporters to flush", minimum=0))
+    websocket_records: str = field(default="session", metadata=_k(
+        "JSON lines of a WebSocket session: one record for the session (its messages in `websocket.list`) "
+        "or one record per message (`websocket_message`) after the handshake's record",
+        choices=("session", "message")))
+
+
+@dataclass
+class HttpSection:
+    graphql_paths: list[str] = field(default_factory=lambda: ["/graphql"], metadata=_k(
+        "request paths whose calls are read as GraphQL even when the body does not look like it (others "
+        "are GraphQL when their JSON body or query has an executable `query`)"))
+    graphql_max_fields: int = field(default=64, metadata=_k(
+        "top-level fields of a GraphQL operation listed", minimum=0, maximum=4096))
+    graphql_max_errors: int = field(default=5, metadata=_k(
+        "GraphQL response error messages listed", minimum=0, maximum=1000))
+
+
+@dataclass
+class InventorySection:
+    enabled: bool = field(default=True, metadata=_k(
+        "keep the live API inventory and serve /inventory and /inventory.html on the metrics server"))
+    seed_openapi: str | None = field(default=None, metadata=_k(
+        "OpenAPI file (JSON or YAML) whose paths seed the route templates (`/users/{id}`)", path=True))
+    state: str | None = field(default=None, metadata=_k(
+        "route table file (`tlsmirror inventory --state`) the route templates start from; the daemon "
+        "writes its live table there when it stops"))
+    max_routes: int = field(default=200, metadata=_k("route templates per service at most", minimum=8))
+    max_siblings: int = field(default=20, metadata=_k(
+        "distinct static children of one path segment before they merge into a {param}", minimum=1))
+    max_endpoints: int = field(default=20000, metadata=_k(
+        "endpoints (service, method, typed path) the live inventory keeps; then calls fold into their "
+        "route", minimum=1))
+    sensitive_spans: bool = field(default=True, metadata=_k(
+        "name the types of sensitive data found in path, query and headers on each span "
+        "(tlsmirror.sensitive.*; never the values)"))
+    sensitive_bodies: bool = field(default=False, metadata=_k(
+        "also scan request and response bodies for the span attributes (costs CPU per call)"))
 
 
 @dataclass
@@ -203,6 +240,8 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     engine: EngineSection = field(default_factory=EngineSection)
     output: OutputConfig = field(default_factory=OutputConfig)
+    http: HttpSection = field(default_factory=HttpSection)
+    inventory: InventorySection = field(default_factory=InventorySection)
     otlp: OtlpSection = field(default_factory=OtlpSection)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)

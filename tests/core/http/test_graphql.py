@@ -122,3 +122,22 @@ def test_malformed_bodies_give_a_partial_record(doc: str, name: str | None, resp
         call_to_span(_call(ex))
         if path == "/graphql":
             assert "graphql" in rec
+
+
+def test_configured_paths_and_limits() -> None:
+    from tlsmirror.http.graphql import GraphqlOptions
+    from tlsmirror.spans import SpanMapper
+
+    opts = GraphqlOptions(paths=("/api/gql",), max_fields=2, max_errors=1)
+    bad = _ex(b"not json", path="/api/gql")
+    assert "graphql" not in call_to_dict(_call(bad))  # not a GraphQL path by default
+    rec = call_to_dict(_call(bad), graphql=opts)
+    assert "graphql_no_query" in rec["graphql"]["flags"]
+    assert graphql_info(_ex(b"not json", path="/graphql"), options=opts) is None  # the default path is replaced
+    req = json.dumps({"query": "{ a b c d }"}).encode()
+    resp = json.dumps({"data": None, "errors": [{"message": "one"}, {"message": "two"}]}).encode()
+    g = call_to_dict(_call(_ex(req, resp)), graphql=opts)["graphql"]
+    assert g["fields"] == ["a", "b"] and g["errors"] == 2 and g["error_messages"] == ["one"]
+    assert dict(SpanMapper("semconv", graphql=opts).span(_call(_ex(req, resp))).attributes)[
+        "tlsmirror.graphql.fields"] == ("a", "b")
+    assert call_to_dict(_call(_ex(req, resp)))["graphql"]["fields"] == ["a", "b", "c", "d"]

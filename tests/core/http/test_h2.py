@@ -334,3 +334,63 @@ def test_an_early_response_then_no_error_reset_keeps_the_request_body_in_flight(
     (ex,) = exchanges(run(chunks)).values()
     assert ex.status == 201 and ex.flags == frozenset()
     assert ex.request_body is not None and ex.request_body.size == 3001
+
+
+def _ws_frame(opcode: int, payload: bytes, mask: bytes = b"") -> bytes:
+    head = bytes([0x80 | opcode, (0x80 if mask else 0) | len(payload)]) + mask
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+def _extended_connect(status: str = "200", server_ws: bytes = b"", client_ws: bytes = b"",
+                      protocol: str = "websocket") -> tuple[bytes, bytes]:
+    ce, se = hpack.Encoder(), hpack.Encoder()
+    cli = PREFACE + bytes(SettingsFrame(0).serialize())
+    cli += headers(1, ce, req("/chat", "CONNECT", [(":protocol", protocol), ("sec-websocket-version", "13")]))
+    cli += headers(3, ce, req("/plain"), end=True)
+    srv = bytes(SettingsFrame(0, settings={SettingsFrame.ENABLE_CONNECT_PROTOCOL: 1}).serialize())
+    srv += headers(1, se, [(":status", status), ("sec-websocket-protocol", "chat.v1")])
+    srv += headers(3, se, [(":status", "204")], end=True)
+    cw = client_ws or (_ws_frame(1, b"hi", b"abcd") + _ws_frame(8, b"\x03\xe8bye", b"wxyz"))
+    sw = server_ws or (_ws_frame(1, b"hi") + _ws_frame(8, b"\x03\xe8"))
+    cli += data(1, cw[:3]) + data(1, cw[3:], end=True)  # a WebSocket frame across DATA frames
+    srv += data(1, sw[:5], pad=2) + data(1, sw[5:], end=True)
+    return cli, srv
+
+
+def test_rfc8441_websocket_over_extended_connect() -> None:
+    cli, srv = _extended_connect()
+    for step in (0, 1, 7):
+        ex = exchanges(run([(0, cli, 1.0), (1, srv, 2.0)], step=step))
+        ws = ex[1].websocket
+        assert ws is not None and (ex[1].method, ex[1].path, ex[1].status) == ("CONNECT", "/chat", 200)
+        assert ex[1].request_body is None and ex[1].response_body is None
+        assert [(m.direction, m.opcode, m.data) for m in ws.messages] == \
+            [(0, 1, b"hi"), (0, 8, b"\x03\xe8bye"), (1, 1, b"hi"), (1, 8, b"\x03\xe8")]
+        assert (ws.close_code, ws.close_reason, ws.closed_by, ws.subprotocol, ws.flags) == \
+            (1000, "bye", 0, "chat.v1", set())
+        assert ex[3].status == 204 and ex[3].websocket is None  # other streams unaffected
+
+
+def test_rfc8441_refused_or_other_protocol_is_a_plain_exchange() -> None:
+    for status, protocol in (("400", "websocket"), ("200", "connect-udp")):
+        cli, srv = _extended_connect(status, protocol=protocol)
+        ex = exchanges(run([(0, cli, 1.0), (1, srv, 2.0)]))
+        assert ex[1].websocket is None and ex[1].response_body is not None and ex[1].response_body.size > 0
+
+
+def test_rfc8441_malformed_frames_flag_the_session_only() -> None:
+    cli, srv = _extended_connect(server_ws=b"\x8f\x00garbage")  # opcode 15: unknown
+    ex = exchanges(run([(0, cli, 1.0), (1, srv, 2.0)]))
+    ws = ex[1].websocket
+    assert ws is not None and "ws_malformed" in ws.flags and ws.counts[0] == 2
+    assert ex[3].status == 204
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300), st.binary(max_size=300), st.integers(0, 13))
+def test_rfc8441_any_session_bytes_never_raise(cw: bytes, sw: bytes, step: int) -> None:
+    cli, srv = _extended_connect(client_ws=cw + b"\x00", server_ws=sw + b"\x00")
+    ex = exchanges(run([(0, cli, 1.0), (1, srv, 2.0)], step=step))
+    assert ex[1].websocket is not None and ex[3].status == 204

@@ -103,3 +103,29 @@ def test_skips_and_bad_records() -> None:
     inv.add({"method": "GET", "path": "/a", "request": "junk", "response": 3, "query": "x", "status": "x"})
     d = inv.to_dict()
     assert d["skipped"] == 1 and d["calls"] == 1
+
+
+def test_merge_equals_one_inventory_of_all_calls() -> None:
+    recs = records()
+    random.Random(8).shuffle(recs)
+    whole = Inventory()
+    whole.add_all(recs)
+    parts = [Inventory(), Inventory(), Inventory()]
+    for i, r in enumerate(recs):
+        parts[i % 3].add(r)
+    merged = Inventory()
+    for p in parts:
+        merged.merge(p)
+    assert merged.to_dict() == whole.to_dict()
+    assert parts[0].calls + parts[1].calls + parts[2].calls == whole.calls  # the parts are unchanged
+
+
+def test_merge_respects_the_caps() -> None:
+    small = Inventory(max_keys=3)
+    other = Inventory()
+    other.add_all(records())
+    small.merge(other)
+    assert small.calls == other.calls
+    assert len(small.keys) <= 3 + 4  # past the cap, folds gather under their route
+    eps = {(e["method"], e["route"]): e["count"] for e in small.to_dict()["services"][0]["endpoints"]}
+    assert eps[("GET", "/users/{user_id}")] == 200

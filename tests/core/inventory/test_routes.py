@@ -9,7 +9,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsmirror.inventory.routes import RouteConfig, RouteTable, segment_type, singular, split_path
+from tlsmirror.inventory.routes import CallRouter, RouteConfig, RouteTable, segment_type, singular, split_path
 
 HOST = "api.example"
 
@@ -158,3 +158,45 @@ def test_bad_input_never_crashes(path: str) -> None:
     t.observe(HOST, path)
     t.observe(None, path)
     assert t.route(HOST, path).template.startswith("/")
+
+
+def router_run(paths: list[str], **cfg: int) -> list[str]:
+    router = CallRouter(RouteTable(RouteConfig(**cfg)))
+    return [router.template(HOST, p) for p in paths]
+
+
+def test_router_call_by_call_deterministic_and_bounded() -> None:
+    paths = fixture_paths()
+    random.Random(5).shuffle(paths)
+    first = router_run(paths)
+    assert router_run(paths) == first  # the same calls in the same order: the same routes
+    assert len(set(first)) <= 200
+    # once the service's tree has settled, calls get the routes of the whole set
+    settled = router_run(paths + paths)[len(paths):]
+    table = table_of(paths)
+    assert settled == [table.route(HOST, p).template for p in paths]
+    assert set(settled) <= set(EXPECTED)
+    # ids are parameters from the first call on; the query never matters
+    assert router_run(["/users/1/orders?x=1", "/users/2/orders"]) == ["/users/{user_id}/orders"] * 2
+
+
+def test_router_seeded_and_many_services() -> None:
+    table = RouteTable(RouteConfig(max_services=2))
+    table.seed(["/{owner}/{repo}/hooks"])
+    router = CallRouter(table, max_cache=4)
+    assert router.template("a", "/x/y/hooks") == "/{owner}/{repo}/hooks"
+    for i in range(30):
+        assert router.template("a", f"/page{i}/z") in (f"/page{i}/z", "/{param}/z")
+    assert router.template("a", "/page3/z") == "/{param}/z"
+    assert router.template("B", "/users/7") == "/users/{user_id}"
+    assert router.template("c", "/users/8?q") == "/users/{user_id}"  # past max_services: typed only
+    assert router.template("c", "/page1/z") == "/page1/z" and table.overflow == 2
+    assert set(table.services) == {"a", "b"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=60), max_size=30))
+def test_router_bad_input(paths: list[str]) -> None:
+    router = CallRouter(RouteTable(RouteConfig(max_paths=10, max_routes=40, max_siblings=3)))
+    for p in paths:
+        assert router.template(HOST, p).startswith("/")

@@ -231,11 +231,13 @@ def make_registry(state: MetricsState) -> CollectorRegistry:
 
 
 class MetricsServer:
-    """HTTP server for /metrics and /healthz in a daemon thread."""
+    """HTTP server for /metrics and /healthz (and the ``pages`` given: /inventory) in a daemon thread."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 health: Callable[[], dict[str, Any]]) -> None:
+                 health: Callable[[], dict[str, Any]],
+                 pages: dict[str, Callable[[], tuple[bytes, str]]] | None = None) -> None:
         reg = registry
+        extra = dict(pages or {})  # more routes: path -> (body, content type), e.g. /inventory
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -250,6 +252,9 @@ class MetricsServer:
                     code = 503 if strict and h["status"] != "ok" else 200
                     body = (json.dumps(h) + "\n").encode()
                     ctype = "application/json"
+                elif path in extra:
+                    body, ctype = extra[path]()
+                    code = 200
                 else:
                     code, body, ctype = 404, b"not found: try /metrics or /healthz\n", "text/plain"
                 self.send_response(code)

@@ -29,7 +29,8 @@ def build_exporters(cfg: Config) -> list[Exporter]:
             raise InputError("the JSON lines exporter is not available in this build") from None
         try:
             out.append(JsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
-                                     backups=cfg.output.backups))
+                                     backups=cfg.output.backups, websocket_records=cfg.output.websocket_records,
+                                     graphql=graphql_options(cfg)))
         except OSError as exc:
             raise InputError(f"output.jsonl {path!r}: cannot open: {exc.strerror or exc}") from None
     if cfg.otlp.endpoint:
@@ -47,6 +48,8 @@ def build_exporters(cfg: Config) -> list[Exporter]:
             "spool_dir": o.spool_dir, "spool_max_bytes": o.spool_max_bytes, "batch_size": o.batch_size,
             "batch_timeout": o.batch_timeout, "flush_timeout": o.flush_timeout, "compression": o.compression,
             "redaction": _redaction(cfg),
+            "sensitive": cfg.inventory.sensitive_spans, "sensitive_bodies": cfg.inventory.sensitive_bodies,
+            "graphql": graphql_options(cfg),
         }
         known = ({f.name for f in dataclasses.fields(OtlpConfig)} if dataclasses.is_dataclass(OtlpConfig)
                  else set())
@@ -64,3 +67,11 @@ def _redaction(cfg: Config) -> Any:
         base, enabled=o.redact, headers=frozenset(base.headers) | {h.lower() for h in o.redact_headers},
         fields=frozenset(base.fields) | set(o.redact_fields),
         patterns=tuple(base.patterns) + tuple(o.redact_patterns))
+
+
+def graphql_options(cfg: Config) -> Any:
+    """The ``http.graphql_*`` keys as :class:`~tlsmirror.http.graphql.GraphqlOptions`."""
+    from ...http.graphql import GraphqlOptions
+
+    h = cfg.http
+    return GraphqlOptions(tuple(h.graphql_paths), h.graphql_max_fields, h.graphql_max_errors)

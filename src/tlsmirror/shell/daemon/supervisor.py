@@ -33,6 +33,7 @@ from ...keys.events import Secret
 from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
+from ..inventory.seeds import engine_routes, live_inventory
 from ..logs import get_logger
 from .messages import (
     CallBatch,
@@ -161,12 +162,16 @@ class Daemon:
         self.exporters = self._exporters_given if self._exporters_given is not None else build_exporters(cfg)
         for i, ex in enumerate(self.exporters):
             self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = stats_of(ex)
+        inventory = live_inventory(cfg)  # /inventory: one more exporter, read by the metrics server
+        if inventory is not None:
+            self.exporters = [*self.exporters, inventory]
         self.state.export_queue_depth = self._export_q.qsize
         self.state.export_queue_size = cfg.output.queue_size
         self.state.counters["secrets_preloaded"] = len(self.preload)
         if cfg.metrics.enabled:
             self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, make_registry(self.state),
-                                         lambda: self.state.health(cfg.metrics.no_packets_after))
+                                         lambda: self.state.health(cfg.metrics.no_packets_after),
+                                         inventory.pages() if inventory is not None else None)
             self.metrics.start()
         self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
         self._export_thread.start()
@@ -242,7 +247,7 @@ class Daemon:
         cfg = self.cfg
         ttl = (cfg.engine.idle_timeout + cfg.engine.key_wait) if self.mode == "live" else None
         return WorkerSpec(
-            index=index, mode=self.mode, engine=engine_kwargs(cfg),
+            index=index, mode=self.mode, engine={**engine_kwargs(cfg), "routes": engine_routes(cfg)},
             interfaces=tuple((n, self._groups.get(n)) for n in cfg.capture.interfaces),
             bpf=dict(self._bpf), snaplen=cfg.capture.snaplen, buffer_bytes=cfg.capture.buffer_bytes,
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,

@@ -332,7 +332,7 @@ class Worker:
             if cls is ApiCall:
                 conn = ev.connection
                 ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
-                                                 + self.spec.index), ev.exchange)
+                                                 + self.spec.index), ev.exchange, ev.route)
                 self.calls.append(ev)
                 v = ev.exchange.http_version
                 self.exchanges[v] = self.exchanges.get(v, 0) + 1

@@ -7,7 +7,8 @@ import sys
 from typing import IO
 
 from ...calls import ApiCall
-from ...record import call_to_dict, to_json_line
+from ...http.graphql import GraphqlOptions
+from ...record import call_to_dict, to_json_line, websocket_message_records
 from ..errors import InputError
 from . import FileSink
 
@@ -19,11 +20,16 @@ class JsonlExporter(FileSink):
     ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the oldest is deleted; ``backups=0`` keeps
     none). :meth:`reopen` (SIGHUP) reopens ``path`` for appending, for external log rotation.
     A write error is counted (``stats["errors"]``, the message in ``last_error``) and the record
-    dropped; the exporter keeps going.
+    dropped; the exporter keeps going. ``websocket_records``: ``session`` (a WebSocket session is one
+    record, its messages in ``websocket.list``) or ``message`` (the handshake's record without the list,
+    then one ``websocket_message`` record per message). ``graphql``: GraphQL paths and limits.
     """
 
     def __init__(self, path: str, *, max_bytes: int | None = None, backups: int = 5,
-                 body_mode: str = "auto") -> None:
+                 body_mode: str = "auto", websocket_records: str = "session",
+                 graphql: GraphqlOptions | None = None) -> None:
+        if websocket_records not in ("session", "message"):
+            raise ValueError("websocket_records must be 'session' or 'message'")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         if backups < 0:
@@ -32,6 +38,8 @@ class JsonlExporter(FileSink):
         self.max_bytes = max_bytes if path != "-" else None
         self.backups = backups
         self.body_mode = body_mode
+        self.per_message = websocket_records == "message"
+        self.graphql = graphql
         self.stats: dict[str, int] = {"exported": 0, "bytes": 0, "rotations": 0, "errors": 0, "dropped": 0}
         self.last_error: str | None = None
         self._size = 0
@@ -79,7 +87,13 @@ class JsonlExporter(FileSink):
         if self._closed:
             self.stats["dropped"] += 1
             return
-        self.write_line(to_json_line(call_to_dict(call, body_mode=self.body_mode)))
+        if self.per_message and call.exchange.websocket is not None:
+            self.write_line(to_json_line(call_to_dict(call, body_mode=self.body_mode, graphql=self.graphql,
+                                                      websocket_list=False)))
+            for rec in websocket_message_records(call, body_mode=self.body_mode):
+                self.write_line(to_json_line(rec))
+            return
+        self.write_line(to_json_line(call_to_dict(call, body_mode=self.body_mode, graphql=self.graphql)))
 
     def write_line(self, line: bytes) -> None:
         """Append one ready-made line (used by :meth:`export`; the daemon may reuse it)."""

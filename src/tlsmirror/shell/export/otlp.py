@@ -42,6 +42,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from ... import __version__
 from ...calls import ApiCall
+from ...http.graphql import DEFAULT_OPTIONS, GraphqlOptions
+from ...inventory.sensitive import SensitiveRules
 from ...redact import RedactionConfig, RedactionError, Redactor
 from ...spans import PROFILES, SENSOR_NAME, AttrValue, SpanMapper, SpanRecord, resource_attributes
 from ..errors import InputError, SpoolError
@@ -96,6 +98,9 @@ class OtlpConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
+    sensitive: bool = True  # tlsmirror.sensitive.* attributes: types found in path, query, headers
+    sensitive_bodies: bool = False  # and in bodies (costly)
+    graphql: GraphqlOptions | None = None  # GraphQL paths and limits (None: the defaults)
 
 
 @dataclass(slots=True)
@@ -159,6 +164,16 @@ def span_message(rec: SpanRecord) -> trace_pb2.Span:
         kv = add()
         kv.key = k
         _set_value(kv.value, v)
+    for e in rec.events:  # WebSocket messages (spans.websocket_events)
+        ev = span.events.add()
+        ev.name = e.name
+        ev.time_unix_nano = e.time_ns
+        for k, v in e.attributes:
+            kv = ev.attributes.add()
+            kv.key = k
+            _set_value(kv.value, v)
+    if rec.dropped_events:
+        span.dropped_events_count = rec.dropped_events
     if rec.error:
         span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
         span.status.message = rec.status_message
@@ -374,7 +389,9 @@ class OtlpExporter:
             redactor = Redactor(cfg.redaction)
         except RedactionError as exc:
             raise InputError(str(exc)) from None
-        self.mapper = SpanMapper(cfg.span_profile, redactor)
+        self.mapper = SpanMapper(cfg.span_profile, redactor, sensitive=SensitiveRules() if cfg.sensitive else None,
+                                 sensitive_bodies=cfg.sensitive_bodies,
+                                 graphql=cfg.graphql if cfg.graphql is not None else DEFAULT_OPTIONS)
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.stats.update(map_errors=0, corrupt=0, spool_bytes=0)

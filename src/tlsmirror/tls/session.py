@@ -77,13 +77,15 @@ _HOLD_RANK = {None: 0, UNLOCKED: 1, EXPIRED: 2, EVICTED: 3}
 
 # Mid-stream pickup: a connection whose first records are application data (its handshake not seen)
 PICKUP_MAX_RECORDS = 64  # records tried before the connection is given up (reported as no_handshake)
-PICKUP_BUDGET = 1 << 15  # trial decryptions a connection may spend on finding its keys, in all
+PICKUP_BUDGET = 1 << 13  # trial decryptions a connection may spend on finding its keys, in all
 PICKUP_MAX_SECRETS = 64  # TLS 1.3 without handshake facts: unused application secrets tried, at most
 PICKUP_KEY_UPDATES = 3  # TLS 1.3: KeyUpdates before the pickup that a trial covers (secret generations)
 _SUITES13 = {32: (0x1301, 0x1303, 0x1304, 0x1305), 48: (0x1302,)}  # TLS 1.3 suites by secret length
 
 
 _UNFRAMED = "picked up mid-record"
+# a TLS 1.3 pickup trial: (role, client random, suite, secret, decryptor)
+_Option13 = tuple[int, bytes, CipherSuite, bytes, RecordDecryptor]
 
 
 class _RolesSwapped(Exception):
@@ -212,6 +214,8 @@ class TlsSession:
         self.pickup_budget = PICKUP_BUDGET
         # TLS 1.3 pickup: per role, the secrets after KeyUpdates that side's first record may be under
         self._pickup_alts: list[list[tuple[bytes, RecordDecryptor]]] | None = None
+        # TLS 1.3 pickup without facts: the secrets tried on the last record and their decryptors
+        self._pickup_opts: tuple[list[bytes], list[_Option13]] | None = None
 
     @property
     def version_name(self) -> str | None:
@@ -1417,17 +1421,12 @@ class TlsSession:
         if not candidates:
             return None
         labels = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0)
-        options: list[tuple[int, bytes, CipherSuite, bytes, RecordDecryptor]] = []
-        for cr in candidates:
-            for role in (0, 1):
-                secret = store.peek(labels[role], cr)
-                if secret is None:
-                    continue
-                for code in _SUITES13.get(len(secret), ()):
-                    suite = suite_for(code)
-                    if suite.supported:
-                        options.append((role, cr, suite, secret, tls13_decryptor(suite, secret)))
-                        self.pickup_budget -= 1
+        cached = self._pickup_opts
+        if cached is not None and cached[0] == candidates:
+            options = cached[1]  # the same secrets as for the record before: the same decryptors
+        else:
+            options = self._options13(candidates)
+            self._pickup_opts = (candidates, options)
         if not options:
             return None
         # a record may spend a quarter of what is left: later ones (keys that came late) still get a try
@@ -1436,6 +1435,7 @@ class TlsSession:
             for role, cr, suite, secret, dec in options:
                 if self._trial(dec, ver, frag, [seq]) < 0:
                     continue
+                self._pickup_opts = None
                 other = store.get(labels[role ^ 1], cr)
                 store.get(labels[role], cr)
                 decs: list[RecordDecryptor | None] = [None, None]
@@ -1449,3 +1449,20 @@ class TlsSession:
                     self._pickup_alts[role ^ 1] = self._generations(suite, other)
                 return role, suite, 0x0304, decs, secrets, seq
         return None
+
+    def _options13(self, candidates: list[bytes]) -> list[_Option13]:
+        """A decryptor per unused application secret and suite its length allows (each costs a trial)."""
+        store = self.ctx.store
+        labels = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0)
+        options: list[_Option13] = []
+        for cr in candidates:
+            for role in (0, 1):
+                secret = store.peek(labels[role], cr)
+                if secret is None:
+                    continue
+                for code in _SUITES13.get(len(secret), ()):
+                    suite = suite_for(code)
+                    if suite.supported:
+                        options.append((role, cr, suite, secret, tls13_decryptor(suite, secret)))
+                        self.pickup_budget -= 1
+        return options

@@ -282,7 +282,7 @@ class Engine:
                 if len(ev.data) < SNIFF_BYTES:
                     self._sniff(ev, out)
                     return
-                if looks_like_tls(ev.data):
+                if looks_like_tls(ev.data) or (not flow.syn_seen and self._known_tls(flow)):
                     app = flow.app = TlsSession(flow, self.tls, ev.ts)
                     self._stats["tls_flows"] += 1
                 else:
@@ -340,6 +340,16 @@ class Engine:
             ev.flow.app = None
         elif type(ev) is FlowOpened:
             pass
+
+    def _known_tls(self, flow: Flow) -> bool:
+        """A flow picked up mid-record (no SYN, its first bytes not a TLS header) that handshake facts
+        say is TLS: its session finds the record framing and picks it up."""
+        facts = self.tls.facts
+        for c in (0, 1):
+            key = (flow.addr[c], flow.port[c], flow.addr[c ^ 1], flow.port[c ^ 1])
+            if facts.for_tuple(key) is not None:
+                return True
+        return False
 
     def _tls_data(self, app: TlsSession, ev: StreamData, out: list[EngineEvent]) -> None:
         app.data(ev.direction, ev.data, ev.ts)

@@ -83,7 +83,37 @@ PICKUP_KEY_UPDATES = 3  # TLS 1.3: KeyUpdates before the pickup that a trial cov
 _SUITES13 = {32: (0x1301, 0x1303, 0x1304, 0x1305), 48: (0x1302,)}  # TLS 1.3 suites by secret length
 
 
-_UNFRAMED = "picked up mid-record"
+REFRAME_KEEP = 2 * (MAX_RECORD + 5)  # bytes kept while looking for the record framing mid-stream
+
+
+def _reframe(buf: bytearray, start: int) -> tuple[int, int]:
+    """Mid-stream, no handshake: where an application-data record header starts that is followed by
+    another header or ends with the bytes so far (the framing found; a wrong one fails the pickup's
+    tag check and is looked for again), and where the bytes still worth keeping start (-1 and that
+    while none is found yet)."""
+    n = len(buf)
+    pos = start
+    keep = -1
+    while True:
+        o = buf.find(b"\x17\x03", pos)
+        if o < 0 or n - o < 5:
+            break
+        pos = o + 1
+        length = (buf[o + 3] << 8) | buf[o + 4]
+        if buf[o + 2] > 4 or length > MAX_RECORD or length < MIN_PROTECTED_RECORD - 5:
+            continue
+        nxt = o + 5 + length
+        if nxt == n:
+            return o, o  # a record that ends where the bytes so far end (a segment's last): the pickup's tag says
+        if nxt + 3 > n:
+            if keep < 0:
+                keep = o  # cannot be checked yet: wait for the bytes after it
+            continue
+        if 20 <= buf[nxt] <= 24 and buf[nxt + 1] == 3 and buf[nxt + 2] <= 4:
+            return o, o
+    if keep < 0:
+        keep = max(start, n - 4)  # a header may straddle this chunk and the next
+    return -1, max(keep, n - REFRAME_KEEP)
 # a TLS 1.3 pickup trial: (role, client random, suite, secret, decryptor)
 _Option13 = tuple[int, bytes, CipherSuite, bytes, RecordDecryptor]
 
@@ -313,7 +343,7 @@ class TlsSession:
             del buf[:start]
         n = len(buf)
         off = 0
-        if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None:
+        if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None and buf[2] == hs.CLIENT_HELLO:
             off = self._sslv2_hello(buf)
             if off < 0:
                 return
@@ -322,11 +352,17 @@ class TlsSession:
             ver = (buf[off + 1] << 8) | buf[off + 2]
             length = (buf[off + 3] << 8) | buf[off + 4]
             if not (20 <= ctype <= 24) or buf[off + 1] != 3 or length > MAX_RECORD:
-                del buf[:]
-                # mid-record and no handshake: a pickup may still find its records
-                unframed = not st.encrypted and self.ch is None and self.sh is None and not self.pickup_done
-                st.broken = _UNFRAMED if unframed else "not a TLS record"
                 self._set_failure(f"record framing lost ({'client' if d == 0 else 'server'} side)")
+                if not st.encrypted and self.ch is None and self.sh is None and not self.pickup_done:
+                    # mid-record and no handshake seen: find the record framing, then pick up
+                    found, keep = _reframe(buf, off + 1)
+                    if found >= 0:
+                        off = found
+                        continue
+                    del buf[:keep]
+                    return
+                st.broken = "not a TLS record"
+                del buf[:]
                 return
             end = off + 5 + length
             if end > n:
@@ -1256,6 +1292,9 @@ class TlsSession:
             a, b = self.dirs
             self.dirs = (b, a)
         self._install(role, suite, version, decs, secrets, facts.alpn if facts is not None else None)
+        if self.dirs[role ^ 1].buf:
+            # what the other side sent before this record, held while its framing was unknown, goes first
+            self.data((role ^ 1) ^ self.client_dir, b"", ts)
         st = self.dirs[role]
         dec = decs[role]
         assert dec is not None
@@ -1296,6 +1335,8 @@ class TlsSession:
                 st.broken = "no key for this side"
                 continue
             st.encrypted = True
+            if self.failure is not None and self.failure.startswith("record framing lost"):
+                self.failure = None  # the capture started mid-record: framing was found again
             if self.tls13:
                 st.keys[E_APP] = dec
                 st.app_secret = secrets[r]
@@ -1305,11 +1346,6 @@ class TlsSession:
                 st.dec = dec
             if r != first:
                 # its records so far were tried and dropped; the next one is found by the gap search
-                if st.broken == _UNFRAMED:
-                    st.broken = None
-                    del st.buf[:]
-                    if self.failure is not None and self.failure.startswith("record framing lost"):
-                        self.failure = None
                 st.seek = SEEK_MAX_RECORDS * MIN_PROTECTED_RECORD
 
     def _seek_alts(self, d: int, st: _Direction, ver: int, frag: bytes, most: int) -> bool:

@@ -284,3 +284,23 @@ def test_garbage_mid_stream_never_crashes_never_hangs(chunks: list[tuple[int, by
     assert time.process_time() - start < 20
     assert run.engine.stats["picked_up"] == 0
     assert all(not o.picked_up for o in run.of(TlsOutcome))
+
+
+@pytest.mark.parametrize("name", ["tls12-gcm", "tls12-cbc", "tls13"])
+def test_a_capture_that_starts_mid_record_finds_the_framing_with_the_facts(name: str) -> None:
+    """The first segment of each direction is missing: both start inside a record. The facts say the flow
+    is TLS; the session finds two record headers in a row, then picks the connection up."""
+    t = transcript(name)
+    facts = first_run(t).of(HandshakeFacts)
+    segs = cut(t, 2, mss=40)
+    firsts = {next(i for i, s in enumerate(segs) if s.sport == port) for port in (40000, 443)}
+    segs = [s for i, s in enumerate(segs) if i not in firsts]
+    run = second_run(t, segs, facts)
+    got = views(run)
+    # exchange 2 lost its request's first bytes; the ones after it are whole
+    assert got[-3:] == expected(3), got
+    assert all("picked_up" in v[3] for v in got)
+    out = run.outcome
+    assert (out.outcome, out.picked_up, out.records_failed) == ("decrypted", True, 0), out
+    # without the facts the flow does not even look like TLS: nothing is invented
+    assert second_run(t, segs).of(ApiCall) == []

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.pcapwriter import conversation_pcap, write_capture
 from tests.support.tlspair import run_session
@@ -111,3 +113,31 @@ def test_ipv6_facts_round_trip() -> None:
     row = facts_to_dict(f)
     assert row["client"] == {"ip": "::1", "port": 50000} and row["version"] == "TLS1.3"
     assert facts_from_dict(row) == f
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner,
+                                                                                 max_size=6), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=_JSON, over=st.dictionaries(st.sampled_from(["client", "server", "client_random", "server_random",
+                                                          "version", "suite", "alpn", "ts",
+                                                          "extended_master_secret"]), _JSON, max_size=4))
+def test_any_json_is_facts_or_a_value_error(obj: Any, over: dict[str, Any]) -> None:
+    good = facts_to_dict(HandshakeFacts(bytes([10, 0, 0, 1]), 1, bytes([10, 0, 0, 2]), 2, b"\x01" * 32, b"\x02" * 32,
+                                        0x0303, 0xC02F, False, False, None, 1.0))
+    for candidate in (obj, dict(good, **over)):
+        try:
+            f = facts_from_dict(candidate)
+        except ValueError:
+            continue
+        assert isinstance(f, HandshakeFacts) and len(f.client_random) == 32
+
+
+def test_bad_lines_of_any_kind_never_fail_the_load(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"[" * 100000 + b"\n\xff\xfe\n" + b'{"ts": 1e400}\n' + b"1" * 5000 + b"\n")
+    warnings: list[str] = []
+    assert load_facts_files([str(path)], warnings.append) == []
+    assert len(warnings) == 4

@@ -83,8 +83,8 @@ def facts_from_dict(obj: Any) -> HandshakeFacts:
     if alpn is not None and not isinstance(alpn, str):
         raise ValueError("alpn is not a string")
     ts = obj.get("ts", 0.0)
-    if not isinstance(ts, (int, float)):
-        raise ValueError("ts is not a number")
+    if type(ts) not in (int, float) or not -1e12 < ts < 1e12:
+        raise ValueError("ts is not a time")
     client_random = _random(obj.get("client_random"), "client_random")
     server_random = _random(obj.get("server_random"), "server_random")
     return HandshakeFacts(client[0], client[1], server[0], server[1], client_random, server_random, code, suite.code,
@@ -107,10 +107,10 @@ def load_facts_files(paths: Iterable[str], warn: Callable[[str], None]) -> list[
                 continue
             try:
                 out.append(facts_from_dict(json.loads(line)))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 bad += 1
                 if bad <= MAX_FACTS_WARNINGS:
-                    why = "not JSON" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    why = str(exc) if type(exc) is ValueError else "not JSON"
                     warn(f"{path}:{no}: skipped handshake facts line: {why}")
         if bad > MAX_FACTS_WARNINGS:
             warn(f"{path}: {bad - MAX_FACTS_WARNINGS} more handshake facts lines skipped")

@@ -304,3 +304,15 @@ def test_a_capture_that_starts_mid_record_finds_the_framing_with_the_facts(name:
     assert (out.outcome, out.picked_up, out.records_failed) == ("decrypted", True, 0), out
     # without the facts the flow does not even look like TLS: nothing is invented
     assert second_run(t, segs).of(ApiCall) == []
+
+
+def test_a_connection_that_never_matches_gives_up_and_is_no_handshake() -> None:
+    """The key log has unused TLS 1.3 secrets, none of this connection: every trial fails, within the
+    budget, and the connection is reported as before (no_handshake), its bytes never shown."""
+    t = transcript("tls13")
+    other = h2_transcript("1.3")
+    start = time.process_time()
+    run = second_run(t, cut(t, 0), keylog=other.keylog)
+    assert time.process_time() - start < 10
+    assert run.of(ApiCall) == [] and run.plaintext() == (b"", b"")
+    assert (run.outcome.outcome, run.outcome.picked_up, run.engine.stats["picked_up"]) == ("no_handshake", False, 0)

@@ -21,11 +21,13 @@ from .keys.store import KeyStore
 from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
 from .tcp.reassembly import TcpReassembler
 from .tls.context import TlsContext
-from .tls.events import TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from .tls.events import HandshakeFacts, TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import TlsSession, looks_like_client_hello, looks_like_tls
 
 STARTTLS_CHUNKS = 64  # a cleartext flow is watched this many chunks for a ClientHello (STARTTLS)
 SNIFF_BYTES = 6  # bytes of a stream needed to tell TLS (record header + handshake type) from the rest
+
+_PICKED_UP = frozenset(("picked_up",))  # the flag of calls on a connection decrypted from mid-stream
 
 EngineEvent = TlsEvent | CallEvent
 """What the engine emits: TLS events (each connection's handshake, plaintext, gaps, outcome) and, with
@@ -137,11 +139,13 @@ def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connect
 class _TlsHttp:
     """HTTP parsing attached to one TLS session (``TlsSession.user``)."""
 
-    __slots__ = ("_conn_info", "conn", "sess")
+    __slots__ = ("_conn_info", "conn", "picked_up", "sess")
 
     def __init__(self, sess: TlsSession, body_limit: int) -> None:
         self.sess = sess
-        self.conn = HttpConnection(alpn=sess.alpn, body_limit=body_limit)
+        # picked up mid-stream: HTTP starts at the next message (h1) or frame (h2), calls are flagged
+        self.picked_up = sess.picked_up
+        self.conn = HttpConnection(alpn=sess.alpn, body_limit=body_limit, midstream=sess.picked_up)
         self._conn_info: Connection | None = None
 
     def connection(self) -> Connection:
@@ -185,9 +189,11 @@ class Engine:
     # ------------------------------------------------------------------ input
     @property
     def stats(self) -> dict[str, int]:
-        """Engine counters: frames, segments, filtered, tls_flows, other_flows, starttls_flows."""
+        """Engine counters: frames, segments, filtered, tls_flows, other_flows, starttls_flows, picked_up
+        (TLS connections decrypted from mid-stream, their handshake not seen)."""
         self._stats["frames"] = self._frames
         self._stats["segments"] = self._segments
+        self._stats["picked_up"] = self.tls.picked_up
         return self._stats
 
     def feed_frame(self, linktype: int, data: bytes, ts: float) -> list[EngineEvent]:
@@ -243,6 +249,14 @@ class Engine:
                 self._close_tls(sess, self._deferred[sess], out)  # the time it ended
         return out
 
+    def add_facts(self, facts: Iterable[HandshakeFacts]) -> None:
+        """Handshake facts of connections (from another sensor, or an earlier run that saw their
+        handshakes): a connection on one of their 4-tuples whose handshake this engine does not see is
+        decrypted from mid-stream, with the key log's secrets of its client random."""
+        index = self.tls.facts
+        for f in facts:
+            index.add(f)
+
     def expire(self, now: float) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         self._expire(now, out)
@@ -277,7 +291,7 @@ class Engine:
                 if len(ev.data) < SNIFF_BYTES:
                     self._sniff(ev, out)
                     return
-                if looks_like_tls(ev.data):
+                if looks_like_tls(ev.data) or (not flow.syn_seen and self._known_tls(flow)):
                     app = flow.app = TlsSession(flow, self.tls, ev.ts)
                     self._stats["tls_flows"] += 1
                 else:
@@ -336,6 +350,16 @@ class Engine:
         elif type(ev) is FlowOpened:
             pass
 
+    def _known_tls(self, flow: Flow) -> bool:
+        """A flow picked up mid-record (no SYN, its first bytes not a TLS header) that handshake facts
+        say is TLS: its session finds the record framing and picks it up."""
+        facts = self.tls.facts
+        for c in (0, 1):
+            key = (flow.addr[c], flow.port[c], flow.addr[c ^ 1], flow.port[c ^ 1])
+            if facts.for_tuple(key) is not None:
+                return True
+        return False
+
     def _tls_data(self, app: TlsSession, ev: StreamData, out: list[EngineEvent]) -> None:
         app.data(ev.direction, ev.data, ev.ts)
         if app.out:
@@ -366,20 +390,25 @@ class Engine:
                 if http is None:
                     http = _TlsHttp(sess, self.config.body_limit)
                     sess.user = http
-                self._http_events(http.connection(), http.conn.feed(ev.direction, ev.data, ev.ts), out)
+                self._http_events(http.connection(), http.conn.feed(ev.direction, ev.data, ev.ts), out,
+                                  http.picked_up)
             elif type(ev) is TlsHandshake:
                 pass
             elif type(ev) is TlsGap:
                 if http is not None:
-                    self._http_events(http.connection(), http.conn.gap(ev.direction, ev.size, ev.ts), out)
+                    self._http_events(http.connection(), http.conn.gap(ev.direction, ev.size, ev.ts), out,
+                                      http.picked_up)
             elif type(ev) is TlsOutcome and http is not None:
-                self._http_events(http.connection(), http.conn.close(ev.ts), out)
+                self._http_events(http.connection(), http.conn.close(ev.ts), out, http.picked_up)
         events.clear()
 
-    def _http_events(self, conn: Connection, events: list[HttpEvent], out: list[EngineEvent]) -> None:
+    def _http_events(self, conn: Connection, events: list[HttpEvent], out: list[EngineEvent],
+                     picked_up: bool = False) -> None:
         router = self.router
         for ev in events:
             if type(ev) is Exchange:
+                if picked_up:
+                    ev.flags = ev.flags | _PICKED_UP
                 path = ev.path
                 if router is not None and path is not None:
                     host = ev.authority or f"{conn.server_ip}:{conn.server_port}"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .errors import HttpError
 from .events import HttpEvent, HttpProblem
-from .h1 import H1Connection
-from .h2 import PREFACE, H2Connection
+from .h1 import H1Connection, message_start
+from .h2 import PREFACE, H2Connection, plausible_frames
 
 _Out = list[HttpEvent]
+MIDSTREAM_SNIFF = 64 * 1024  # bytes held to tell HTTP/1 from HTTP/2 on a connection picked up mid-stream
 # What a bug inside an engine can raise; HttpError is handled inside the engines themselves.
 _INTERNAL = (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError, OverflowError,
              MemoryError)
@@ -20,17 +21,25 @@ class HttpConnection:
     the HTTP/2 connection preface is HTTP/2 with prior knowledge, else HTTP/1.x. Direction 0 is
     client->server. Every method returns the events completed by that call; errors end this
     connection's parsing with one :class:`HttpProblem` (also recorded in ``problems``).
+
+    ``midstream``: the bytes start somewhere inside the connection (TLS picked up mid-stream). HTTP/1
+    starts at the next request or status line; HTTP/2 at the next frame boundary, with headers decoded
+    as far as HPACK state allows. Without ALPN the first bytes tell which it is.
     """
 
-    def __init__(self, *, alpn: str | None = None, body_limit: int = 128 * 1024) -> None:
+    def __init__(self, *, alpn: str | None = None, body_limit: int = 128 * 1024, midstream: bool = False) -> None:
         self.body_limit = body_limit
         self._engine: H1Connection | H2Connection | None = None
         self._held: list[tuple[int, bytes | int, float]] = []  # before the protocol is known
         self._client_head = b""
         self._problems: list[str] = []
         self._closed = False
+        self._midstream = midstream
+        self._sniffed = 0
         if alpn == "h2":
             self._engine = H2Connection(body_limit=body_limit)
+        elif midstream and alpn is not None:
+            self._engine = H1Connection(body_limit, midstream=True)
 
     @property
     def problems(self) -> list[str]:
@@ -49,6 +58,8 @@ class HttpConnection:
         engine = self._engine
         if engine is None:
             self._held.append((direction, data, ts))
+            if self._midstream:
+                return self._sniff_midstream(direction, data)
             if direction == 0:
                 self._client_head += data[: len(PREFACE) - len(self._client_head)]
                 head = self._client_head
@@ -67,6 +78,9 @@ class HttpConnection:
             return []
         engine = self._engine
         if engine is None:
+            if self._midstream:
+                self._held.append((direction, size, ts))
+                return []
             if direction == 0 or self._client_head:
                 # cannot tell the protocol across a hole at the start: assume HTTP/1.x, whose
                 # parser reports the gap as a problem if it cannot resync
@@ -87,7 +101,7 @@ class HttpConnection:
             if not self._held:
                 self._closed = True
                 return []
-            out += self._decide(H1Connection(self.body_limit))
+            out += self._decide(H1Connection(self.body_limit, midstream=self._midstream))
         engine = self._engine
         assert engine is not None
         if not self._closed:
@@ -97,6 +111,18 @@ class HttpConnection:
                 out += self._fail(engine, exc, ts)
         self._closed = True
         return out
+
+    def _sniff_midstream(self, direction: int, data: bytes) -> _Out:
+        """Mid-stream, no ALPN: a request or status line says HTTP/1, frame headers that chain say
+        HTTP/2; undecided after ``MIDSTREAM_SNIFF`` bytes, HTTP/1 (it reports what it cannot parse)."""
+        if message_start(direction, data, 0) >= 0:
+            return self._decide(H1Connection(self.body_limit, midstream=True))
+        if plausible_frames(data):
+            return self._decide(H2Connection(body_limit=self.body_limit))
+        self._sniffed += len(data)
+        if self._sniffed > MIDSTREAM_SNIFF:
+            return self._decide(H1Connection(self.body_limit, midstream=True))
+        return []
 
     def _decide(self, engine: H1Connection | H2Connection) -> _Out:
         self._engine = engine

@@ -184,15 +184,19 @@ class _Dir:
 class H1Connection(EventQueue):
     """Pairs HTTP/1.x requests (direction 0) with responses (direction 1), in order."""
 
-    def __init__(self, body_limit: int = 128 * 1024) -> None:
+    def __init__(self, body_limit: int = 128 * 1024, *, midstream: bool = False) -> None:
         self.body_limit = body_limit
         self._dirs = (_Dir(), _Dir())
+        if midstream:
+            # the bytes start inside the connection (TLS picked up mid-stream): at the next message
+            for d in self._dirs:
+                d.state = SEEK
         self._pending: list[_Pending] = []  # in request order
         self._out: list[Exchange | HttpProblem] = []
         self.problems: list[str] = []
         self.stopped = False
         self.resyncs = 0  # times parsing started again after a gap
-        self._server_lost = False  # a server-side gap swallowed responses
+        self._server_lost = midstream  # a server-side gap (or the start of the capture) swallowed responses
         self.heads = 0  # message heads parsed (either direction)
         # after a WebSocket handshake: the frame parser of both directions, and the handshake's exchange,
         # reported with the session when it ends
@@ -634,10 +638,7 @@ class H1Connection(EventQueue):
 
     @staticmethod
     def _message_start(i: int, buf: bytes, pos: int) -> int:
-        """Offset of the first request line (``i`` 0) or status line (1) in ``buf``, or -1. Not only at
-        line starts: a message follows the previous body's last byte directly."""
-        m = (_REQUEST_START if i == 0 else _RESPONSE_START).search(buf, pos)
-        return -1 if m is None else m.start()
+        return message_start(i, buf, pos)
 
     def _response_head(self, d: _Dir, msg: _Msg, ts: float) -> None:
         status = msg.status or 0
@@ -805,3 +806,10 @@ class H1Connection(EventQueue):
             stream_id=None,
             flags=frozenset(flags),
         )
+
+
+def message_start(i: int, buf: bytes, pos: int) -> int:
+    """Offset of the first request line (``i`` 0) or status line (1) in ``buf``, or -1. Not only at
+    line starts: a message follows the previous body's last byte directly."""
+    m = (_REQUEST_START if i == 0 else _RESPONSE_START).search(buf, pos)
+    return -1 if m is None else m.start()

@@ -385,23 +385,7 @@ class H2Connection(EventQueue):
 
     def _plausible(self, buf: bytes, pos: int) -> int:
         """Length of a plausible frame header at ``pos``, or -1."""
-        hi, lo, typ, flags, sid = _HDR.unpack_from(buf, pos)
-        length: int = (hi << 16) | lo
-        if sid & 0x80000000 or typ > T_CONT or length > self._max_frame:
-            return -1
-        if flags & ~_ALLOWED_FLAGS[typ]:
-            return -1
-        zero = _STREAM_ZERO[typ]
-        if zero is not None and zero != (sid == 0):
-            return -1
-        fixed = _FIXED_LEN.get(typ)
-        if fixed is not None and length != fixed:
-            return -1
-        if typ == T_SETTINGS and (length % 6 or (flags & F_ACK and length)):
-            return -1
-        if typ == T_GOAWAY and length < 8:
-            return -1
-        return length
+        return _plausible(buf, pos, self._max_frame)
 
     def _resync(self, d: _Dir, at_close: bool = False) -> bool:
         """Find a frame boundary: two plausible frame headers in a row (at close, also one
@@ -776,3 +760,36 @@ class H2Connection(EventQueue):
             flags=frozenset(flags),
             websocket=ws,
         ))
+
+
+def _plausible(buf: bytes, pos: int, max_frame: int) -> int:
+    """Length of a plausible frame header at ``pos``, or -1."""
+    hi, lo, typ, flags, sid = _HDR.unpack_from(buf, pos)
+    length: int = (hi << 16) | lo
+    if sid & 0x80000000 or typ > T_CONT or length > max_frame:
+        return -1
+    if flags & ~_ALLOWED_FLAGS[typ]:
+        return -1
+    zero = _STREAM_ZERO[typ]
+    if zero is not None and zero != (sid == 0):
+        return -1
+    fixed = _FIXED_LEN.get(typ)
+    if fixed is not None and length != fixed:
+        return -1
+    if typ == T_SETTINGS and (length % 6 or (flags & F_ACK and length)):
+        return -1
+    if typ == T_GOAWAY and length < 8:
+        return -1
+    return length
+
+
+def plausible_frames(data: bytes) -> bool:
+    """Do these bytes (the start of a TLS record, mid-connection) look like whole HTTP/2 frames: a
+    plausible header at 0, ending where the data ends or followed by another plausible header?"""
+    if len(data) < 9:
+        return False
+    length = _plausible(data, 0, 16384)
+    if length < 0:
+        return False
+    nxt = 9 + length
+    return nxt == len(data) or (nxt + 9 <= len(data) and _plausible(data, nxt, 16384) >= 0)

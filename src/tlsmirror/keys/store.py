@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from . import events as kl
 from .events import Secret
+
+# TLS 1.3 application secrets: the ones a connection picked up mid-stream can be tried against
+_APP13 = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0)
 
 
 class KeyStore:
@@ -24,11 +28,17 @@ class KeyStore:
         self._matched: set[tuple[str, bytes]] = set()
         self._undated = False
         self._pinned: dict[tuple[str, bytes], bytes] = {}
+        # client randoms with TLS 1.3 application secrets no session has used yet, oldest first
+        self._unbound: OrderedDict[bytes, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._pinned)
 
     def add(self, secret: Secret, ts: float | None, *, pinned: bool = False) -> None:
+        if secret.label in _APP13 and (secret.label, secret.ident) not in self._matched:
+            self._unbound[secret.ident] = None
+            if len(self._unbound) > self.max_entries:
+                self._unbound.popitem(last=False)
         if pinned:
             key = (secret.label, secret.ident)
             self.stats["duplicates" if key in self._pinned else "added"] += 1
@@ -49,6 +59,8 @@ class KeyStore:
         while len(self._entries) > self.max_entries:
             old, _ = self._entries.popitem(last=False)
             self._matched.discard(old)
+            if old[0] in _APP13:
+                self._unbound.pop(old[1], None)
             self.stats["evicted"] += 1
 
     def get(self, label: str, ident: bytes) -> bytes | None:
@@ -62,7 +74,23 @@ class KeyStore:
         if (label, ident) not in self._matched:
             self._matched.add((label, ident))
             self.stats["matched"] += 1
+            if label in _APP13:
+                self._unbound.pop(ident, None)
         return value
+
+    def unbound13(self, limit: int) -> list[bytes] | None:
+        """Client randoms whose TLS 1.3 application secrets no session has used yet (the newest first),
+        or None when there are more than ``limit`` of them (too many to try)."""
+        unbound = self._unbound
+        if len(unbound) > limit:
+            return None
+        return [cr for cr in reversed(unbound)
+                if self.has(_APP13[0], cr) or self.has(_APP13[1], cr)]
+
+    def peek(self, label: str, ident: bytes) -> bytes | None:
+        """A secret, if known, without counting it as matched (a trial that may not use it)."""
+        hit = self._entries.get((label, ident))
+        return self._pinned.get((label, ident)) if hit is None else hit[0]
 
     def stamp(self, label: str, ident: bytes) -> float | None:
         """When a secret was added (its time as given to :meth:`add`); None when unknown or pinned."""
@@ -93,6 +121,8 @@ class KeyStore:
                 break
             self._entries.popitem(last=False)
             self._matched.discard(key)
+            if key[0] in _APP13:
+                self._unbound.pop(key[1], None)
             dropped += 1
         self.stats["expired"] += dropped
         return dropped

@@ -7,6 +7,9 @@ from collections import OrderedDict
 
 from ..keys.events import RsaKey
 from ..keys.store import KeyStore
+from .events import HandshakeFacts
+
+FourTuple = tuple[bytes, int, bytes, int]  # client address, client port, server address, server port
 
 
 class SessionCache:
@@ -55,6 +58,44 @@ class SessionCache:
         return len(self._entries)
 
 
+class FactsIndex:
+    """Handshake facts of connections (seen here or by another sensor), by client random, and the index
+    4-tuple -> client random that a connection picked up mid-stream is looked up by.
+
+    Bounded in entries, oldest first; a newer connection on the same 4-tuple replaces the older one.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._by_random: OrderedDict[bytes, HandshakeFacts] = OrderedDict()
+        self._by_tuple: dict[FourTuple, bytes] = {}
+        self.max_entries = max_entries
+        self.added = 0
+
+    def __len__(self) -> int:
+        return len(self._by_random)
+
+    def add(self, facts: HandshakeFacts) -> None:
+        cr = facts.client_random
+        old = self._by_random.pop(cr, None)
+        if old is not None and self._by_tuple.get(old.four_tuple) == cr:
+            del self._by_tuple[old.four_tuple]
+        self._by_random[cr] = facts
+        self._by_tuple[facts.four_tuple] = cr
+        self.added += 1
+        while len(self._by_random) > self.max_entries:
+            _, gone = self._by_random.popitem(last=False)
+            if self._by_tuple.get(gone.four_tuple) == gone.client_random:
+                del self._by_tuple[gone.four_tuple]
+
+    def get(self, client_random: bytes) -> HandshakeFacts | None:
+        return self._by_random.get(client_random)
+
+    def for_tuple(self, key: FourTuple) -> HandshakeFacts | None:
+        """The facts of the newest connection known on this 4-tuple (client side first)."""
+        cr = self._by_tuple.get(key)
+        return None if cr is None else self._by_random.get(cr)
+
+
 class TlsContext:
     """What sessions consult for keys, and the global budget for ciphertext held while keys are missing."""
 
@@ -64,6 +105,8 @@ class TlsContext:
         self.store = store
         self.rsa_keys = list(rsa_keys or ())
         self.cache = SessionCache(cache_entries)
+        self.facts = FactsIndex(cache_entries)  # handshake facts, for connections picked up mid-stream
+        self.picked_up = 0  # connections decrypted from mid-stream (their handshake not seen)
         self.max_hold_bytes_per_session = max_hold_bytes_per_session
         self.max_hold_bytes_total = max_hold_bytes_total
         self.held_bytes = 0  # ciphertext held by all sessions now

@@ -86,6 +86,36 @@ class TlsOutcome:
     held_dropped_bytes: int
     held: str | None = None  # how its wait for keys ended (HOLD_OUTCOMES), None when it never waited
     key_lag: float | None = None  # seconds from the ClientHello to the secret that unlocked it (None: unknown)
+    picked_up: bool = False  # decrypted from mid-stream: its handshake was not seen (see HandshakeFacts)
 
 
-TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome
+@dataclass(frozen=True, slots=True)
+class HandshakeFacts:
+    """What a sensor that saw a connection's handshake knows of it, besides secrets: enough for a sensor
+    that did not see it to decrypt the connection from mid-stream with the key log's secrets.
+
+    Emitted by the tls stage once a ServerHello follows a ClientHello (TLS 1.2 needs all of it to derive
+    the key block from the master secret; TLS 1.3 uses the 4-tuple and the suite), and accepted by the
+    engine (``Engine.add_facts``), keyed by the 4-tuple and by the client random. No secret in here.
+    Addresses are raw (4 or 16 bytes); ``version`` and ``suite`` are wire codes.
+    """
+
+    client_addr: bytes
+    client_port: int
+    server_addr: bytes
+    server_port: int
+    client_random: bytes
+    server_random: bytes
+    version: int  # 0x0303 TLS 1.2, 0x0304 TLS 1.3, ...
+    suite: int  # the IANA cipher suite code
+    extended_master_secret: bool
+    encrypt_then_mac: bool
+    alpn: str | None = None
+    ts: float = 0.0  # packet time of the ServerHello
+
+    @property
+    def four_tuple(self) -> tuple[bytes, int, bytes, int]:
+        return (self.client_addr, self.client_port, self.server_addr, self.server_port)
+
+
+TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome | HandshakeFacts

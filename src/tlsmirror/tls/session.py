@@ -42,6 +42,7 @@ from .events import (
     NO_KEY,
     UNLOCKED,
     UNSUPPORTED,
+    HandshakeFacts,
     TlsEvent,
     TlsGap,
     TlsHandshake,
@@ -73,6 +74,52 @@ _LABELS13: tuple[tuple[str | None, str, str], tuple[str | None, str, str]] = (
     (None, kl.SERVER_HANDSHAKE_TRAFFIC_SECRET, kl.SERVER_TRAFFIC_SECRET_0),
 )
 _HOLD_RANK = {None: 0, UNLOCKED: 1, EXPIRED: 2, EVICTED: 3}
+
+# Mid-stream pickup: a connection whose first records are application data (its handshake not seen)
+PICKUP_MAX_RECORDS = 64  # records tried before the connection is given up (reported as no_handshake)
+PICKUP_BUDGET = 1 << 13  # trial decryptions a connection may spend on finding its keys, in all
+PICKUP_MAX_SECRETS = 64  # TLS 1.3 without handshake facts: unused application secrets tried, at most
+PICKUP_KEY_UPDATES = 3  # TLS 1.3: KeyUpdates before the pickup that a trial covers (secret generations)
+_SUITES13 = {32: (0x1301, 0x1303, 0x1304, 0x1305), 48: (0x1302,)}  # TLS 1.3 suites by secret length
+
+
+REFRAME_KEEP = 2 * (MAX_RECORD + 5)  # bytes kept while looking for the record framing mid-stream
+
+
+def _reframe(buf: bytearray, start: int) -> tuple[int, int]:
+    """Mid-stream, no handshake: where an application-data record header starts that is followed by
+    another header or ends with the bytes so far (the framing found; a wrong one fails the pickup's
+    tag check and is looked for again), and where the bytes still worth keeping start (-1 and that
+    while none is found yet)."""
+    n = len(buf)
+    pos = start
+    keep = -1
+    while True:
+        o = buf.find(b"\x17\x03", pos)
+        if o < 0 or n - o < 5:
+            break
+        pos = o + 1
+        length = (buf[o + 3] << 8) | buf[o + 4]
+        if buf[o + 2] > 4 or length > MAX_RECORD or length < MIN_PROTECTED_RECORD - 5:
+            continue
+        nxt = o + 5 + length
+        if nxt == n:
+            return o, o  # a record that ends where the bytes so far end (a segment's last): the pickup's tag says
+        if nxt + 3 > n:
+            if keep < 0:
+                keep = o  # cannot be checked yet: wait for the bytes after it
+            continue
+        if 20 <= buf[nxt] <= 24 and buf[nxt + 1] == 3 and buf[nxt + 2] <= 4:
+            return o, o
+    if keep < 0:
+        keep = max(start, n - 4)  # a header may straddle this chunk and the next
+    return -1, max(keep, n - REFRAME_KEEP)
+# a TLS 1.3 pickup trial: (role, client random, suite, secret, decryptor)
+_Option13 = tuple[int, bytes, CipherSuite, bytes, RecordDecryptor]
+
+
+class _RolesSwapped(Exception):
+    """Internal: a pickup found the TLS client on the other TCP side; the record loop flips its role."""
 
 
 def looks_like_tls(data: bytes) -> bool:
@@ -191,6 +238,14 @@ class TlsSession:
         self._sink: list[Any] | None = None  # where a held record being decided puts what it yields
         self._queued_plain = 0  # plaintext bytes in ``queue``
         self.user: Any = None  # the engine's attachment (e.g. the HTTP parser fed by this session)
+        self.picked_up = False  # decrypted from mid-stream (handshake not seen), keys found by pickup
+        self.pickup_done = False  # pickup succeeded or was given up: no more trials
+        self.pickup_tries = 0  # application-data records tried for a pickup
+        self.pickup_budget = PICKUP_BUDGET
+        # TLS 1.3 pickup: per role, the secrets after KeyUpdates that side's first record may be under
+        self._pickup_alts: list[list[tuple[bytes, RecordDecryptor]]] | None = None
+        # TLS 1.3 pickup without facts: the secrets tried on the last record and their decryptors
+        self._pickup_opts: tuple[list[bytes], list[_Option13]] | None = None
 
     @property
     def version_name(self) -> str | None:
@@ -288,7 +343,7 @@ class TlsSession:
             del buf[:start]
         n = len(buf)
         off = 0
-        if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None:
+        if n >= 3 and buf[0] & 0x80 and d == 0 and self.ch is None and buf[2] == hs.CLIENT_HELLO:
             off = self._sslv2_hello(buf)
             if off < 0:
                 return
@@ -297,8 +352,16 @@ class TlsSession:
             ver = (buf[off + 1] << 8) | buf[off + 2]
             length = (buf[off + 3] << 8) | buf[off + 4]
             if not (20 <= ctype <= 24) or buf[off + 1] != 3 or length > MAX_RECORD:
-                st.broken = "not a TLS record"
                 self._set_failure(f"record framing lost ({'client' if d == 0 else 'server'} side)")
+                if not st.encrypted and self.ch is None and self.sh is None and not self.pickup_done:
+                    # mid-record and no handshake seen: find the record framing, then pick up
+                    found, keep = _reframe(buf, off + 1)
+                    if found >= 0:
+                        off = found
+                        continue
+                    del buf[:keep]
+                    return
+                st.broken = "not a TLS record"
                 del buf[:]
                 return
             end = off + 5 + length
@@ -308,6 +371,8 @@ class TlsSession:
             off = end
             try:
                 self._record(d, ctype, ver, frag, ts)
+            except _RolesSwapped:
+                d ^= 1
             except UnsupportedError as exc:
                 self.unsupported = str(exc)
             except TlsError as exc:
@@ -448,6 +513,9 @@ class TlsSession:
                 self.resyncs += 1
                 return o
             dec.seq = base
+            if self._pickup_alts is not None and self._seek_alts(d, st, ver, frag, most):
+                st.seek = 0
+                return o
         if n > SEEK_LIMIT:
             st.broken = "gap"
             st.seek = 0
@@ -556,7 +624,7 @@ class TlsSession:
         cr = self.ch.random[:8].hex() + "..." if self.ch else "?"
         if self.unsupported:
             outcome, reason = UNSUPPORTED, self.unsupported
-        elif self.no_handshake and self.sh is None:
+        elif self.no_handshake and self.sh is None and not self.picked_up:
             outcome, reason = NO_HANDSHAKE, "capture started after the TLS handshake"
         elif self.records_failed:
             outcome, reason = DECRYPT_FAILED, self.failure or "records failed authentication"
@@ -585,8 +653,10 @@ class TlsSession:
                 parts.append(f"{self.held_dropped_bytes} bytes of ciphertext dropped while waiting for the "
                              f"key ({self._drop_text()})")
             reason = "; ".join(parts)
-        elif self.ch is None:
+        elif self.ch is None and not self.picked_up:
             outcome, reason = NO_HANDSHAKE, "no ClientHello seen"
+        elif self.picked_up:
+            outcome, reason = DECRYPTED, "picked up mid-stream: the handshake was not seen"
         else:
             outcome, reason = DECRYPTED, ""
         held = self.hold_state
@@ -598,7 +668,8 @@ class TlsSession:
             suite=self.suite.name if self.suite else None, sni=self.ch.sni if self.ch else None,
             alpn=self.alpn, resumed=self.resumed, late_key=self.late_key,
             records_decrypted=self.records_decrypted, records_failed=self.records_failed,
-            held_dropped_bytes=self.held_dropped_bytes, held=held, key_lag=self.key_lag)
+            held_dropped_bytes=self.held_dropped_bytes, held=held, key_lag=self.key_lag,
+            picked_up=self.picked_up)
 
     # ------------------------------------------------------------------ records
     def _fix_direction(self, tcp_dir: int, data: bytes) -> None:
@@ -638,6 +709,8 @@ class TlsSession:
         elif ctype == CT_APPDATA:
             # Application data before any handshake: the capture started mid-connection.
             self.no_handshake = True
+            if not self.pickup_done and self.ch is None and self.sh is None:
+                self._pickup(d, ver, frag, ts)
 
     def _hold(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
         """Keep a record whose key may still come, in order; over a budget, give up instead."""
@@ -1061,7 +1134,20 @@ class TlsSession:
             self._emit(TlsHandshake(self.flow, ts, self.client_dir, hs.version_name(self.version),
                                     self.suite.name, self.ch.sni if self.ch else None,
                                     self.alpn, self.resumed))
+            if self.ch is not None and self.unsupported is None:
+                self._facts(sh, ts)
         self._try_keys(None)
+
+    def _facts(self, sh: hs.ServerHello, ts: float) -> None:
+        """The handshake facts of this connection: kept in the context (the same sensor picks the
+        connection up again if its flow is lost) and emitted for other sensors."""
+        assert self.ch is not None
+        flow = self.flow
+        c = self.client_dir
+        facts = HandshakeFacts(flow.addr[c], flow.port[c], flow.addr[c ^ 1], flow.port[c ^ 1], self.ch.random,
+                               sh.random, self.version, sh.suite, sh.ems, sh.etm, self.alpn, ts)
+        self.ctx.facts.add(facts)
+        self._emit(facts)
 
     def _wait_for(self, ident: bytes) -> None:
         if ident and ident not in self.wait_idents:
@@ -1171,3 +1257,248 @@ class TlsSession:
                     st.app_secret = secret
                 new = True
         return new
+
+    # ------------------------------------------------------------------ mid-stream pickup
+    def _pickup(self, d: int, ver: int, frag: bytes, ts: float) -> None:
+        """An application-data record of a connection whose handshake was not seen (``d``: its role
+        under the current guess of who the client is). Find the keys and this record's sequence number
+        by trial, confirmed by the AEAD tag or the MAC: from the handshake facts of the connection's
+        4-tuple (TLS 1.2: the key block from the master secret; TLS 1.3: the application secrets), else
+        (TLS 1.3) from the few application secrets no session has used. Bounded: after
+        ``PICKUP_MAX_RECORDS`` records or ``PICKUP_BUDGET`` trials the connection is given up."""
+        self.pickup_tries += 1
+        if self.pickup_tries > PICKUP_MAX_RECORDS or self.pickup_budget <= 0:
+            self.pickup_done = True
+            return
+        tcp_dir = d ^ self.client_dir
+        flow = self.flow
+        facts: HandshakeFacts | None = None
+        client = self.client_dir
+        for c in (client, client ^ 1):
+            facts = self.ctx.facts.for_tuple((flow.addr[c], flow.port[c], flow.addr[c ^ 1], flow.port[c ^ 1]))
+            if facts is not None:
+                client = c
+                break
+        if facts is not None:
+            found = self._pickup_facts(facts, tcp_dir ^ client, ver, frag)
+        else:
+            found = self._pickup_trial13(ver, frag)
+        if found is None:
+            return
+        role, suite, version, decs, secrets, seq = found
+        swapped = role != d
+        if swapped:
+            self.client_dir ^= 1
+            a, b = self.dirs
+            self.dirs = (b, a)
+        self._install(role, suite, version, decs, secrets, facts.alpn if facts is not None else None)
+        if self.dirs[role ^ 1].buf:
+            # what the other side sent before this record, held while its framing was unknown, goes first
+            self.data((role ^ 1) ^ self.client_dir, b"", ts)
+        st = self.dirs[role]
+        dec = decs[role]
+        assert dec is not None
+        dec.seq = seq
+        try:
+            itype, pt = dec.decrypt(CT_APPDATA, ver, frag)
+            self.records_decrypted += 1
+            if itype == CT_APPDATA:
+                if pt:
+                    self._emit(TlsPlaintext(flow, role, ts, pt))
+            elif self.tls13:
+                self._inner13(role, st, E_APP, itype, pt, ts)
+            else:
+                self._inner12(role, st, itype, pt, ts)
+        except UnsupportedError as exc:
+            self.unsupported = str(exc)
+        except TlsError as exc:
+            self._set_failure(str(exc))
+        if swapped:
+            raise _RolesSwapped
+
+    def _install(self, first: int, suite: CipherSuite, version: int, decs: list[RecordDecryptor | None],
+                 secrets: list[bytes], alpn: str | None) -> None:
+        """Keys found by a pickup: both directions in their steady state. The other direction's records
+        are found by the search that recovers from a TCP gap (framing and sequence number by trial)."""
+        self.picked_up = True
+        self.pickup_done = True
+        self.ctx.picked_up += 1
+        self.suite = suite
+        self.version = version
+        self.tls13 = version == 0x0304
+        if alpn:
+            self.alpn = alpn
+        self.keys_ready = self.settled = True
+        for r, st in enumerate(self.dirs):
+            dec = decs[r]
+            if dec is None:
+                st.broken = "no key for this side"
+                continue
+            st.encrypted = True
+            if self.failure is not None and self.failure.startswith("record framing lost"):
+                self.failure = None  # the capture started mid-record: framing was found again
+            if self.tls13:
+                st.keys[E_APP] = dec
+                st.app_secret = secrets[r]
+                st.init = st.stage = E_APP
+                st.app_ok = True
+            else:
+                st.dec = dec
+            if r != first:
+                # its records so far were tried and dropped; the next one is found by the gap search
+                st.seek = SEEK_MAX_RECORDS * MIN_PROTECTED_RECORD
+
+    def _seek_alts(self, d: int, st: _Direction, ver: int, frag: bytes, most: int) -> bool:
+        """TLS 1.3 pickup: is the first record found of this side under a later secret (KeyUpdates before
+        the pickup)? Then that secret is in force."""
+        assert self._pickup_alts is not None
+        for secret, dec in self._pickup_alts[d]:
+            seq = self._trial(dec, ver, frag, list(range(most + 1)))
+            if seq >= 0:
+                dec.seq = seq
+                st.keys[E_APP] = dec
+                st.app_secret = secret
+                self._pickup_alts[d] = []
+                return True
+        return False
+
+    @staticmethod
+    def _generations(suite: CipherSuite, secret: bytes) -> list[tuple[bytes, RecordDecryptor]]:
+        """The secrets (and decryptors) after 1 .. PICKUP_KEY_UPDATES KeyUpdates."""
+        out = []
+        for _ in range(PICKUP_KEY_UPDATES):
+            secret = tls13_next_secret(suite, secret)
+            out.append((secret, tls13_decryptor(suite, secret)))
+        return out
+
+    def _trial(self, dec: RecordDecryptor, ver: int, frag: bytes, seqs: list[int]) -> int:
+        """The sequence number (of ``seqs``) under which ``dec`` authenticates ``frag``, or -1."""
+        for seq in seqs:
+            if self.pickup_budget <= 0:
+                return -1
+            self.pickup_budget -= 1
+            dec.seq = seq
+            try:
+                dec.decrypt(CT_APPDATA, ver, frag)
+            except TlsError:
+                continue
+            return seq
+        return -1
+
+    def _pickup_facts(self, facts: HandshakeFacts, role: int, ver: int, frag: bytes
+                      ) -> tuple[int, CipherSuite, int, list[RecordDecryptor | None], list[bytes], int] | None:
+        """Keys from the handshake facts and the key log; None while they do not decrypt this record."""
+        suite = suite_for(facts.suite)
+        version = facts.version
+        if not suite.supported or not 0x0300 <= version <= 0x0304 or suite.tls13 != (version == 0x0304):
+            self.unsupported = f"cipher suite {suite.name} is not supported"
+            self.pickup_done = True
+            return None
+        store = self.ctx.store
+        cr = facts.client_random
+        if version == 0x0304:
+            secrets = [store.peek(kl.CLIENT_TRAFFIC_SECRET_0, cr) or b"",
+                       store.peek(kl.SERVER_TRAFFIC_SECRET_0, cr) or b""]
+            if not secrets[role]:
+                return None
+            secret = secrets[role]
+            for _ in range(PICKUP_KEY_UPDATES + 1):
+                dec = tls13_decryptor(suite, secret)
+                seq = self._trial(dec, ver, frag, list(range(SEEK_MAX_RECORDS)))
+                if seq >= 0:
+                    secrets[role] = secret
+                    other = secrets[role ^ 1]
+                    decs: list[RecordDecryptor | None] = [None, None]
+                    decs[role] = dec
+                    if other:
+                        decs[role ^ 1] = tls13_decryptor(suite, other)
+                        self._pickup_alts = [[], []]
+                        self._pickup_alts[role ^ 1] = self._generations(suite, other)
+                    store.get(kl.CLIENT_TRAFFIC_SECRET_0 if role == 0 else kl.SERVER_TRAFFIC_SECRET_0, cr)
+                    if other:
+                        store.get(kl.SERVER_TRAFFIC_SECRET_0 if role == 0 else kl.CLIENT_TRAFFIC_SECRET_0, cr)
+                    return role, suite, version, decs, secrets, seq
+                if self.pickup_budget <= 0:
+                    break
+                secret = tls13_next_secret(suite, secret)
+            return None
+        if suite.mac != "AEAD" and (suite.block_size <= 1 or version < 0x0302):
+            # RC4 and TLS 1.0 CBC chain their state across records: a record cannot be read without the
+            # ones before it
+            self.unsupported = f"{suite.name} in {hs.version_name(version)} cannot be picked up mid-stream"
+            self.pickup_done = True
+            return None
+        master = store.get(kl.CLIENT_RANDOM, cr)
+        if master is None:
+            return None
+        kb = key_block(version, suite, master, cr, facts.server_random)
+        etm = facts.encrypt_then_mac and suite.mac != "AEAD" and suite.block_size > 1
+        decs12: list[RecordDecryptor | None] = [decryptor_from_key_block(version, suite, kb, r == 0, etm)
+                                                for r in (0, 1)]
+        first = decs12[role]
+        assert first is not None
+        guesses: list[int] = []
+        if suite.mac == "AEAD" and suite.cipher != "CHACHA20_POLY1305" and len(frag) >= 8:
+            guesses.append(int.from_bytes(frag[:8], "big"))  # most stacks send the sequence number
+        guesses.extend(range(SEEK_MAX_RECORDS))
+        seq = self._trial(first, ver, frag, guesses)
+        if seq < 0:
+            return None
+        return role, suite, version, decs12, [b"", b""], seq
+
+    def _pickup_trial13(self, ver: int, frag: bytes
+                        ) -> tuple[int, CipherSuite, int, list[RecordDecryptor | None], list[bytes], int] | None:
+        """TLS 1.3 without facts: each unused application secret (either side, the suites its length
+        allows) against this record, sequence numbers from 0; the tag says which one it is."""
+        store = self.ctx.store
+        if len(frag) < 17:
+            return None
+        candidates = store.unbound13(PICKUP_MAX_SECRETS)
+        if not candidates:
+            return None
+        labels = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0)
+        cached = self._pickup_opts
+        if cached is not None and cached[0] == candidates:
+            options = cached[1]  # the same secrets as for the record before: the same decryptors
+        else:
+            options = self._options13(candidates)
+            self._pickup_opts = (candidates, options)
+        if not options:
+            return None
+        # a record may spend a quarter of what is left: later ones (keys that came late) still get a try
+        most = min(SEEK_MAX_RECORDS, max(1, self.pickup_budget // (4 * len(options))))
+        for seq in range(most):
+            for role, cr, suite, secret, dec in options:
+                if self._trial(dec, ver, frag, [seq]) < 0:
+                    continue
+                self._pickup_opts = None
+                other = store.get(labels[role ^ 1], cr)
+                store.get(labels[role], cr)
+                decs: list[RecordDecryptor | None] = [None, None]
+                secrets = [b"", b""]
+                decs[role] = dec
+                secrets[role] = secret
+                if other is not None:
+                    decs[role ^ 1] = tls13_decryptor(suite, other)
+                    secrets[role ^ 1] = other
+                    self._pickup_alts = [[], []]
+                    self._pickup_alts[role ^ 1] = self._generations(suite, other)
+                return role, suite, 0x0304, decs, secrets, seq
+        return None
+
+    def _options13(self, candidates: list[bytes]) -> list[_Option13]:
+        """A decryptor per unused application secret and suite its length allows (each costs a trial)."""
+        store = self.ctx.store
+        labels = (kl.CLIENT_TRAFFIC_SECRET_0, kl.SERVER_TRAFFIC_SECRET_0)
+        options: list[_Option13] = []
+        for cr in candidates:
+            for role in (0, 1):
+                secret = store.peek(labels[role], cr)
+                if secret is None:
+                    continue
+                for code in _SUITES13.get(len(secret), ()):
+                    suite = suite_for(code)
+                    if suite.supported:
+                        options.append((role, cr, suite, secret, tls13_decryptor(suite, secret)))
+                        self.pickup_budget -= 1
+        return options

@@ -21,7 +21,7 @@ from tests.support.tlsruns import REQUESTS, RESPONSES, openssl_suite_name
 from tlsmirror.shell.commands import main
 
 FIELDS = ["id", "client", "server", "start", "end", "sni", "alpn", "version", "suite", "resumed", "outcome",
-          "reason", "late_key", "records_decrypted", "records_failed", "c2s_bytes", "c2s_sha256",
+          "reason", "picked_up", "late_key", "records_decrypted", "records_failed", "c2s_bytes", "c2s_sha256",
           "s2c_bytes", "s2c_sha256"]
 ERROR_LINE = re.compile(r"^tlsmirror: error: [^\n]+\n$")
 

@@ -51,6 +51,12 @@ def add_secret_and_port_args(p: argparse.ArgumentParser) -> None:
                    help="environment variable holding the RSA key password")
     p.add_argument("--port", action="append", default=[], type=port, metavar="N",
                    help="only look at TCP flows with this port (repeatable; default: all ports)")
+    p.add_argument("--facts", action="append", default=[], metavar="FILE",
+                   help="handshake facts (JSON lines, from --facts-out of a run that saw the handshakes): "
+                        "connections whose handshake this capture lacks are decrypted from mid-stream "
+                        "(repeatable)")
+    p.add_argument("--facts-out", metavar="FILE",
+                   help="write the handshake facts of the connections seen here (JSON lines, mode 0600)")
 
 
 def rsa_password(var: str | None) -> bytes | None:

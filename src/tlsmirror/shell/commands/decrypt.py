@@ -23,4 +23,4 @@ def run(args: argparse.Namespace) -> int:
     from ..offline.decrypt import decrypt_main
 
     return decrypt_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.dump_dir,
-                        rsa_password(args.rsa_password_env))
+                        rsa_password(args.rsa_password_env), args.facts, args.facts_out)

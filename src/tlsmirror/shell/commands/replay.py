@@ -63,4 +63,4 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--otlp-endpoint {endpoint}: {exc}") from None
     return replay_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.format,
                        args.body_limit, rsa_password(args.rsa_password_env), extra,
-                       getattr(args, "flush_timeout", 60.0), args.bodies)
+                       getattr(args, "flush_timeout", 60.0), args.bodies, args.facts, args.facts_out)

@@ -11,8 +11,9 @@ from typing import IO, Any
 
 from ...frames.addresses import endpoint
 from ...pipeline import Engine, EngineConfig
-from ...tls.events import OUTCOMES, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from ...tls.events import OUTCOMES, HandshakeFacts, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from ..errors import InputError
+from .facts import FactsWriter, load_facts_files
 from .inputs import load_keylog_files, load_rsa_files
 from .loop import EngineFeed, pump
 from .pcapfile import CaptureReader
@@ -37,6 +38,7 @@ class DecryptRun(EngineFeed):
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.connections = 0
         self.warnings: list[str] = []  # non-fatal notes on the input (truncated file, bad secrets lines)
+        self.facts_out: FactsWriter | None = None  # --facts-out: where the handshake facts seen go
 
     def run(self, path: str) -> None:
         """Decrypt one capture file (through the one capture loop, :func:`.loop.pump`)."""
@@ -64,6 +66,8 @@ class DecryptRun(EngineFeed):
                 c.gaps += 1
             elif type(ev) is TlsHandshake and ev.flow.id not in conns:
                 conns[ev.flow.id] = _Conn()
+            elif type(ev) is HandshakeFacts and self.facts_out is not None:
+                self.facts_out.write(ev)
 
     def _dump(self, c: _Conn, ev: TlsPlaintext) -> None:
         f = c.dump[ev.direction]
@@ -94,6 +98,7 @@ class DecryptRun(EngineFeed):
             "resumed": ev.resumed,
             "outcome": ev.outcome,
             "reason": ev.reason,
+            "picked_up": ev.picked_up,
             "late_key": ev.late_key,
             "records_decrypted": ev.records_decrypted,
             "records_failed": ev.records_failed,
@@ -110,10 +115,12 @@ class DecryptRun(EngineFeed):
 
 
 def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int],
-                 output: str, dump_dir: str | None, rsa_password: bytes | None = None) -> int:
+                 output: str, dump_dir: str | None, rsa_password: bytes | None = None,
+                 facts_files: list[str] | None = None, facts_out: str | None = None) -> int:
     warn = sys.stderr
     CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
     secrets = load_keylog_files(keylogs, lambda w: print(w, file=warn))
+    facts = load_facts_files(facts_files or (), lambda w: print(w, file=warn))
     keys = load_rsa_files(rsa_keys, rsa_password)
     if dump_dir is not None:
         try:
@@ -122,19 +129,27 @@ def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: l
             raise InputError(f"{dump_dir}: cannot create dump directory: {exc.strerror or exc}") from None
     engine = Engine(EngineConfig(ports=ports or None), rsa_keys=keys)
     engine.add_secrets(secrets, 0.0)
-    if output == "-":
-        run = DecryptRun(engine, sys.stdout, dump_dir)
-        run.run(capture)
-        run.finish()
-    else:
-        try:
-            fh = open(output, "w", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
-        with fh:
-            run = DecryptRun(engine, fh, dump_dir)
+    engine.add_facts(facts)
+    writer = FactsWriter(facts_out) if facts_out is not None else None
+    try:
+        if output == "-":
+            run = DecryptRun(engine, sys.stdout, dump_dir)
+            run.facts_out = writer
             run.run(capture)
             run.finish()
+        else:
+            try:
+                fh = open(output, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
+            with fh:
+                run = DecryptRun(engine, fh, dump_dir)
+                run.facts_out = writer
+                run.run(capture)
+                run.finish()
+    finally:
+        if writer is not None:
+            writer.close()
     for w in run.warnings:
         print(w, file=warn)
     print(run.summary(), file=warn)

@@ -13,9 +13,10 @@ from typing import IO, Any
 
 from ...calls import ApiCall, HttpIssue
 from ...pipeline import Engine, EngineConfig
-from ...tls.events import OUTCOMES, TlsOutcome
+from ...tls.events import OUTCOMES, HandshakeFacts, TlsOutcome
 from ..errors import InputError
 from ..export import Exporter
+from .facts import FactsWriter, load_facts_files
 from .inputs import load_keylog_files, load_rsa_files
 from .loop import EngineFeed, pump
 from .pcapfile import CaptureReader
@@ -112,6 +113,8 @@ class ReplayRun(EngineFeed):
         self.files = 0
         self.frames = 0
         self.embedded_secrets = 0
+        self.facts_out: FactsWriter | None = None  # --facts-out: where the handshake facts seen go
+        self.picked_up = 0  # TLS connections decrypted from mid-stream (handshake not seen)
 
     def run(self, path: str, index: int = 1, count: int = 1) -> None:
         """Replay one capture file (through the one capture loop, :func:`.loop.pump`), with a progress bar
@@ -154,8 +157,13 @@ class ReplayRun(EngineFeed):
                     exporter.export(ev)
             elif type(ev) is TlsOutcome:
                 self.outcomes[ev.outcome] += 1
+                if ev.picked_up:
+                    self.picked_up += 1
                 if ev.reason:
                     self.reasons.setdefault(ev.outcome, Counter())[_IDS.sub("…", ev.reason)] += 1
+            elif type(ev) is HandshakeFacts:
+                if self.facts_out is not None:
+                    self.facts_out.write(ev)
             elif type(ev) is HttpIssue:
                 reason = ev.problem.reason
                 if reason.startswith("not HTTP"):
@@ -175,6 +183,8 @@ class ReplayRun(EngineFeed):
             line += f", {_plural(len(self.cleartext_conns), 'cleartext HTTP connection')}"
         if self.not_http:
             line += f"; {self.not_http} of them not HTTP"
+        if self.picked_up:
+            line += f"; {self.picked_up} picked up mid-stream (handshake not seen)"
         lines.append(line)
         for outcome in OUTCOMES:
             reasons = self.reasons.get(outcome)
@@ -229,7 +239,8 @@ def make_exporter(output: str, fmt: str, body_mode: str = "auto") -> Exporter:
 def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Sequence[str],
                 ports: Sequence[int], output: str = "-", fmt: str = "jsonl", body_limit: int = 128 * 1024,
                 rsa_password: bytes | None = None, extra_exporters: Sequence[Exporter] = (),
-                flush_timeout: float = 60.0, body_mode: str = "auto") -> int:
+                flush_timeout: float = 60.0, body_mode: str = "auto", facts_files: Sequence[str] = (),
+                facts_out: str | None = None) -> int:
     """The whole offline pipeline over ``captures`` (in order, one engine). Returns the exit code."""
     warn = sys.stderr
     for path in captures:
@@ -237,13 +248,17 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
             raise InputError(f"{path}: no such capture file" if not os.path.exists(path)
                              else f"{path}: not a regular file")
     secrets = load_keylog_files(keylogs, lambda w: print(w, file=warn))
+    facts = load_facts_files(facts_files, lambda w: print(w, file=warn))
     keys = load_rsa_files(rsa_keys, rsa_password)
     engine = Engine(EngineConfig(ports=ports or None, http=True, body_limit=body_limit), rsa_keys=keys)
     engine.add_secrets(secrets, 0.0)
+    engine.add_facts(facts)
     exporters: list[Exporter] = [make_exporter(output, fmt, body_mode)]
     exporters += extra_exporters
     progress = warn if warn.isatty() else None
     run = ReplayRun(engine, exporters, progress=progress, warn=warn)
+    if facts_out is not None:
+        run.facts_out = FactsWriter(facts_out)
     code = 0
     try:
         for i, path in enumerate(captures, 1):
@@ -260,6 +275,8 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
                 if cfg is not None and hasattr(cfg, "flush_timeout"):
                     cfg.flush_timeout = 0.0  # OtlpExporter.close() flushes again: we waited already
             exporter.close()
+        if run.facts_out is not None:
+            run.facts_out.close()
     print(run.summary(), file=warn)
     for exporter in leftovers:
         pending = {k: v for k, v in exporter.stats.items() if k in ("queue_depth", "spool_bytes") and v}

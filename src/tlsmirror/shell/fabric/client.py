@@ -386,3 +386,20 @@ class Fabric:
             await self._with_timeout(client.set(key, presence, ex=PRESENCE_TTL))
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), BEAT)
+
+
+def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: list[Secret]) -> Fabric:
+    """The daemon's fabric: publish the key log files' secrets, load the others' (bounded wait), go on."""
+    fabric = Fabric.from_config(cfg, deliver)
+    fabric.publish(preload)
+    if fabric.start():
+        st = fabric.snapshot()
+        log.info("fabric: %d secrets loaded from %s (%d entries), %d to publish", st["secrets_in"],
+                 fabric.settings.where, st["snapshot_entries"], len(preload))
+    elif fabric.connected:
+        log.warning("fabric: %s is slow to give its snapshot; ready now, its secrets follow",
+                    fabric.settings.where)
+    else:
+        log.warning("fabric: %s not reachable within %g s; ready without its secrets, retrying in the "
+                    "background", fabric.settings.where, fabric.settings.timeout)
+    return fabric

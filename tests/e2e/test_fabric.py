@@ -55,6 +55,8 @@ class Sensor:
         cmd = [sys.executable, "-m", "tlsmirror", "run", "--pcap", pcap, "--workers", "1", "-o", str(self.out),
                "--no-keys", "--metrics-port", str(self.mport), "--set", f"keys.fabric={url}",
                "--set", f"keys.fabric_id=sensor-{name}", "--set", "keys.fabric_timeout=1", *extra]
+        if "--key-port" in extra:  # this one runs its key listener
+            cmd.remove("--no-keys")
         self.proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
         self.err = ""
 
@@ -133,6 +135,38 @@ def test_two_sensors_share_the_secrets_one_was_given(tmp_path: Path, redis_serve
             s.kill()
     _check_outputs(calls_a, calls_b, ports_a, ports_b)
     assert "fabric: connected to" in b.err and "20 to publish" in a.err
+
+
+def test_secrets_from_the_key_listener_are_shared(tmp_path: Path, redis_server: RedisServer) -> None:
+    import socket
+    import ssl
+
+    half_a, half_b, ports_a, ports_b = split_sample(tmp_path)
+    kport = free_port()
+    sensors: list[Sensor] = []
+    try:
+        a = Sensor(tmp_path, "a", half_a, redis_server.url, "--pcap-linger", "60", "--key-port", str(kport),
+                   "--set", "keys.host=127.0.0.1",
+                   "--set", f"keys.state_dir={tmp_path / 'state'}")
+        b = Sensor(tmp_path, "b", half_b, redis_server.url, "--pcap-linger", "60")
+        sensors += [a, b]
+        wait_for(lambda: a.health()["ready"] is True and b.metric("fabric_connected") == 1, 60, "both ready")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", kport)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="sensor") as s:
+            s.sendall(Path(KEYLOG).read_bytes())
+        wait_for(lambda: a.metric("exported") == 30 and b.metric("exported") == 30, 60, "30 calls on each")
+        assert a.metric("keys_received") == 20 and a.metric("fabric_secrets", direction="out") == 20
+        assert b.metric("fabric_secrets", direction="in") == 20 and b.metric("keys_received") == 0
+        assert a.metric("fabric_secrets", direction="in") == 0  # its own came back on the channel: ignored
+        calls_a = a.finish(term=True)
+        calls_b = b.finish(term=True)
+    finally:
+        for s in sensors:
+            s.kill()
+    _check_outputs(calls_a, calls_b, ports_a, ports_b)
 
 
 def test_redis_stopped_for_a_while_in_the_middle(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -110,6 +110,9 @@ class KeysConfig:
         "the fabric's password (prefer fabric_password_file or the environment; never logged)", secret=True))
     fabric_ca: str | None = field(default=None, metadata=_k(
         "PEM CA bundle verifying a rediss:// fabric (none: the system's CAs)", path=True))
+    fabric_cert: str | None = field(default=None, metadata=_k(
+        "PEM client certificate for a rediss:// fabric that asks for one (tls-auth-clients)", path=True))
+    fabric_key: str | None = field(default=None, metadata=_k("PEM private key for `fabric_cert`", path=True))
     fabric_id: str = field(default="", metadata=_k(
         "this sensor's name in the fabric, unique per sensor (empty: host name, process id and a random "
         "suffix)"))
@@ -584,9 +587,13 @@ def _check_fabric(k: KeysConfig, where: Any) -> None:
     if k.fabric_password is not None and k.fabric_password_file is not None:
         raise InputError(f"{where('keys.fabric_password_file')}: keys.fabric_password and "
                          "keys.fabric_password_file are both set; keep one of them")
-    if k.fabric_ca is not None and not scheme.startswith("rediss"):
-        raise InputError(f"{where('keys.fabric_ca')}: keys.fabric_ca is set but keys.fabric is not TLS; "
-                         "write rediss:// (or rediss+sentinel://), or drop keys.fabric_ca")
+    for name in ("fabric_ca", "fabric_cert"):
+        if getattr(k, name) is not None and not scheme.startswith("rediss"):
+            raise InputError(f"{where('keys.' + name)}: keys.{name} is set but keys.fabric is not TLS; "
+                             f"write rediss:// (or rediss+sentinel://), or drop keys.{name}")
+    if (k.fabric_cert is None) != (k.fabric_key is None):
+        raise InputError(f"{where('keys.fabric_cert' if k.fabric_cert else 'keys.fabric_key')}: keys.fabric_cert "
+                         "and keys.fabric_key go together; set both, or neither")
 
 
 def read_fabric_password(cfg: Config) -> str | None:

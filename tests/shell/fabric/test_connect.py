@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.keylistener import make_ca
+from tests.support.keylistener import make_ca, make_client_cert
 from tests.support.redis import RedisServer
 from tlsmirror.keys.events import CLIENT_RANDOM, Secret
 from tlsmirror.shell.config import MASK, load_config, read_fabric_password, show
@@ -107,11 +107,12 @@ def _wait(cond: object, timeout: float) -> bool:
 def test_rediss_with_the_configured_ca_and_refused_without_it(tmp_path: Path) -> None:
     ca = make_ca(tmp_path, "fabric-ca")
     cert, key = _server_cert(tmp_path, ca)
+    ccert, ckey = make_client_cert(tmp_path, ca, "sensor-a")
     server = RedisServer(tmp_path / "redis")
     tls_port = server.port
     server.port = 0  # no plain port
     server.args = ("--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key,
-                   "--tls-ca-cert-file", str(tmp_path / "fabric-ca.pem"), "--tls-auth-clients", "no")
+                   "--tls-ca-cert-file", str(tmp_path / "fabric-ca.pem"), "--tls-auth-clients", "yes")
     import subprocess
 
     cmd = ["redis-server", "--port", "0", "--bind", "127.0.0.1", "--save", "", "--dir", str(server.dir), *server.args]
@@ -119,16 +120,30 @@ def test_rediss_with_the_configured_ca_and_refused_without_it(tmp_path: Path) ->
     try:
         url = f"rediss://127.0.0.1:{tls_port}/0"
         got: list[Secret] = []
-        good = Fabric(FabricSettings(url=url, sensor_id="a", ca=str(tmp_path / "fabric-ca.pem"), timeout=2.0),
+        cafile = str(tmp_path / "fabric-ca.pem")
+        good = Fabric(FabricSettings(url=url, sensor_id="a", ca=cafile, cert=ccert, key=ckey, timeout=2.0),
                       got.extend)
-        untrusted = Fabric(FabricSettings(url=url, sensor_id="b", timeout=1.0), got.extend, log_every=0)
+        untrusted = Fabric(FabricSettings(url=url, sensor_id="b", cert=ccert, key=ckey, timeout=1.0), got.extend,
+                           log_every=0)
+        no_cert = Fabric(FabricSettings(url=url, sensor_id="c", ca=cafile, timeout=1.0), got.extend, log_every=0)
         assert _wait(lambda: good.start(1.0), 15)  # the server may take a moment to listen
         assert not untrusted.start(3.0) and untrusted.snapshot()["errors"] >= 1
+        assert not no_cert.start(3.0) and no_cert.snapshot()["errors"] >= 1
+        # the settings from the configuration, as the daemon reads them
+        cfg = load_config(None, env={}, flags={"keys.fabric": url, "keys.fabric_ca": cafile,
+                                               "keys.fabric_cert": ccert, "keys.fabric_key": ckey},
+                          use_default_path=False)
+        from tlsmirror.shell.doctor.fabric import probe_fabric
+
+        assert probe_fabric(cfg, 2.0).status in ("OK", "WARN")  # WARN: no sensor on it yet
+        with pytest.raises(InputError, match="go together"):
+            load_config(None, env={}, flags={"keys.fabric": url, "keys.fabric_cert": ccert}, use_default_path=False)
         s = Secret(CLIENT_RANDOM, os.urandom(32), os.urandom(48))
         good.publish([s])
         assert _wait(lambda: good.snapshot()["secrets_out"] == 1, 10)
         good.stop()
         untrusted.stop()
+        no_cert.stop()
     finally:
         proc.terminate()
         proc.wait(10)

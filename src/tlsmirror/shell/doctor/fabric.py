@@ -28,7 +28,8 @@ def probe_fabric(cfg: Config, timeout: float) -> Result:
     except InputError as exc:
         return Result(LABEL, FAIL, str(exc), ["fix keys.fabric / keys.fabric_password_file"])
     settings = FabricSettings(url=settings.url, sensor_id=settings.sensor_id, key_ttl=settings.key_ttl,
-                              timeout=timeout, password=settings.password, ca=settings.ca)
+                              timeout=timeout, password=settings.password, ca=settings.ca, cert=settings.cert,
+                              key=settings.key)
     try:
         return asyncio.run(_probe(settings))
     except Exception as exc:  # whatever the client raised: one line, with what to do

@@ -1,7 +1,7 @@
 """How to reach the fabric: its settings from the configuration, and the asyncio Redis client for them.
 
 ``keys.fabric`` is ``redis://[USER@]HOST:PORT/DB``, ``rediss://`` (TLS, verified against
-``keys.fabric_ca`` or the system's CAs) or ``redis+sentinel://[USER@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]``
+``keys.fabric_ca`` or the system's CAs; a client certificate from ``keys.fabric_cert``/``keys.fabric_key``) or ``redis+sentinel://[USER@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]``
 (``rediss+sentinel://`` for TLS to the master). The password comes from ``keys.fabric_password_file``
 or ``keys.fabric_password`` (``TLSMIRROR_KEYS_FABRIC_PASSWORD``) and is never logged nor shown.
 """
@@ -34,6 +34,8 @@ class FabricSettings:
     timeout: float = 3.0
     password: str | None = field(default=None, repr=False)
     ca: str | None = None
+    cert: str | None = None  # client certificate and key (a Redis with tls-auth-clients)
+    key: str | None = None
 
     @property
     def where(self) -> str:
@@ -50,7 +52,7 @@ class FabricSettings:
             raise InputError(f"keys.fabric_id {sid!r} is not a sensor name; use letters, digits and . _ - : @ "
                              "(up to 128 characters)")
         return cls(url=k.fabric, sensor_id=sid, key_ttl=cfg.engine.key_ttl, timeout=k.fabric_timeout,
-                   password=read_fabric_password(cfg), ca=k.fabric_ca)
+                   password=read_fabric_password(cfg), ca=k.fabric_ca, cert=k.fabric_cert, key=k.fabric_key)
 
 
 def default_sensor_id() -> str:
@@ -116,6 +118,8 @@ def make_client(s: FabricSettings) -> Any:
     tls = scheme.startswith("rediss")
     if tls and s.ca:
         kwargs["ssl_ca_certs"] = s.ca
+    if tls and s.cert:
+        kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = s.cert, s.key
     if scheme.endswith("+sentinel"):
         from redis.asyncio.sentinel import Sentinel
 

@@ -100,6 +100,25 @@ class KeysConfig:
                                                            minimum=1))
     replay: int = field(default=100_000, metadata=_k(
         "recent secrets kept to hand to a restarted worker", minimum=0))
+    fabric: str | None = field(default=None, metadata=_k(
+        "Redis shared by several sensors to exchange their secrets (docs/fabric.md): redis://HOST:PORT/DB, "
+        "rediss://HOST:PORT/DB (TLS) or redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]; a user name "
+        "may be given (redis://USER@HOST), a password never (fabric_password_file); none: no fabric"))
+    fabric_password_file: str | None = field(default=None, metadata=_k(
+        "file holding the fabric's password (never logged)", path=True))
+    fabric_password: str | None = field(default=None, metadata=_k(
+        "the fabric's password (prefer fabric_password_file or the environment; never logged)", secret=True))
+    fabric_ca: str | None = field(default=None, metadata=_k(
+        "PEM CA bundle verifying a rediss:// fabric (none: the system's CAs)", path=True))
+    fabric_cert: str | None = field(default=None, metadata=_k(
+        "PEM client certificate for a rediss:// fabric that asks for one (tls-auth-clients)", path=True))
+    fabric_key: str | None = field(default=None, metadata=_k("PEM private key for `fabric_cert`", path=True))
+    fabric_id: str = field(default="", metadata=_k(
+        "this sensor's name in the fabric, unique per sensor (empty: host name, process id and a random "
+        "suffix)"))
+    fabric_timeout: float = field(default=3.0, metadata=_k(
+        "seconds a fabric command may take; also the longest wait for the fabric's secrets before the sensor "
+        "reports ready", minimum=0.1))
 
 
 @dataclass
@@ -548,6 +567,8 @@ def validate(cfg: Config, root: str = "") -> None:
         raise InputError(f"{where('keys.tls')}: keys.tls = False on host {k.host!r} would send secrets "
                          "unencrypted over the network; keep keys.tls true, bind keys.host to 127.0.0.1, "
                          "or set keys.plain: true to accept the risk")
+    if k.fabric is not None:
+        _check_fabric(k, where)
     for cidr in k.allow:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -579,6 +600,58 @@ def validate(cfg: Config, root: str = "") -> None:
     if cfg.keys.enabled and cfg.metrics.enabled and cfg.keys.port == cfg.metrics.port != 0:
         raise InputError(f"{where('metrics.port')}: metrics.port and keys.port are both "
                          f"{cfg.keys.port}; give them different ports")
+
+
+FABRIC_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+
+
+def _check_fabric(k: KeysConfig, where: Any) -> None:
+    from urllib.parse import urlsplit
+
+    assert k.fabric is not None
+    try:
+        u = urlsplit(k.fabric)
+        scheme, netloc, password = u.scheme, u.netloc, u.password
+    except ValueError:
+        scheme, netloc, password = "", "", None
+    if scheme not in FABRIC_SCHEMES or not netloc.rpartition("@")[2]:
+        raise InputError(f"{where('keys.fabric')}: keys.fabric is not a Redis address; write "
+                         "redis://HOST:6379/0, rediss://HOST:6380/0 or redis+sentinel://HOST:26379/SERVICE")
+    if password is not None:
+        raise InputError(f"{where('keys.fabric')}: keys.fabric has a password in it; take it out and put it "
+                         "in keys.fabric_password_file (or TLSMIRROR_KEYS_FABRIC_PASSWORD)")
+    if scheme.endswith("+sentinel") and not u.path.strip("/"):
+        raise InputError(f"{where('keys.fabric')}: keys.fabric names no service; write "
+                         "redis+sentinel://HOST:26379/SERVICE")
+    if k.fabric_password is not None and k.fabric_password_file is not None:
+        raise InputError(f"{where('keys.fabric_password_file')}: keys.fabric_password and "
+                         "keys.fabric_password_file are both set; keep one of them")
+    for name in ("fabric_ca", "fabric_cert"):
+        if getattr(k, name) is not None and not scheme.startswith("rediss"):
+            raise InputError(f"{where('keys.' + name)}: keys.{name} is set but keys.fabric is not TLS; "
+                             f"write rediss:// (or rediss+sentinel://), or drop keys.{name}")
+    if (k.fabric_cert is None) != (k.fabric_key is None):
+        raise InputError(f"{where('keys.fabric_cert' if k.fabric_cert else 'keys.fabric_key')}: keys.fabric_cert "
+                         "and keys.fabric_key go together; set both, or neither")
+
+
+def read_fabric_password(cfg: Config) -> str | None:
+    """The fabric's password from keys.fabric_password or keys.fabric_password_file, never logged."""
+    k = cfg.keys
+    if k.fabric_password:
+        return k.fabric_password
+    if k.fabric_password_file:
+        try:
+            with open(k.fabric_password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        except OSError as exc:
+            raise InputError(f"keys.fabric_password_file {k.fabric_password_file!r}: cannot read: "
+                             f"{exc.strerror or exc}") from None
+        if not password:
+            raise InputError(f"keys.fabric_password_file {k.fabric_password_file!r} is empty; put the "
+                             "password in it")
+        return password
+    return None
 
 
 def effective(cfg: Config, *, mask: bool = True) -> dict[str, dict[str, Any]]:

@@ -37,3 +37,11 @@ class BadValue(InputError, ValueError):
         super().__init__(f"{problem}: {fix}")
         self.problem = problem
         self.fix = fix
+
+
+class FabricError(ShellError):
+    """The key fabric (Redis shared by several sensors) cannot be used: unreachable, refused, too slow."""
+
+
+class FabricEntryError(FabricError, ValueError):
+    """One entry or message of the fabric does not parse; it is skipped and counted, never fatal."""

@@ -153,3 +153,27 @@ def test_logs_are_structured_scrubbed_and_rate_limited(restore_logger: None) -> 
     log.warning("shown %s", "x")
     assert "hidden" not in text.getvalue() and "warning tlsmirror: shown x" in text.getvalue()
     assert scrub("id 0123456789abcdef0123456789abcdef end") == "id <hex:32> end"
+
+
+def test_fabric_metrics_health_and_status_row() -> None:
+    st = MetricsState(1, mode="pcap")
+    st.ready = True
+    st.alive = {0: True}
+    st.update(0, worker_stats(1, 0))
+    from prometheus_client import generate_latest
+
+    assert "fabric" not in generate_latest(make_registry(st)).decode()  # no keys.fabric: no families
+    fabric = {"secrets_in": 7, "secrets_out": 20, "errors": 3, "bad_entries": 1, "reconnects": 2, "dropped": 0,
+              "connected": 0, "pending": 5}
+    st.fabric = lambda: dict(fabric)
+    text = generate_latest(make_registry(st)).decode()
+    m = parse_metrics(text)
+    assert m["tlsmirror_fabric_secrets_total"] == {(("direction", "in"),): 7, (("direction", "out"),): 20}
+    assert m["tlsmirror_fabric_errors_total"][()] == 3 and m["tlsmirror_fabric_bad_entries_total"][()] == 1
+    assert m["tlsmirror_fabric_reconnects_total"][()] == 2 and m["tlsmirror_fabric_pending"][()] == 5
+    assert m["tlsmirror_fabric_connected"][()] == 0
+    h = st.health(no_packets_after=0)
+    assert h["status"] == "degraded" and any("key fabric unreachable" in r for r in h["reasons"])
+    assert "key fabric       UNREACHABLE, in 7, out 20, errors 3" in status_table(text)
+    fabric["connected"] = 1
+    assert st.health(no_packets_after=0)["status"] == "ok"

@@ -51,9 +51,10 @@ class MetricsState:
         self.export_queue_depth: Callable[[], int] = lambda: 0
         self.export_queue_size = 0
         self.counters: dict[str, int] = {"export_queue_drops": 0, "exported": 0, "secrets_received": 0,
-                                         "secrets_preloaded": 0, "keys_to_workers": 0}
+                                         "secrets_preloaded": 0, "keys_to_workers": 0, "secrets_shared": 0}
         self.exporters: dict[str, Callable[[], dict[str, int]]] = {}
         self.keyserver: Callable[[], dict[str, int]] | None = None
+        self.fabric: Callable[[], dict[str, int]] | None = None  # shell/fabric's counters, when keys.fabric
         self.started = time.time()
         self.extra_reasons: dict[str, str] = {}
         self.ready = False  # capture attached on every interface (and the key listener open)
@@ -104,6 +105,8 @@ class MetricsState:
             if now - last > no_packets_after:
                 reasons.append(f"no packets for {int(now - last)} s")
         reasons.extend(self.extra_reasons.values())
+        if self.fabric is not None and not self.fabric().get("connected"):
+            reasons.append("key fabric unreachable: decrypting with the secrets held")
         status = "degraded" if reasons else "ok"
         if not self.ready:
             status = "starting"
@@ -188,6 +191,8 @@ class Collector:
                                 value=t.get("keys_stored", 0))
         if st.keyserver is not None:
             yield labelled("keyserver", "Key listener counters", "counter", dict(st.keyserver()))
+        if st.fabric is not None:
+            yield from _fabric_metrics(st.fabric())
         yield labelled("exchanges", "HTTP exchanges (API calls) by HTTP version", "http_version",
                        t.get("exchanges", {}))
         yield counter("http_issues", "Connections whose HTTP parsing stopped", t.get("http_issues", 0))
@@ -222,6 +227,27 @@ class Collector:
         last = t.get("last_packet_wall", 0.0)
         yield GaugeMetricFamily(P + "last_packet_timestamp_seconds", "Wall clock of the latest packet",
                                 value=last)
+
+
+def _fabric_metrics(f: dict[str, int]) -> Iterator[Metric]:
+    """The key fabric's families (docs/fabric.md)."""
+    fam = CounterMetricFamily(P + "fabric_secrets", "Secrets through the key fabric: out, written and published "
+                              "by this sensor; in, new secrets taken from the other sensors", labels=["direction"])
+    fam.add_metric(["in"], f.get("secrets_in", 0))
+    fam.add_metric(["out"], f.get("secrets_out", 0))
+    yield fam
+    for name, key, doc in (
+            ("fabric_errors", "errors", "Fabric operations that failed: Redis unreachable, refusing, or slower "
+                                        "than keys.fabric_timeout"),
+            ("fabric_bad_entries", "bad_entries", "Fabric entries and message lines skipped: not key log lines"),
+            ("fabric_reconnects", "reconnects", "Connections to the fabric made again after a failure"),
+            ("fabric_dropped", "dropped", "Secrets never published: the queue overflowed while the fabric was "
+                                          "unreachable")):
+        yield CounterMetricFamily(P + name, doc, value=f.get(key, 0))
+    yield GaugeMetricFamily(P + "fabric_connected", "1 while the key fabric (Redis) is connected",
+                            value=f.get("connected", 0))
+    yield GaugeMetricFamily(P + "fabric_pending", "Secrets waiting to be published to the fabric",
+                            value=f.get("pending", 0))
 
 
 def make_registry(state: MetricsState) -> CollectorRegistry:
@@ -350,6 +376,11 @@ def status_table(text: str, health: dict[str, Any] | None = None) -> str:
     rows.append(("keys", f"received {_n(_get(m, 'keys_received'))}, "
                          f"preloaded {_n(_get(m, 'keys_preloaded'))}, "
                          f"matched {_n(_get(m, 'keys_matched'))}, expired {_n(_get(m, 'keys_expired'))}"))
+    if P + "fabric_connected" in m:
+        rows.append(("key fabric", f"{'connected' if _get(m, 'fabric_connected') else 'UNREACHABLE'}, "
+                                   f"in {_n(_get(m, 'fabric_secrets', direction='in'))}, "
+                                   f"out {_n(_get(m, 'fabric_secrets', direction='out'))}, "
+                                   f"errors {_n(_get(m, 'fabric_errors'))}"))
     ex = _by(m, "exchanges", "http_version")
     rows.append(("API calls", f"{_n(sum(ex.values()))}" + (" (" + ", ".join(
         f"HTTP/{k} {_n(v)}" for k, v in sorted(ex.items())) + ")" if ex else "")))

@@ -115,6 +115,7 @@ class Daemon:
         self._ks_loop: asyncio.AbstractEventLoop | None = None
         self._ks_thread: threading.Thread | None = None
         self.keyserver: Any = None
+        self.fabric: Any = None  # shell/fabric: secrets shared with other sensors (keys.fabric)
         self._bpf: dict[str, list[tuple[int, int, int, int]]] = {}
         self._groups: dict[str, int] = {}
         self._ready = threading.Event()
@@ -187,6 +188,11 @@ class Daemon:
     def _become_ready(self) -> None:
         """Every worker has its capture attached: only now open the key listener (a secret that comes
         earlier is for a connection whose handshake nobody captured) and report ready."""
+        if self.cfg.keys.fabric and self.fabric is None:  # the fabric's secrets first, then ready
+            from ..fabric.client import join_fabric
+
+            self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload)
+            self.state.fabric = self.fabric.snapshot
         if self.cfg.keys.enabled and self.keyserver is None:
             self._start_keyserver()
         self.state.ready = True
@@ -322,14 +328,17 @@ class Daemon:
         self.keyserver, self._ks_loop, self._ks_thread = server, loop, t
         self.state.keyserver = lambda: dict(server.stats)
 
-    def _on_secrets(self, secrets: list[Secret]) -> None:
-        """Called by the key listener (its thread): hand the secrets to every worker now."""
+    def _on_secrets(self, secrets: list[Secret], shared: bool = False) -> None:
+        """Called by the key listener (its thread), or the fabric's (*shared*: other sensors' secrets, not
+        published again): hand the secrets to every worker now, and to the fabric."""
         if not secrets:
             return
         secrets = list(secrets)
         with self._replay_lock:
             self._replay.extend(secrets)
-        self.state.counters["secrets_received"] += len(secrets)
+        if self.fabric is not None and not shared:
+            self.fabric.publish(secrets)
+        self.state.counters["secrets_shared" if shared else "secrets_received"] += len(secrets)
         msg = KeysGiven(secrets)
         with self._handles_lock:
             handles = list(self.handles)
@@ -442,6 +451,7 @@ class Daemon:
                 self._reload.clear()
                 self._do_reload()
             if (self.mode == "pcap" and not self._stopping and self._reader_done is not None
+                    and self._ready.is_set()  # a short file: ready first (key listener, fabric), then stop
                     and time.monotonic() >= self._reader_done + linger):
                 self._begin_stop("end of capture file")
             self._supervise()
@@ -572,6 +582,8 @@ class Daemon:
             self._ks_loop.call_soon_threadsafe(self._ks_loop.stop)
             if self._ks_thread is not None:
                 self._ks_thread.join(10)
+        if self.fabric is not None:
+            self.fabric.stop()
         if self._export_thread is not None:
             self._export_q.put(None)
             self._export_thread.join(max(1.0, self.cfg.output.drain_timeout))

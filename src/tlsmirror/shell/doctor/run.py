@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Config
 from .exporter import check_exporter, otlp_address, probe_otlp
+from .fabric import probe_fabric
 from .host import check_config, check_service
 from .keys import check_keys, probe_key_listener
 from .metrics import Scrape, check_drops, check_match, check_memory, check_metrics, check_outcomes, scrape
@@ -58,6 +59,8 @@ def run_doctor(opts: DoctorOptions) -> list[Result]:
         tasks["keys"] = Task(lambda: probe_key_listener(cfg, timeout))
     if cfg.otlp.endpoint:
         tasks["otlp"] = Task(lambda: probe_otlp(cfg, timeout))
+    if cfg.keys.fabric:
+        tasks["fabric"] = Task(lambda: probe_fabric(cfg, timeout))
 
     s0: Scrape | None = None
     error: str | None = None
@@ -120,6 +123,8 @@ def run_doctor(opts: DoctorOptions) -> list[Result]:
     key_probe = collect("keys", "key listener")
     results.append(key_probe if key_probe is not None else
                    Result("key listener", SKIP, "the key listener is off (keys.enabled: false)"))
+    if cfg.keys.fabric:
+        results.append(collect("fabric", "key fabric"))
     results.append(check_keys(cfg, s0, s1, wait_s))
     results.append(check_match(s0, s1))
     results.append(check_outcomes(s0, s1))

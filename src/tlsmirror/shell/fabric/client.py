@@ -1,0 +1,407 @@
+"""The sensor's side of the fabric: publish the secrets it is given, take in the others', keep going.
+
+A :class:`Fabric` runs an asyncio loop in a thread of the daemon's parent process. It
+
+- writes each secret it is given (key listener, key log files) as an entry with a TTL of
+  ``engine.key_ttl`` and publishes it on the channel, in batches;
+- subscribes to the channel and, once subscribed, reads every entry already there (the snapshot), so no
+  secret published meanwhile is missed; the daemon reports ready only after that first snapshot (or after
+  ``keys.fabric_timeout`` when the fabric cannot be reached);
+- hands every secret it has not seen yet to ``deliver`` (the daemon's path to its workers), ignoring its
+  own publications (by sensor id) and skipping and counting entries that do not parse;
+- when Redis goes away or stops answering within ``keys.fabric_timeout``: counts the error, logs it
+  (rate-limited), keeps what it was given to publish (bounded: the oldest are dropped and counted),
+  reconnects with exponential backoff and then resynchronises: the snapshot again, its own recent secrets
+  written again (a Redis restarted without persistence has lost them), the queued ones published.
+
+The sensor never waits for the fabric to decrypt: its workers have what they were given already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...keys.events import Secret
+from ..config import Config
+from ..errors import FabricEntryError
+from ..logs import RateLimit, get_logger
+from .connect import FabricSettings, make_client
+from .entries import (
+    CHANNEL,
+    SECRET_PATTERN,
+    SECRETS,
+    SENSOR_PREFIX,
+    decode_message,
+    encode_message,
+    parse_entry,
+    parse_secret_lines,
+    secret_key,
+    secret_line,
+)
+
+log = get_logger("fabric")
+
+STATS = ("secrets_out", "secrets_in", "snapshot_entries", "bad_entries", "errors", "reconnects", "dropped",
+         "messages_in")
+BATCH = 512  # secrets per write (one pipeline: SET each, one PUBLISH)
+SCAN_COUNT = 1000
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+BEAT = 5.0  # seconds between presence refreshes (they also find a Redis that stopped answering)
+PRESENCE_TTL = 30
+
+
+class Fabric:
+    """One sensor's link to the fabric. :meth:`publish` and :meth:`snapshot` are thread-safe."""
+
+    def __init__(self, settings: FabricSettings, deliver: Callable[[list[Secret]], None], *,
+                 max_pending: int = 100_000, max_seen: int = 200_000, log_every: float = 10.0) -> None:
+        self.settings = settings
+        self.deliver = deliver
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self.connected = False
+        self.max_pending = max_pending
+        self.max_seen = max_seen
+        self._pending: collections.deque[Secret] = collections.deque()
+        self._recent: collections.deque[tuple[float, Secret]] = collections.deque(maxlen=max_pending)
+        # hash of (label, ident) -> when it expires (monotonic): the secrets delivered or published (a hash
+        # keeps 200,000 of them in ~20 MB; a collision, about 1e-9 at that size, would only skip one secret)
+        self._seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._limit = RateLimit(1.0 / log_every if log_every > 0 else 0.0, 1.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._first = threading.Event()  # the first attempt is over: snapshot loaded, or failed
+        self.loaded = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, deliver: Callable[[list[Secret]], None]) -> Fabric:
+        return cls(FabricSettings.from_config(cfg), deliver, max_pending=max(1000, cfg.keys.replay or 0))
+
+    # ------------------------------------------------------------------ any thread
+    def start(self, wait: float | None = None) -> bool:
+        """Start the loop (once); wait (default ``timeout``) for the first snapshot. True once it was loaded."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._thread_main, name="fabric", daemon=True)
+            self._thread.start()
+        self._first.wait(self.settings.timeout if wait is None else wait)
+        return self.loaded
+
+    def publish(self, secrets: list[Secret]) -> None:
+        """Queue *secrets* to be written and published (the oldest queued are dropped beyond the bound)."""
+        if not secrets:
+            return
+        expiry = time.monotonic() + self.settings.key_ttl
+        with self._lock:
+            for s in secrets:
+                self._seen[hash((s.label, s.ident))] = expiry
+            self._pending.extend(secrets)
+            over = len(self._pending) - self.max_pending
+            for _ in range(max(0, over)):
+                self._pending.popleft()
+            if over > 0:
+                self.stats["dropped"] += over
+            self._trim_seen()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(wake.set)
+        if over > 0:
+            self._warn("queue", "%d secrets not published: the fabric is unreachable and the queue is full",
+                       over)
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters and the ``connected`` gauge (for /metrics)."""
+        with self._lock:
+            out = dict(self.stats)
+            out["pending"] = len(self._pending)
+        out["connected"] = int(self.connected)
+        return out
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish what is queued (within *timeout*), withdraw the presence entry, stop the loop."""
+        self._stopping = True
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout + self.settings.timeout)
+
+    # ------------------------------------------------------------------ helpers
+    def _trim_seen(self) -> None:
+        """Under the lock: forget expired keys, then the oldest, so at most ``max_seen`` are remembered."""
+        if len(self._seen) <= self.max_seen:
+            return
+        now = time.monotonic()
+        self._seen = {k: t for k, t in self._seen.items() if t > now}
+        extra = len(self._seen) - self.max_seen * 9 // 10
+        if extra > 0:
+            for k in list(self._seen)[:extra]:
+                del self._seen[k]
+
+    def _warn(self, kind: str, msg: str, *args: object) -> None:
+        skipped = self._limit.admit(kind)
+        if skipped < 0:
+            return
+        if skipped:
+            log.warning("fabric: " + msg + " (%d similar messages suppressed)", *args, skipped)
+        else:
+            log.warning("fabric: " + msg, *args)
+
+    def _error(self, where: str, exc: BaseException) -> None:
+        with self._lock:
+            self.stats["errors"] += 1
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            text = f"no answer within {self.settings.timeout:g} s"
+        self._warn("error", "%s: %s (%s); decrypting with the secrets held, reconnecting", where, text,
+                   self.settings.where)
+
+    def _take_new(self, secrets: list[Secret]) -> list[Secret]:
+        """The secrets not delivered nor published yet (and remember them)."""
+        now = time.monotonic()
+        expiry = now + self.settings.key_ttl
+        new = []
+        with self._lock:
+            for s in secrets:
+                k = hash((s.label, s.ident))
+                t = self._seen.get(k)
+                if t is not None and t > now:
+                    continue
+                self._seen[k] = expiry
+                new.append(s)
+            self._trim_seen()
+        return new
+
+    def _give(self, secrets: list[Secret]) -> None:
+        new = self._take_new(secrets)
+        if not new:
+            return
+        with self._lock:
+            self.stats["secrets_in"] += len(new)
+        try:
+            self.deliver(new)
+        except Exception as exc:  # the daemon's side must not stop the fabric
+            self._warn("deliver", "handing %d secrets on failed: %s", len(new), exc)
+
+    def _bad(self, n: int, why: str) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self.stats["bad_entries"] += n
+        self._warn("bad", "%d entries skipped: %s", n, why)
+
+    # ------------------------------------------------------------------ the loop (its own thread)
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            self._first.set()
+            self._loop = None
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _with_timeout(self, aw: Any) -> Any:
+        return await asyncio.wait_for(aw, self.settings.timeout)
+
+    async def _main(self) -> None:
+        backoff = BACKOFF_MIN
+        first = True
+        while not self._stopping:
+            client: Any = None
+            pubsub: Any = None
+            try:
+                client = make_client(self.settings)
+                await self._with_timeout(client.ping())
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await self._with_timeout(pubsub.subscribe(CHANNEL))
+                self.connected = True
+                if first:
+                    log.info("fabric: connected to %s as %s", self.settings.where, self.settings.sensor_id)
+                else:
+                    with self._lock:
+                        self.stats["reconnects"] += 1
+                    log.warning("fabric: connected again to %s; resynchronising", self.settings.where)
+                await self._sync(client, resend=not first)
+                if first:
+                    self.loaded = True
+                    self._first.set()
+                first = False
+                backoff = BACKOFF_MIN
+                await self._serve(client, pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # RedisError, OSError, timeouts: the fabric is unusable for now
+                self._error("connection", exc)
+            finally:
+                self.connected = False
+                if first:
+                    self._first.set()  # the daemon need not wait longer for a fabric that cannot be reached
+                for closing in (pubsub, client):
+                    if closing is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(closing.aclose(), 1.0)
+            if self._stopping:
+                break
+            assert self._stop is not None
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _sync(self, client: Any, *, resend: bool) -> None:
+        """After (re)connecting: write our recent secrets again (when reconnecting), read the snapshot."""
+        if resend:
+            now = time.monotonic()
+            with self._lock:
+                recent = [(t - now, s) for t, s in self._recent if t - now >= 1.0]
+            for i in range(0, len(recent), BATCH):
+                pipe = client.pipeline(transaction=False)
+                for left, s in recent[i:i + BATCH]:
+                    pipe.set(secret_key(s), secret_line(s), px=int(left * 1000))
+                await self._with_timeout(pipe.execute())
+        cursor = 0
+        while True:
+            cursor, keys = await self._with_timeout(client.scan(cursor, match=SECRET_PATTERN, count=SCAN_COUNT))
+            if keys:
+                values = await self._with_timeout(client.mget(keys))
+                found: list[Secret] = []
+                bad = 0
+                for k, v in zip(keys, values, strict=True):
+                    if v is None:  # expired between SCAN and MGET
+                        continue
+                    try:
+                        found.append(parse_entry(k, v))
+                    except FabricEntryError:
+                        bad += 1
+                with self._lock:
+                    self.stats["snapshot_entries"] += len(found)
+                self._bad(bad, "entries in the fabric that are not key log lines of their key")
+                self._give(found)
+            if not cursor:
+                return
+
+    async def _serve(self, client: Any, pubsub: Any) -> None:
+        tasks = [asyncio.ensure_future(self._listen(pubsub)), asyncio.ensure_future(self._pump(client)),
+                 asyncio.ensure_future(self._beat(client))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        # stopping: publish what is left, withdraw our presence
+        with contextlib.suppress(Exception):
+            await self._flush(client)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.delete(SENSOR_PREFIX + self.settings.sensor_id), 1.0)
+
+    async def _listen(self, pubsub: Any) -> None:
+        while not self._stopping:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None or msg.get("type") != "message":
+                continue
+            self._on_message(msg["data"])
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            m = decode_message(data)
+        except FabricEntryError as exc:
+            self._bad(1, f"a message on {CHANNEL}: {exc}")
+            return
+        if m.sender == self.settings.sensor_id or m.kind != SECRETS:
+            return  # our own, or a kind this version does not use (docs/fabric.md)
+        with self._lock:
+            self.stats["messages_in"] += 1
+        secrets, bad = parse_secret_lines(m.body)
+        self._bad(bad, f"lines of a message from {m.sender} are not key log lines")
+        self._give(secrets)
+
+    def _take_batch(self) -> list[Secret]:
+        with self._lock:
+            n = min(BATCH, len(self._pending))
+            return [self._pending.popleft() for _ in range(n)]
+
+    async def _write(self, client: Any, batch: list[Secret]) -> None:
+        ex = max(1, int(self.settings.key_ttl + 0.5))
+        lines = [secret_line(s) for s in batch]
+        pipe = client.pipeline(transaction=False)
+        for s, line in zip(batch, lines, strict=True):
+            pipe.set(secret_key(s), line, ex=ex)
+        pipe.publish(CHANNEL, encode_message(SECRETS, self.settings.sensor_id, lines))
+        try:
+            await self._with_timeout(pipe.execute())
+        except BaseException:
+            with self._lock:  # back at the front, in order: published after the reconnection
+                self._pending.extendleft(reversed(batch))
+            raise
+        expiry = time.monotonic() + self.settings.key_ttl
+        with self._lock:
+            self.stats["secrets_out"] += len(batch)
+            self._recent.extend((expiry, s) for s in batch)
+
+    async def _pump(self, client: Any) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            batch = self._take_batch()
+            if batch:
+                await self._write(client, batch)
+                continue
+            self._wake.clear()
+            if self._pending:
+                continue
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _flush(self, client: Any) -> None:
+        end = time.monotonic() + self.settings.timeout
+        while self._pending and time.monotonic() < end:
+            await self._write(client, self._take_batch())
+
+    async def _beat(self, client: Any) -> None:
+        """Refresh the presence entry every BEAT seconds; a Redis that does not answer ends the session."""
+        assert self._stop is not None
+        presence = json.dumps({"sensor": self.settings.sensor_id, "since": int(time.time())})
+        key = SENSOR_PREFIX + self.settings.sensor_id
+        while not self._stopping:
+            await self._with_timeout(client.set(key, presence, ex=PRESENCE_TTL))
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), BEAT)
+
+
+def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: list[Secret]) -> Fabric:
+    """The daemon's fabric: publish the key log files' secrets, load the others' (bounded wait), go on."""
+    fabric = Fabric.from_config(cfg, deliver)
+    fabric.publish(preload)
+    if fabric.start():
+        st = fabric.snapshot()
+        log.info("fabric: %d secrets loaded from %s (%d entries), %d to publish", st["secrets_in"],
+                 fabric.settings.where, st["snapshot_entries"], len(preload))
+    elif fabric.connected:
+        log.warning("fabric: %s is slow to give its snapshot; ready now, its secrets follow",
+                    fabric.settings.where)
+    else:
+        log.warning("fabric: %s not reachable within %g s; ready without its secrets, retrying in the "
+                    "background", fabric.settings.where, fabric.settings.timeout)
+    return fabric

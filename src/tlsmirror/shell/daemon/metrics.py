@@ -58,6 +58,7 @@ class MetricsState:
         self.extra_reasons: dict[str, str] = {}
         self.ready = False  # capture attached on every interface (and the key listener open)
         self.worker_exporters = False  # the workers own the exporters (and count what they exported)
+        self.output: str | None = None  # where the JSON lines go ("-": stdout), for `doctor`
 
     def exported(self, totals: dict[str, Any]) -> int:
         """API calls handed to the exporters: counted by the workers when they own them."""
@@ -235,6 +236,11 @@ class Collector:
         for i, v in sorted(t.get("rss_workers", {}).items()):
             mem.add_metric([f"worker{i}"], v)
         yield mem
+        if st.output is not None:
+            out = GaugeMetricFamily(P + "output_info", "Where the JSON lines of API calls go ('-': stdout)",
+                                    labels=["jsonl"])
+            out.add_metric([st.output], 1)
+            yield out
         last = t.get("last_packet_wall", 0.0)
         yield GaugeMetricFamily(P + "last_packet_timestamp_seconds", "Wall clock of the latest packet",
                                 value=last)

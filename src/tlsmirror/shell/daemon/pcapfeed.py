@@ -20,6 +20,8 @@ from ...frames.flowhash import FlowHasher
 from ...keys.events import Secret
 from ..offline.pcapfile import CapturedFrame
 
+KNOWN_FLOWS = 1 << 16  # flow directions whose share is remembered (then forgotten all at once)
+
 
 class FlowShare:
     """A :class:`~tlsmirror.shell.offline.loop.CaptureSink` for worker *index* of *workers*: its flows'
@@ -41,6 +43,7 @@ class FlowShare:
         self.frames = 0  # frames of the file (every worker's)
         self.t0: float | None = None
         self.wall0 = 0.0
+        self._known: dict[bytes, int] = {}
 
     @property
     def catching_up(self) -> bool:
@@ -51,7 +54,7 @@ class FlowShare:
         self.frames += 1
         if self.speed > 0 and self.t0 is None and self.position >= self.resume:
             self.t0, self.wall0 = frame.ts, time.monotonic()  # the pace of the file from here
-        if self.n > 1 and self.hasher(frame.linktype, frame.data) % self.n != self.index:
+        if self.n > 1 and self.share_of(frame.linktype, frame.data) != self.index:
             self.position += 1
             return
         if self.t0 is not None:
@@ -60,6 +63,20 @@ class FlowShare:
                 self.wait(delay)  # the position is still this frame's: not handled yet
         self.on_own(frame)
         self.position += 1
+
+    def share_of(self, linktype: int, data: bytes) -> int:
+        """The worker whose flow *data* belongs to. The common frame (Ethernet, IPv4 without options or
+        fragmentation, TCP) is looked up by its addresses and ports, hashed once per flow direction."""
+        if (linktype == 1 and len(data) >= 38 and data[12] == 8 and data[13] == 0 and data[14] == 0x45
+                and data[23] == 6 and not data[20] & 0x3F and not data[21]):
+            key = data[26:38]  # source and destination address, source and destination port
+            i = self._known.get(key)
+            if i is None:
+                if len(self._known) >= KNOWN_FLOWS:
+                    self._known.clear()
+                i = self._known[key] = self.hasher(linktype, data) % self.n
+            return i
+        return self.hasher(linktype, data) % self.n
 
     def on_secrets(self, secrets: list[Secret], ts: float) -> None:
         self.on_block(secrets, ts)

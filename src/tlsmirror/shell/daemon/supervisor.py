@@ -167,6 +167,8 @@ class Daemon:
             self.exporters = self._exporters_given
         else:
             self._check_output()
+        out = jsonl_path(cfg) if self.worker_exporters else None
+        self.state.output = os.path.abspath(out) if out is not None and out != "-" else out
         for i, ex in enumerate(self.exporters):
             self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = stats_of(ex)
         self.state.export_queue_depth = self._export_q.qsize

@@ -521,7 +521,11 @@ class Worker:
 
     def finish(self) -> None:
         """Flush the engine and the exporters (by the stop's deadline), send the last stats, done."""
-        self.silent = False
+        if self.silent:  # stopped while catching up: the predecessor's records and last report stand
+            for ex in self.exporters:
+                close_within(ex, 0.0)
+            self.out.put(WorkerDone(self.spec.index), block=True, timeout=5.0)
+            return
         self.handle(self.engine.finish())
         self.flush_calls()
         deadline = self.deadline or time.monotonic() + self.spec.drain_timeout
@@ -604,7 +608,7 @@ class Worker:
                 pump(reader, share, warn, every=64, tick=tick)
         except CaptureFileError as exc:
             log.error("capture file: %s", exc)
-        self.silent = False
+        self.silent = self.stop and share.catching_up  # read to the end: caught up, whatever was last
         if not self.stop:
             self.timers(force_stats=True)
             self.out.put(CaptureRead(spec.index, share.frames), block=True, timeout=5.0)

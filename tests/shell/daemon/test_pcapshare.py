@@ -17,12 +17,12 @@ from tlsmirror.shell.offline.pcapfile import CapturedFrame, CaptureReader, read_
 def test_every_frame_of_the_capture_goes_to_one_worker_whole_flows_together() -> None:
     for n in (2, 3):
         got: list[list[bytes]] = [[] for _ in range(n)]
-        shares = [FlowShare(i, n, lambda f, mine=got[i]: mine.append(f.data), lambda s, t: None)  # type: ignore[misc]
-                  for i in range(n)]
+        shares = [FlowShare(i, n, lambda lt, d, ts, mine=got[i]: mine.append(d) or [],  # type: ignore[misc]
+                            lambda ev: None, lambda s, t: None) for i in range(n)]
         for share in shares:
             with CaptureReader(SAMPLE) as r:
                 pump(r, share, lambda note: None)
-            assert share.frames == share.position == 333
+            assert share.frames == share.position == 333 and share.packets == len(got[share.index])
         assert sorted(d for g in got for d in g) == sorted(
             item.data for item in read_capture(SAMPLE) if type(item) is CapturedFrame)
         h = FlowHasher()
@@ -41,7 +41,7 @@ def _frames(sport: int, dport: int, payload: bytes) -> list[bytes]:
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 65535), st.integers(1, 65535), st.binary(max_size=40), st.integers(2, 5))
 def test_the_per_flow_lookup_is_the_flow_hash(sport: int, dport: int, payload: bytes, n: int) -> None:
-    share = FlowShare(0, n, lambda f: None, lambda s, t: None)
+    share = FlowShare(0, n, lambda lt, d, ts: [], lambda ev: None, lambda s, t: None)
     h = FlowHasher()
     for data in _frames(sport, dport, payload) * 2:  # the second time from the lookup
         assert share.share_of(1, data) == h(1, data) % n

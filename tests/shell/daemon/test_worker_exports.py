@@ -165,3 +165,12 @@ def test_keys_stored_is_one_copy_not_the_sum_over_workers() -> None:
     Running(d).join(60)
     t = d.state.totals()
     assert t["keys_stored"] == 20  # each of the two workers holds the 20 preloaded secrets
+
+
+def test_the_unit_lets_the_drain_finish_before_systemd_kills() -> None:
+    from tests.support.paths import REPO
+    from tlsmirror.shell.config import OutputConfig
+
+    unit = (REPO / "packaging" / "tlsmirror.service").read_text()
+    stop = [int(line.split("=", 1)[1]) for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    assert stop and stop[0] >= OutputConfig().drain_timeout + 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ...frames.flowhash import FlowHasher
 from ...keys.events import Secret
@@ -25,22 +26,30 @@ KNOWN_FLOWS = 1 << 16  # flow directions whose share is remembered (then forgott
 
 class FlowShare:
     """A :class:`~tlsmirror.shell.offline.loop.CaptureSink` for worker *index* of *workers*: its flows'
-    frames to ``on_own``, every secrets block to ``on_block``, paced at ``speed`` times the capture's own
-    pace (0: as fast as the worker goes) once past ``resume`` (``wait`` sleeps, returning early on stop)."""
+    frames to ``feed`` (an engine's ``feed_frame``; what it emits to ``handle``), counted, every secrets
+    block to ``on_block``, paced at ``speed`` times the capture's own pace (0: as fast as the worker goes)
+    once past ``resume`` (``wait`` sleeps, returning early on stop); ``on_caught_up`` is called before the
+    first item past ``resume`` is handled. Compiled (setup.py): it is the worker's per-frame loop."""
 
-    def __init__(self, index: int, workers: int, on_own: Callable[[CapturedFrame], None],
-                 on_block: Callable[[list[Secret], float], None], *, speed: float = 0.0,
-                 wait: Callable[[float], object] = time.sleep, resume: int = 0) -> None:
+    def __init__(self, index: int, workers: int, feed: Callable[[int, bytes, float], list[Any]],
+                 handle: Callable[[list[Any]], None], on_block: Callable[[list[Secret], float], None], *,
+                 speed: float = 0.0, wait: Callable[[float], object] = time.sleep, resume: int = 0,
+                 on_caught_up: Callable[[], object] | None = None) -> None:
         self.index = index
         self.n = max(1, workers)
         self.hasher = FlowHasher()
-        self.on_own = on_own
+        self.feed = feed
+        self.handle = handle
         self.on_block = on_block
         self.speed = speed
         self.wait = wait
         self.resume = resume
+        self.on_caught_up = on_caught_up
         self.position = 0  # items of the file (frames of every worker, secrets blocks) handled so far
         self.frames = 0  # frames of the file (every worker's)
+        self.packets = 0  # frames of this worker's share
+        self.bytes = 0
+        self.last_ts = 0.0
         self.t0: float | None = None
         self.wall0 = 0.0
         self._known: dict[bytes, int] = {}
@@ -50,18 +59,33 @@ class FlowShare:
         """True while the item being handled was already handled by a predecessor."""
         return self.position < self.resume
 
+    def _caught_up(self) -> None:
+        if self.position == self.resume and self.on_caught_up is not None:
+            self.on_caught_up()
+
     def on_frame(self, frame: CapturedFrame) -> None:
         self.frames += 1
-        if self.speed > 0 and self.t0 is None and self.position >= self.resume:
-            self.t0, self.wall0 = frame.ts, time.monotonic()  # the pace of the file from here
-        if self.n > 1 and self.share_of(frame.linktype, frame.data) != self.index:
+        if self.position >= self.resume:
+            if self.position == self.resume:
+                self._caught_up()
+            if self.speed > 0 and self.t0 is None:
+                self.t0, self.wall0 = frame.ts, time.monotonic()  # the pace of the file from here
+        data = frame.data
+        if self.n > 1 and self.share_of(frame.linktype, data) != self.index:
             self.position += 1
             return
-        if self.t0 is not None:
-            delay = self.wall0 + (frame.ts - self.t0) / self.speed - time.monotonic()
+        t0 = self.t0
+        if t0 is not None:
+            delay = self.wall0 + (frame.ts - t0) / self.speed - time.monotonic()
             if delay > 0.002:
                 self.wait(delay)  # the position is still this frame's: not handled yet
-        self.on_own(frame)
+        events = self.feed(frame.linktype, data, frame.ts)
+        if events:
+            self.handle(events)
+        self.packets += 1
+        self.bytes += len(data)
+        if frame.ts > self.last_ts:
+            self.last_ts = frame.ts
         self.position += 1
 
     def share_of(self, linktype: int, data: bytes) -> int:
@@ -79,5 +103,6 @@ class FlowShare:
         return self.hasher(linktype, data) % self.n
 
     def on_secrets(self, secrets: list[Secret], ts: float) -> None:
+        self._caught_up()
         self.on_block(secrets, ts)
         self.position += 1

@@ -419,20 +419,6 @@ class Worker:
                 handle(ev)
         self._count(len(frames), size, ts)
 
-    def file_frame(self, frame: Any) -> None:
-        """One frame of this worker's flow share of the capture file."""
-        ev = self.engine.feed_frame(frame.linktype, frame.data, frame.ts)
-        if ev:
-            self.handle(ev)
-        self.packets += 1
-        self.bytes += len(frame.data)
-        if frame.ts > self.last_ts:
-            self.last_ts = frame.ts
-
-    def file_secrets(self, secrets: list[Any], ts: float) -> None:
-        """The secrets of a Decryption Secrets Block of the capture file."""
-        self.secrets(secrets, ts)
-
     def _count(self, n: int, size: int, ts: float) -> None:
         if n:
             self.packets += n
@@ -443,6 +429,8 @@ class Worker:
 
     def now(self) -> float:
         """Packet time now: the latest packet time, advanced by the wall clock since it arrived."""
+        if self.share is not None and self.share.last_ts > self.last_ts:
+            self.last_ts = self.share.last_ts
         if self.last_ts == 0.0:
             return time.time() if self.spec.mode == "live" else 0.0
         return self.last_ts + max(0.0, time.time() - self.last_wall)
@@ -497,6 +485,9 @@ class Worker:
 
     def stats(self) -> dict[str, Any]:
         e = self.engine
+        if self.share is not None:  # a capture file: the share counts its frames
+            self.packets, self.bytes = self.share.packets, self.share.bytes
+            self.last_ts = max(self.last_ts, self.share.last_ts)
         kp = kd = 0
         for s in self.sockets:
             p, d = s.read_stats()
@@ -587,8 +578,11 @@ class Worker:
                 _drain(ctl, self.control)
                 self.timers()
 
-        share = FlowShare(spec.index, spec.workers, self._own_frame, self._block, speed=spec.pcap_speed,
-                          wait=wait, resume=spec.resume)
+        def caught_up() -> None:
+            self.silent = False
+
+        share = FlowShare(spec.index, spec.workers, self.engine.feed_frame, self.handle, self.secrets,
+                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up)
         self.share = share
         self.silent = spec.resume > 0
 
@@ -620,17 +614,6 @@ class Worker:
                 time.sleep(0.05)
             _drain(ctl, self.control)
             self.timers()
-
-    def _own_frame(self, frame: Any) -> None:
-        if self.silent and not self.share.catching_up:
-            self.silent = False
-        self.file_frame(frame)
-
-    def _block(self, secrets: list[Any], ts: float) -> None:
-        if self.silent and not self.share.catching_up:
-            self.silent = False
-        self.file_secrets(secrets, ts)
-
 
 def _exporter_name(ex: Any, i: int) -> str:
     return f"{type(ex).__name__.lower()}{i if i else ''}"

@@ -38,6 +38,8 @@ COMPILED = [
     "src/tlsmirror/shell/offline/decrypt.py",
     "src/tlsmirror/shell/offline/replay.py",
     "src/tlsmirror/shell/export/jsonl.py",
+    "src/tlsmirror/shell/export/sharedjsonl.py",
+    "src/tlsmirror/shell/daemon/pcapfeed.py",
     "src/tlsmirror/http/events.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",

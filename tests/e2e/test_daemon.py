@@ -407,7 +407,7 @@ def test_metrics_account_for_every_connection(result: Result) -> None:
     assert sum(lag.values()) - slow >= late  # the late ones took seconds
     assert _value(m, "kernel_drops") == 0
     assert _value(m, "packets") > 0
-    assert _by(m, "dropped", "where") == {"worker_outbox": 0.0, "export_queue": 0.0}
+    assert _by(m, "dropped", "where") == {"worker_outbox": 0.0, "export_queue": 0.0, "exporter": 0.0}
     assert _value(m, "exported") == 16
     assert _value(m, "http_issues") == 0
     ex = _by(m, "exchanges", "http_version")

@@ -16,7 +16,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -168,30 +167,6 @@ def test_export_queue_overflow_is_counted_not_grown() -> None:
     d._export([object()] * 20)  # type: ignore[list-item]
     assert d._export_q.qsize() == 5
     assert d.state.counters["export_queue_drops"] == 15
-
-
-def test_pcap_frames_reach_the_workers_in_batches_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlsmirror.shell.daemon import pcapfeed
-    from tlsmirror.shell.daemon.messages import FrameBatch
-
-    monkeypatch.setattr(pcapfeed, "FRAME_BATCH_BYTES", 4000)
-    sizes: list[tuple[int, int]] = []  # (frames, frame bytes) of each message to a worker
-
-    class Recording(Daemon):
-        def _to_inbox(self, i: int, msg: Any) -> None:
-            if type(msg) is FrameBatch:
-                sizes.append((len(msg.frames), sum(len(f[2]) for f in msg.frames)))
-            super()._to_inbox(i, msg)
-
-    ex = ListExporter()
-    d = Recording(config(**{"capture.pcap": SAMPLE, "capture.pcap_linger": 0}), exporters=[ex],
-                  preload=load_preload([KEYLOG]))
-    Running(d).join(60)
-    assert sum(n for n, _ in sizes) == 333  # every frame, once
-    assert max(b for _, b in sizes) < 4000 + 1600  # the bound plus at most one frame
-    assert len(sizes) >= 10  # 256-frame batches would be one or two per worker
-    got = {(c.connection.client_port, round(c.exchange.request_ts or 0, 6)) for c in ex.calls}
-    assert len(ex.calls) == 60 and got == expected_requests()
 
 
 # ---------------------------------------------------------------------------- live capture

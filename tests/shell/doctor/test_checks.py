@@ -613,3 +613,15 @@ def test_live_sensor_on_a_veth_captures_what_arrives(veth: tuple[str, str], tmp_
     assert r["key listener"].status == SKIP and r["keys"].status == WARN  # no key source at all
     assert r["drops"].status == OK and r["drops"].data["kernel_packets"] > 0
     assert r["exporter"].status == OK and str(tmp_path / "calls.jsonl") in r["exporter"].message
+
+
+def test_api_calls_go_where_the_running_sensor_writes_them(tmp_path: Path) -> None:
+    cfg = load_config(None, env={}, flags={}, use_default_path=False)  # doctor without the sensor's -o FILE
+    state = MetricsState(1)
+    state.ready = True
+    state.update(0, worker_stats())
+    state.output = str(tmp_path / "calls.jsonl")  # `tlsmirror run -o FILE`
+    r = check_exporter(cfg, None, scrape_of(state), None, 0)
+    assert r.status == OK and r.message.endswith(f"API calls go to {tmp_path / 'calls.jsonl'}")
+    state.output = "-"
+    assert check_exporter(cfg, None, scrape_of(state), None, 0).message.endswith("API calls go to stdout")

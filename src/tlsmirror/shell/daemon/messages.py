@@ -1,9 +1,10 @@
 """The messages between the daemon's processes, one slotted class each (pickled across the boundary).
 
-Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`StopRequest`; on its inbox when
-the parent reads a capture file: :class:`FrameBatch`, :class:`SecretsAt`, :class:`EndOfCapture`.
-Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`, :class:`CallBatch`,
-:class:`WorkerStats`, :class:`WorkerDone`, :class:`WorkerFailed`. Readers dispatch on ``type(msg) is X``.
+Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`Reopen`, :class:`StopRequest`.
+Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`, :class:`CallBatch` (only when the
+exporters are the parent's), :class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`,
+:class:`WorkerFailed`. Readers dispatch on ``type(msg) is X``. Frames never cross: live, each worker has
+its sockets; with a capture file, each worker reads its flow share of it (:mod:`.pcapfeed`).
 """
 
 from __future__ import annotations
@@ -24,27 +25,15 @@ class KeysGiven:
 
 @dataclass(slots=True)
 class StopRequest:
-    """Finish: flush the engine, send the last stats and :class:`WorkerDone`."""
+    """Finish: flush the engine and the exporters, send the last stats and :class:`WorkerDone`, all by
+    ``deadline`` (``time.monotonic()``, the same clock in every process; 0: no limit)."""
+
+    deadline: float = 0.0
 
 
 @dataclass(slots=True)
-class FrameBatch:
-    """Frames of a capture file for this worker, in file order: ``(ts, linktype, data)`` each."""
-
-    frames: list[tuple[float, int, bytes]]
-
-
-@dataclass(slots=True)
-class SecretsAt:
-    """The secrets of a pcapng Decryption Secrets Block, at ``ts`` (the time of the frame before it)."""
-
-    secrets: list[Secret]
-    ts: float
-
-
-@dataclass(slots=True)
-class EndOfCapture:
-    """The capture file has no more frames."""
+class Reopen:
+    """SIGHUP: reopen output files (log rotation)."""
 
 
 @dataclass(slots=True)
@@ -72,6 +61,14 @@ class WorkerStats:
 
 
 @dataclass(slots=True)
+class CaptureRead:
+    """The worker has read the capture file to its end (``frames``: every worker's frames in it)."""
+
+    worker: int
+    frames: int
+
+
+@dataclass(slots=True)
 class WorkerDone:
     """The worker finished after a :class:`StopRequest` or the end of the capture."""
 
@@ -86,5 +83,5 @@ class WorkerFailed:
     message: str
 
 
-ToWorker = KeysGiven | StopRequest | FrameBatch | SecretsAt | EndOfCapture
-FromWorker = WorkerReady | CallBatch | WorkerStats | WorkerDone | WorkerFailed
+ToWorker = KeysGiven | Reopen | StopRequest
+FromWorker = WorkerReady | CallBatch | WorkerStats | CaptureRead | WorkerDone | WorkerFailed

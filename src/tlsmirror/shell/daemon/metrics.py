@@ -58,6 +58,12 @@ class MetricsState:
         self.started = time.time()
         self.extra_reasons: dict[str, str] = {}
         self.ready = False  # capture attached on every interface (and the key listener open)
+        self.worker_exporters = False  # the workers own the exporters (and count what they exported)
+        self.output: str | None = None  # where the JSON lines go ("-": stdout), for `doctor`
+
+    def exported(self, totals: dict[str, Any]) -> int:
+        """API calls handed to the exporters: counted by the workers when they own them."""
+        return int(totals.get("exported", 0)) if self.worker_exporters else self.counters["exported"]
 
     def update(self, index: int, stats: dict[str, Any]) -> None:
         with self.lock:
@@ -80,9 +86,16 @@ class MetricsState:
             last_packet = 0.0
             for st in self.latest.values():
                 _merge(out, st)
-                for g in ("held_bytes", "flows_open", "tcp_buffered", "keys_stored", "outbox", "outbox_bytes",
+                for g in ("held_bytes", "flows_open", "tcp_buffered", "outbox", "outbox_bytes",
                           "fragments_pending"):
                     gauges[g] = gauges.get(g, 0) + st.get(g, 0)
+                # every worker holds a copy of every secret: the store's size is the largest copy's
+                gauges["keys_stored"] = max(gauges.get("keys_stored", 0), st.get("keys_stored", 0))
+                for name, ex in st.get("exporters", {}).items():  # the exporters' gauges, live workers'
+                    for k in ("queue_depth", "spool_bytes"):
+                        if k in ex:
+                            into = out.setdefault("exporters", {}).setdefault(name, {})
+                            into[k] = into.get(k, 0) + ex[k]
                 last_packet = max(last_packet, st.get("last_packet_wall", 0.0))
                 for k in ("added", "expired", "evicted"):  # every worker gets every secret: max, not sum
                     out.setdefault("keys_max", {})
@@ -146,9 +159,16 @@ class Collector:
                       t.get("kernel_packets", 0))
         yield counter("kernel_drops", "Packets the kernel dropped: socket buffer full (PACKET_STATISTICS)",
                       t.get("kernel_drops", 0))
+        exporters = dict(t.get("exporters", {}))  # the workers' exporters, summed over workers
+        for name, stats_fn in st.exporters.items():  # the parent's
+            try:
+                exporters[name] = dict(stats_fn())
+            except Exception:  # an exporter's stats must never break a scrape
+                exporters[name] = {}
         yield labelled("dropped", "API calls dropped inside the sensor, by where", "where", {
             "worker_outbox": t.get("result_drops", 0),
             "export_queue": st.counters["export_queue_drops"],
+            "exporter": sum(int(x.get("dropped", 0)) for x in exporters.values()),
         })
         yield labelled("frames_skipped", "Frames without a TCP segment we decode, by reason", "reason",
                        t.get("frames", {}))
@@ -187,7 +207,7 @@ class Collector:
         yield counter("keys_matched", "Secrets used by a TLS session", keys.get("matched", 0))
         yield counter("keys_expired", "Secrets dropped unused (age limit)", kmax.get("expired", 0))
         yield counter("keys_evicted", "Secrets dropped unused (store full)", kmax.get("evicted", 0))
-        yield GaugeMetricFamily(P + "keys_stored", "Secrets held now (summed over workers)",
+        yield GaugeMetricFamily(P + "keys_stored", "Secrets held now (each worker holds every secret)",
                                 value=t.get("keys_stored", 0))
         if st.keyserver is not None:
             yield labelled("keyserver", "Key listener counters", "counter", dict(st.keyserver()))
@@ -196,7 +216,7 @@ class Collector:
         yield labelled("exchanges", "HTTP exchanges (API calls) by HTTP version", "http_version",
                        t.get("exchanges", {}))
         yield counter("http_issues", "Connections whose HTTP parsing stopped", t.get("http_issues", 0))
-        yield counter("exported", "API calls handed to the exporters", st.counters["exported"])
+        yield counter("exported", "API calls handed to the exporters", st.exported(t))
         yield GaugeMetricFamily(P + "export_queue_depth", "API calls waiting for the exporters",
                                 value=st.export_queue_depth())
         yield GaugeMetricFamily(P + "export_queue_capacity", "Size of the export queue",
@@ -205,12 +225,9 @@ class Collector:
                                 "outboxes for the parent (summed over workers)", value=t.get("outbox", 0))
         yield GaugeMetricFamily(P + "worker_outbox_bytes", "Bytes of pickled messages waiting in the workers' "
                                 "outboxes (summed over workers)", value=t.get("outbox_bytes", 0))
-        fam = CounterMetricFamily(P + "exporter", "Exporter counters", labels=["exporter", "counter"])
-        for name, stats_fn in st.exporters.items():
-            try:
-                stats = dict(stats_fn())
-            except Exception:  # an exporter's stats must never break a scrape
-                stats = {}
+        fam = CounterMetricFamily(P + "exporter", "Exporter counters (the workers' summed over workers)",
+                                  labels=["exporter", "counter"])
+        for name, stats in sorted(exporters.items()):
             for k, v in sorted(stats.items()):
                 if isinstance(v, (int, float)):
                     fam.add_metric([name, k], v)
@@ -224,6 +241,11 @@ class Collector:
         for i, v in sorted(t.get("rss_workers", {}).items()):
             mem.add_metric([f"worker{i}"], v)
         yield mem
+        if st.output is not None:
+            out = GaugeMetricFamily(P + "output_info", "Where the JSON lines of API calls go ('-': stdout)",
+                                    labels=["jsonl"])
+            out.add_metric([st.output], 1)
+            yield out
         last = t.get("last_packet_wall", 0.0)
         yield GaugeMetricFamily(P + "last_packet_timestamp_seconds", "Wall clock of the latest packet",
                                 value=last)

@@ -1,8 +1,14 @@
-"""The daemon's exporters, built from the configuration: JSON lines and OTLP, with their redaction."""
+"""The daemon's exporters, built from the configuration: JSON lines and OTLP, with their redaction.
+
+Each worker builds its own (:func:`build_worker_exporters`): JSON lines appended in whole batches to the
+one shared ``output.jsonl`` (:mod:`~tlsmirror.shell.export.sharedjsonl`), OTLP with a spool of its own,
+``<otlp.spool_dir>/worker<N>``, holding its share of ``otlp.spool_max_bytes``. :func:`build_exporters`
+builds them for one process (exporters given to the parent)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,21 +22,47 @@ def stats_of(ex: Exporter) -> Callable[[], dict[str, int]]:
     return lambda: ex.stats
 
 
-def build_exporters(cfg: Config) -> list[Exporter]:
-    """The exporters the configuration asks for (JSON lines on stdout when none is configured)."""
-    out: list[Exporter] = []
+def jsonl_path(cfg: Config) -> str | None:
+    """Where the JSON lines go: ``output.jsonl``, stdout when no exporter is configured, else nowhere."""
     path = cfg.output.jsonl
     if path is None and not cfg.otlp.endpoint:
         path = "-"
+    return path
+
+
+def worker_spool_dir(spool_dir: str, index: int) -> str:
+    """Worker *index*'s OTLP spool: its own segment set (a restarted worker takes it over)."""
+    return os.path.join(spool_dir, f"worker{index}")
+
+
+def build_worker_exporters(cfg: Config, index: int, workers: int) -> list[Exporter]:
+    """Worker *index*'s own exporters (of *workers*): the shared JSON lines file, OTLP with its own spool."""
+    return build_exporters(cfg, worker=(index, max(1, workers)))
+
+
+def build_exporters(cfg: Config, *, worker: tuple[int, int] | None = None) -> list[Exporter]:
+    """The exporters the configuration asks for (JSON lines on stdout when none is configured); for
+    ``worker=(index, workers)``, those of one worker process."""
+    out: list[Exporter] = []
+    path = jsonl_path(cfg)
     if path is not None:
         try:
-            from ..export.jsonl import JsonlExporter
+            if worker is not None:
+                from ..export.sharedjsonl import SharedJsonlExporter
+
+                out.append(SharedJsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
+                                               backups=cfg.output.backups,
+                                               websocket_records=cfg.output.websocket_records,
+                                               graphql=graphql_options(cfg)))
+            else:
+                from ..export.jsonl import JsonlExporter
+
+                out.append(JsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
+                                         backups=cfg.output.backups,
+                                         websocket_records=cfg.output.websocket_records,
+                                         graphql=graphql_options(cfg)))
         except ImportError:
             raise InputError("the JSON lines exporter is not available in this build") from None
-        try:
-            out.append(JsonlExporter(path, max_bytes=cfg.output.max_bytes or None,
-                                     backups=cfg.output.backups, websocket_records=cfg.output.websocket_records,
-                                     graphql=graphql_options(cfg)))
         except OSError as exc:
             raise InputError(f"output.jsonl {path!r}: cannot open: {exc.strerror or exc}") from None
     if cfg.otlp.endpoint:
@@ -40,12 +72,15 @@ def build_exporters(cfg: Config) -> list[Exporter]:
             raise InputError("the OTLP exporter is not available in this build; "
                              "remove otlp.endpoint") from None
         o = cfg.otlp
+        spool_dir, spool_max = o.spool_dir, o.spool_max_bytes
+        if worker is not None and spool_dir:
+            spool_dir, spool_max = worker_spool_dir(spool_dir, worker[0]), max(1, spool_max // worker[1])
         wanted: dict[str, Any] = {
             "endpoint": o.endpoint, "protocol": o.protocol, "insecure": o.insecure, "ca": o.ca,
             "cert": o.cert, "key": o.key, "headers": dict(o.headers), "token": read_token(cfg),
             "token_header": o.token_header,
             "span_profile": o.span_profile, "service_name": o.service_name, "environment": o.environment,
-            "spool_dir": o.spool_dir, "spool_max_bytes": o.spool_max_bytes, "batch_size": o.batch_size,
+            "spool_dir": spool_dir, "spool_max_bytes": spool_max, "batch_size": o.batch_size,
             "batch_timeout": o.batch_timeout, "flush_timeout": o.flush_timeout, "compression": o.compression,
             "redaction": _redaction(cfg),
             "sensitive": cfg.inventory.sensitive_spans, "sensitive_bodies": cfg.inventory.sensitive_bodies,

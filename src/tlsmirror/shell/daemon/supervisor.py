@@ -1,14 +1,20 @@
 """`tlsmirror run`: capture -> worker processes (one Engine each) -> exporters; key listener -> workers.
 
-The parent process owns everything shared: the key listener (an asyncio loop in a thread), the
-exporters (a thread fed by a bounded queue), the metrics server (a thread), the capture-file reader
-(``--pcap``: a thread that hashes frames to workers) and the supervision of the workers (restarted
-when they die, the crash counted). Signals: SIGTERM/SIGINT drain (workers run ``engine.finish()``,
-exporters flush within ``output.drain_timeout``), SIGHUP reopens output files and reloads the key
-listener's certificate.
+The parent process owns what is shared: the key listener (an asyncio loop in a thread), the metrics
+server (a thread, aggregating the workers' reports) and the supervision of the workers (restarted when
+they die, the crash counted). Frames and API calls never pass through it: each worker captures (live) or
+reads its flow share of the capture file (``--pcap``) and owns its exporters. Only exporters given to
+:class:`Daemon` (tests, embedding) are the parent's: then calls come to it in batches and an export thread
+fed by a bounded queue writes them. Signals: SIGTERM/SIGINT drain (workers run ``engine.finish()``,
+exporters flush, all within ``output.drain_timeout``; undelivered spans stay in the OTLP spool),
+SIGHUP reopens output files and reloads the key listener's certificate.
+
+A killed worker is restarted; with a capture file the new one reads its share again from the start,
+silently up to the file position its predecessor last reported (after writing the calls up to it), so
+records and counts come out as if it had not died.
 
 One module on purpose (about 600 lines): start, supervision, restarts, draining and signals share the
-worker handles; the --pcap feed (:mod:`.pcapfeed`), exporters (:mod:`.outputs`), messages
+worker handles; the --pcap share (:mod:`.pcapfeed`), exporters (:mod:`.outputs`), messages
 (:mod:`.messages`) and workers (:mod:`.workers`) have their own modules.
 """
 
@@ -37,27 +43,25 @@ from ..inventory.seeds import engine_routes, live_inventory
 from ..logs import get_logger
 from .messages import (
     CallBatch,
-    EndOfCapture,
+    CaptureRead,
     FromWorker,
     KeysGiven,
+    Reopen,
     StopRequest,
-    ToWorker,
     WorkerDone,
     WorkerFailed,
     WorkerReady,
     WorkerStats,
 )
 from .metrics import MetricsServer, MetricsState, make_registry
-from .outputs import build_exporters, stats_of
-from .pcapfeed import PcapFeeder
-from .workers import WorkerSpec, worker_main
+from .outputs import jsonl_path, stats_of
+from .workers import WorkerSpec, close_within, worker_main
 
 if TYPE_CHECKING:
     pass
 
 log = get_logger("daemon")
 
-INBOX_SIZE = 64  # frame batches waiting per worker (so at most ~8 MiB of frames each)
 RESTART_DELAY = 0.5  # seconds before a crashed worker is started again
 CRASH_LOOP = 5  # consecutive crashes within CRASH_WINDOW seconds of start: give up
 CRASH_WINDOW = 3.0
@@ -68,9 +72,9 @@ class _Handle:
     index: int
     proc: Any
     ctl: Any
-    inbox: Any
     conn: Connection | None
     started: float
+    read: bool = False  # the capture file read to its end
     done: bool = False
     ready: bool = False
     dead: bool = False
@@ -87,8 +91,11 @@ class Daemon:
         self.nworkers = c.workers or os.cpu_count() or 1
         self.preload: list[Secret] = list(preload or ())
         self._exporters_given = exporters
-        self.exporters: list[Exporter] = []
+        self.worker_exporters = exporters is None  # each worker builds its own from the configuration
+        self.exporters: list[Exporter] = []  # the parent's (given ones only)
         self.state = MetricsState(self.nworkers, self.mode)
+        self.state.worker_exporters = self.worker_exporters
+        self._positions: dict[int, int] = {}  # --pcap: the file position each worker last reported
         self.handles: list[_Handle] = []
         self._handles_lock = threading.Lock()
         self._ctx = mp.get_context("spawn")
@@ -107,10 +114,7 @@ class Daemon:
         self._export_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.output.queue_size)
         self._export_thread: threading.Thread | None = None
         self._export_reopen = threading.Event()
-        self._reader_thread: threading.Thread | None = None
-        self._reader_done: float | None = None
-        self._reader_stop = threading.Event()
-        self._capture: Any = None
+        self._reader_done: float | None = None  # --pcap: when every worker had read the file
         self.metrics: MetricsServer | None = None
         self._ks_loop: asyncio.AbstractEventLoop | None = None
         self._ks_thread: threading.Thread | None = None
@@ -120,6 +124,7 @@ class Daemon:
         self._groups: dict[str, int] = {}
         self._ready = threading.Event()
         self._started = False
+        self._file_frames = 0
 
     # ------------------------------------------------------------------ public
     @property
@@ -159,8 +164,13 @@ class Daemon:
             from ..offline.pcapfile import CaptureReader
 
             assert cfg.capture.pcap is not None
-            self._capture = CaptureReader(cfg.capture.pcap)  # CaptureFileError: a user error
-        self.exporters = self._exporters_given if self._exporters_given is not None else build_exporters(cfg)
+            CaptureReader(cfg.capture.pcap).close()  # CaptureFileError: a user error, before any worker
+        if self._exporters_given is not None:
+            self.exporters = self._exporters_given
+        else:
+            self._check_output()
+        out = jsonl_path(cfg) if self.worker_exporters else None
+        self.state.output = os.path.abspath(out) if out is not None and out != "-" else out
         for i, ex in enumerate(self.exporters):
             self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = stats_of(ex)
         inventory = live_inventory(cfg)  # /inventory: one more exporter, read by the metrics server
@@ -174,16 +184,24 @@ class Daemon:
                                          lambda: self.state.health(cfg.metrics.no_packets_after),
                                          inventory.pages() if inventory is not None else None)
             self.metrics.start()
-        self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
-        self._export_thread.start()
+        if self.exporters:
+            self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
+            self._export_thread.start()
         for i in range(self.nworkers):
             self.handles.append(self._spawn(i))
-        if self.mode == "pcap":
-            self._reader_thread = threading.Thread(target=self._read_pcap, name="pcap", daemon=True)
-            self._reader_thread.start()
         self._started = True
         log.info("started: %s, %d workers%s", self._describe_input(), self.nworkers,
                  f", metrics on {cfg.metrics.host}:{self.metrics_port}" if self.metrics else "")
+
+    def _check_output(self) -> None:
+        """The workers append to ``output.jsonl``: a path that cannot be written is an error now."""
+        path = jsonl_path(self.cfg)
+        if path is None or path == "-":
+            return
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        except OSError as exc:
+            raise InputError(f"output.jsonl {path!r}: cannot open: {exc.strerror or exc}") from None
 
     def _become_ready(self) -> None:
         """Every worker has its capture attached: only now open the key listener (a secret that comes
@@ -259,6 +277,9 @@ class Daemon:
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,
             key_ttl=ttl, workers=self.nworkers, incarnation=self._incarnation.get(index, 0),
             log_level=cfg.log.level, log_format=cfg.log.format, log_rate=cfg.log.rate,
+            pcap=cfg.capture.pcap, pcap_speed=cfg.capture.pcap_speed,
+            resume=self._positions.get(index, 0) if self.mode == "pcap" else 0,
+            config=cfg if self.worker_exporters else None, drain_timeout=cfg.output.drain_timeout,
             # default, live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when
             # it is full); a capture file waits instead of dropping, so a small ring keeps the pipe
             # busy and a backlog does not sit in the workers' memory
@@ -267,18 +288,15 @@ class Daemon:
     def _spawn(self, index: int) -> _Handle:
         ctx = self._ctx
         ctl = ctx.Queue()
-        inbox = ctx.Queue(maxsize=INBOX_SIZE) if self.mode == "pcap" else None
         r, w = ctx.Pipe(duplex=False)
         with self._replay_lock:
             secrets = self.preload + list(self._replay)
-        proc = ctx.Process(target=worker_main, args=(self._spec(index), inbox, ctl, w, secrets),
+        proc = ctx.Process(target=worker_main, args=(self._spec(index), ctl, w, secrets),
                            name=f"tlsmirror-worker{index}", daemon=True)
         proc.start()
         w.close()  # the worker holds the only write end: its death shows as EOF here
-        h = _Handle(index, proc, ctl, inbox, r, time.monotonic())
+        h = _Handle(index, proc, ctl, r, time.monotonic())
         self.state.alive[index] = True
-        if self.mode == "pcap" and self._reader_done is not None and inbox is not None:
-            inbox.put(EndOfCapture())
         return h
 
     # ------------------------------------------------------------------ key listener
@@ -348,41 +366,6 @@ class Daemon:
                     h.ctl.put(msg)
         self.state.counters["keys_to_workers"] += len(secrets)
 
-    # ------------------------------------------------------------------ capture file
-    def _read_pcap(self) -> None:
-        """The --pcap reader thread: the capture file through the one capture loop into the workers."""
-        from ..errors import CaptureFileError
-        from ..offline.loop import pump
-
-        feeder = PcapFeeder(self.nworkers, self.cfg.capture.pcap_speed, self._to_inbox, self._reader_stop.wait)
-        try:
-            pump(self._capture, feeder, lambda note: log.warning("capture file: %s", note),
-                 every=64, tick=lambda _frames: self._reader_stop.is_set())
-        except CaptureFileError as exc:
-            log.error("capture file: %s", exc)
-        finally:
-            feeder.flush_all()
-            self._reader_done = time.monotonic()
-            for i in range(self.nworkers):
-                self._to_inbox(i, EndOfCapture())
-            with contextlib.suppress(Exception):
-                self._capture.close()
-            log.info("capture file read: %d frames", getattr(self._capture, "frames", 0))
-
-    def _to_inbox(self, i: int, msg: ToWorker) -> None:
-        """Blocking put (capture files are lossless) that follows a worker's restarts."""
-        while True:
-            h = self.handles[i]
-            if h.done or (self._stopping and time.monotonic() > self._deadline):
-                return
-            try:
-                h.inbox.put(msg, timeout=0.25)
-                return
-            except queue.Full:
-                continue
-            except (ValueError, OSError):  # queue closed: the worker was replaced
-                time.sleep(0.05)
-
     # ------------------------------------------------------------------ exporters
     def _export_loop(self) -> None:
         q = self._export_q
@@ -450,6 +433,9 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
+            if self.mode == "pcap" and self._reader_done is None and all(h.read for h in self.handles):
+                self._reader_done = time.monotonic()
+                log.info("capture file read: %d frames", self._file_frames)
             if (self.mode == "pcap" and not self._stopping and self._reader_done is not None
                     and self._ready.is_set()  # a short file: ready first (key listener, fabric), then stop
                     and time.monotonic() >= self._reader_done + linger):
@@ -483,6 +469,11 @@ class Daemon:
             self._export(msg.calls)
         elif type(msg) is WorkerStats:
             self.state.update(h.index, msg.stats)
+            if self.mode == "pcap":
+                self._positions[h.index] = msg.stats.get("position", 0)
+        elif type(msg) is CaptureRead:
+            h.read = True
+            self._file_frames = max(self._file_frames, msg.frames)
         elif type(msg) is WorkerReady:
             h.ready = True
         elif type(msg) is WorkerDone:
@@ -499,6 +490,8 @@ class Daemon:
                     del self._pending_restart[i]
                     self._incarnation[i] = self._incarnation.get(i, 0) + 1
                     new = self._spawn(i)
+                    if self.mode == "pcap":
+                        self._reader_done = None  # no end of capture before the new one has read it
                     with self._handles_lock:
                         self.handles[i] = new
                     self.state.restarts += 1
@@ -511,8 +504,13 @@ class Daemon:
             if h.done:
                 self.state.alive[i] = False
                 continue
-            # died without finishing: a crash
-            self.state.retire(i)
+            # died without finishing: a crash. Live, its counters are kept and a new one starts from zero;
+            # with a capture file, the new one counts again from the start of the file (its last report
+            # stands until the new one has caught up with it)
+            if self.mode == "pcap":
+                self.state.alive[i] = False
+            else:
+                self.state.retire(i)
             self.state.crashes += 1
             if self._stopping:
                 h.done = True
@@ -527,25 +525,28 @@ class Daemon:
             self._pending_restart[i] = now + RESTART_DELAY
 
     def _abandon(self, h: _Handle) -> None:
-        for q in (h.ctl, h.inbox):
-            if q is not None:
-                with contextlib.suppress(Exception):
-                    q.cancel_join_thread()
-                    q.close()
+        with contextlib.suppress(Exception):
+            h.ctl.cancel_join_thread()
+            h.ctl.close()
 
     def _begin_stop(self, why: str) -> None:
         self._stopping = True
         self._deadline = time.monotonic() + self.cfg.output.drain_timeout
         log.info("stopping (%s): draining workers", why)
-        self._reader_stop.set()
         for h in self.handles:
             if not h.done:
                 with contextlib.suppress(Exception):
-                    h.ctl.put(StopRequest())
+                    h.ctl.put(StopRequest(self._deadline))
 
     def _do_reload(self) -> None:
         log.info("SIGHUP: reopening outputs, reloading key listener certificates")
         self._export_reopen.set()
+        with self._handles_lock:
+            handles = list(self.handles)
+        for h in handles:
+            if not h.done:
+                with contextlib.suppress(Exception):
+                    h.ctl.put(Reopen())
         if self.keyserver is not None and self._ks_loop is not None:
             def reload() -> None:
                 try:
@@ -560,7 +561,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self) -> None:
-        self._reader_stop.set()
         self._stopping = True
         for h in self.handles:
             if h.proc.is_alive():
@@ -576,26 +576,18 @@ class Daemon:
                     h.conn.close()
             self._abandon(h)
             self.state.alive[h.index] = False
-        if self._reader_thread is not None:
-            self._reader_thread.join(2)
         if self._ks_loop is not None:
             self._ks_loop.call_soon_threadsafe(self._ks_loop.stop)
             if self._ks_thread is not None:
                 self._ks_thread.join(10)
         if self.fabric is not None:
             self.fabric.stop()
+        end = self._deadline or time.monotonic() + self.cfg.output.drain_timeout
         if self._export_thread is not None:
             self._export_q.put(None)
-            self._export_thread.join(max(1.0, self.cfg.output.drain_timeout))
-        timeout = self.cfg.output.drain_timeout
+            self._export_thread.join(max(1.0, end - time.monotonic()))
         for ex in self.exporters:
-            try:
-                if not ex.flush(timeout):
-                    log.warning("exporter %s: not everything was delivered before the timeout",
-                                type(ex).__name__)
-                ex.close()
-            except Exception as exc:
-                log.error("exporter %s: close failed: %s", type(ex).__name__, exc)
+            close_within(ex, end - time.monotonic())
         if self.metrics is not None:
             self.metrics.stop()
         if not self._started:
@@ -603,7 +595,7 @@ class Daemon:
         t = self.state.totals()
         outcomes = ", ".join(f"{k} {v}" for k, v in t.get("outcomes", {}).items() if v) or "none"
         log.info("stopped: %d packets, %d API calls exported, TLS connections: %s, %d worker restarts",
-                 t.get("packets", 0), self.state.counters["exported"], outcomes, self.state.restarts)
+                 t.get("packets", 0), self.state.exported(t), outcomes, self.state.restarts)
 
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

@@ -1,19 +1,25 @@
-"""Worker processes: one :class:`~tlsmirror.pipeline.Engine` each, fed by live sockets or by the parent.
+"""Worker processes: one :class:`~tlsmirror.pipeline.Engine` each, and its own exporters.
 
-A worker reads frames (from its own AF_PACKET sockets in a fanout group, or from its inbox queue when
-the parent replays a capture file), feeds its engine, and sends the parent
+A worker reads frames (from its own AF_PACKET sockets in a fanout group, or its flow share of a capture
+file, :mod:`.pcapfeed`), feeds its engine and hands the API calls to its own exporters (the shared JSON lines
+file, OTLP with its own spool: :func:`~.outputs.build_worker_exporters`); no frame and no call goes through
+the parent. It sends the parent
 
-- :class:`~.messages.CallBatch` through a bounded outbox (pickled at once into a fixed ring of
-  ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted, capture
-  never waits; in lossless mode, used for capture files, it waits instead),
-- :class:`~.messages.WorkerStats` every ``stats_interval`` seconds (cumulative counters and gauges),
-- :class:`~.messages.WorkerDone` after ``engine.finish()`` on stop, and :class:`~.messages.WorkerFailed`
-  on a start-up error.
+- :class:`~.messages.WorkerStats` every ``stats_interval`` seconds, and with a capture file after every
+  batch of calls it exported, with the file position they were exported up to (cumulative counters and
+  gauges, its exporters' counters),
+- :class:`~.messages.CaptureRead` at the end of a capture file, :class:`~.messages.WorkerDone` after
+  ``engine.finish()`` and the exporters' flush on stop, :class:`~.messages.WorkerFailed` on a start-up
+  error,
+- :class:`~.messages.CallBatch` only when the exporters are the parent's (``WorkerSpec.config`` is None:
+  exporters given to :class:`~.supervisor.Daemon`), through a bounded outbox (pickled at once into a fixed
+  ring of ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted,
+  capture never waits; in lossless mode, used for capture files, it waits instead).
 
 Secrets and commands reach it on its control queue (:class:`~.messages.KeysGiven`,
-:class:`~.messages.StopRequest`); every message is one of the classes of :mod:`.messages`. Results
-travel over a pipe whose only writer is the worker (a killed worker cannot leave a lock held for
-anyone else).
+:class:`~.messages.Reopen`, :class:`~.messages.StopRequest`); every message is one of the classes of
+:mod:`.messages`. Results travel over a pipe whose only writer is the worker (a killed worker cannot leave
+a lock held for anyone else; the JSON lines file's ``flock`` dies with it too).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
 from typing import Any
 
 from ...calls import ApiCall, HttpIssue
@@ -39,10 +46,9 @@ from ...tls.events import DECRYPTED, OUTCOMES, TlsOutcome
 from ..logs import get_logger
 from .messages import (
     CallBatch,
-    EndOfCapture,
-    FrameBatch,
+    CaptureRead,
     KeysGiven,
-    SecretsAt,
+    Reopen,
     StopRequest,
     WorkerDone,
     WorkerFailed,
@@ -54,7 +60,10 @@ log = get_logger("worker")
 
 # Counters that are gauges (not summed over dead incarnations of a worker).
 GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_stored", "outbox", "outbox_bytes", "pid",
-                    "last_packet_wall", "fragments_pending", "wall", "alive"})
+                    "last_packet_wall", "fragments_pending", "wall", "alive", "position", "queue_depth",
+                    "spool_bytes"})
+
+FILE_BATCH = 256  # API calls of a capture file written (and their position reported) together
 
 # Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
 # a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.
@@ -107,6 +116,11 @@ class WorkerSpec:
     log_level: str = "info"
     log_format: str = "text"
     log_rate: float = 10.0
+    pcap: str | None = None  # the capture file (mode "pcap"): the worker reads its flow share of it
+    pcap_speed: float = 0.0
+    resume: int = 0  # file position up to which a predecessor exported: read again silently
+    config: Any = None  # the Config its exporters are built from; None: calls go to the parent
+    drain_timeout: float = 30.0
 
 
 class MessageBuffer:
@@ -286,6 +300,11 @@ class Outbox:
                     self._tail = self._q[0][0]
                 cond.notify_all()
 
+    def wait_sent(self, timeout: float) -> bool:
+        """Wait until everything queued has been written to the pipe; False after *timeout*."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.broken or (not self._q and not self._sending), timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued, then stop the thread (within *timeout*)."""
         with self._cond:
@@ -297,9 +316,18 @@ class Outbox:
 class Worker:
     """The state and loop of one worker process."""
 
-    def __init__(self, spec: WorkerSpec, outbox: Outbox) -> None:
+    def __init__(self, spec: WorkerSpec, outbox: Outbox, exporters: list[Any] | None = None) -> None:
         self.spec = spec
         self.out = outbox
+        self.exporters: list[Any] = list(exporters or ())  # its own; none: calls go to the parent
+        # the parent's live inventory (inventory.enabled) folds the calls too: they go to it as well
+        self.calls_to_parent = not self.exporters or (spec.config is not None and spec.config.inventory.enabled)
+        self.exported = 0  # API calls handed to the exporters (or the parent), including a catch-up's
+        self.export_errors = 0
+        self.silent = False  # catching up on a capture file: count, but export and log nothing
+        self.position = 0  # capture file items handled (see FlowShare.position)
+        self.deadline = 0.0  # of the stop (time.monotonic()); 0: none given
+        self.share: Any = None  # the capture file's FlowShare (mode "pcap")
         self.engine = Engine(EngineConfig(**spec.engine))
         if spec.key_ttl:
             self.engine.keys.ttl = spec.key_ttl
@@ -321,7 +349,8 @@ class Worker:
         self.sockets: list[Any] = []
         self._next_stats = 0.0
         self._ppid = os.getppid()
-        self._id_base = spec.incarnation << 32
+        # A capture file read again from its start gives the same flow ids: the same connection ids
+        self._id_base = (spec.incarnation << 32) if spec.mode == "live" else 0
         self._id_mul = max(1, spec.workers)
         self._next_expire = time.monotonic() + spec.expire_interval
 
@@ -333,7 +362,9 @@ class Worker:
                 conn = ev.connection
                 ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
                                                  + self.spec.index), ev.exchange, ev.route)
-                self.calls.append(ev)
+                if not self.silent:
+                    self.calls.append(ev)
+                self.exported += 1
                 v = ev.exchange.http_version
                 self.exchanges[v] = self.exchanges.get(v, 0) + 1
             elif cls is TlsOutcome:
@@ -344,7 +375,7 @@ class Worker:
                     by[ev.held] = by.get(ev.held, 0) + 1
                 if ev.key_lag is not None:
                     _observe(self.key_lag.setdefault(version, {}), ev.key_lag)
-                if ev.outcome != DECRYPTED:
+                if ev.outcome != DECRYPTED and not self.silent:
                     # Rate-limited per outcome by the log filter; the reason never holds secrets.
                     f, c = ev.flow, ev.client_dir
                     log.info("TLS connection %s -> %s not decrypted: %s (%s)", endpoint(f.addr[c], f.port[c]),
@@ -357,6 +388,20 @@ class Worker:
         if not self.calls:
             return
         batch, self.calls = self.calls, []
+        if self.exporters:
+            for ex in self.exporters:
+                try:
+                    export = ex.export
+                    for c in batch:
+                        export(c)
+                    ex.flush(0.0)  # written out before the position that covers them is reported
+                except BrokenPipeError:
+                    raise
+                except Exception as exc:
+                    self.export_errors += 1
+                    log.error("exporter %s failed: %s", type(ex).__name__, exc)
+            if not self.calls_to_parent:
+                return
         msg = CallBatch(self.spec.index, batch)
         if self.spec.lossless:
             while not self.out.put(msg, block=True, timeout=1.0):
@@ -377,19 +422,6 @@ class Worker:
                 handle(ev)
         self._count(len(frames), size, ts)
 
-    def file_frames(self, frames: list[tuple[float, int, bytes]]) -> None:
-        """Frames of a capture file: (ts, linktype, data)."""
-        feed = self.engine.feed_frame
-        handle = self.handle
-        size = 0
-        for fts, lt, data in frames:
-            size += len(data)
-            ev = feed(lt, data, fts)
-            if ev:
-                handle(ev)
-        if frames:
-            self._count(len(frames), size, frames[-1][0])
-
     def _count(self, n: int, size: int, ts: float) -> None:
         if n:
             self.packets += n
@@ -400,6 +432,8 @@ class Worker:
 
     def now(self) -> float:
         """Packet time now: the latest packet time, advanced by the wall clock since it arrived."""
+        if self.share is not None and self.share.last_ts > self.last_ts:
+            self.last_ts = self.share.last_ts
         if self.last_ts == 0.0:
             return time.time() if self.spec.mode == "live" else 0.0
         return self.last_ts + max(0.0, time.time() - self.last_wall)
@@ -413,6 +447,13 @@ class Worker:
             self.secrets(msg.secrets)
         elif type(msg) is StopRequest:
             self.stop = True
+            self.deadline = msg.deadline
+        elif type(msg) is Reopen:
+            for ex in self.exporters:
+                try:
+                    ex.reopen()
+                except Exception as exc:
+                    log.error("exporter %s: reopen failed: %s", type(ex).__name__, exc)
 
     # ------------------------------------------------------------------ timers
     def timers(self, force_stats: bool = False) -> None:
@@ -424,15 +465,32 @@ class Worker:
                 self.handle(self.engine.expire(now))
                 if self.engine.keys.ttl:
                     self.engine.keys.expire(now)
-        self.flush_calls()
-        if force_stats or mono >= self._next_stats:
+        due = force_stats or mono >= self._next_stats
+        share = self.share
+        if share is None:  # live: calls out at once, stats every stats_interval
+            self.flush_calls()
+        elif self.silent:
+            return  # catching up: a predecessor exported and reported all of this already
+        else:  # a capture file: calls in batches, each followed by the position they were exported up to
+            self.position = share.position
+            if self.calls and (due or len(self.calls) >= FILE_BATCH):
+                self.flush_calls()
+                due = True
+        if due:
             self._next_stats = mono + self.spec.stats_interval
             if self.out.broken or os.getppid() != self._ppid:  # the parent is gone: stop, do not linger
                 self.stop = self.eof = True
-            self.out.put(WorkerStats(self.spec.index, self.stats()))
+            self.out.put(WorkerStats(self.spec.index, self.stats()), block=share is not None, timeout=1.0)
+            if share is not None and self.exporters:
+                # the position is with the parent before more calls are written: a kill in between
+                # repeats at most the calls written since it
+                self.out.wait_sent(1.0)
 
     def stats(self) -> dict[str, Any]:
         e = self.engine
+        if self.share is not None:  # a capture file: the share counts its frames
+            self.packets, self.bytes = self.share.packets, self.share.bytes
+            self.last_ts = max(self.last_ts, self.share.last_ts)
         kp = kd = 0
         for s in self.sockets:
             p, d = s.read_stats()
@@ -450,12 +508,23 @@ class Worker:
             "flows_open": e.tcp.open_flows, "tcp_buffered": e.tcp.buffered_bytes,
             "fragments_pending": e.frames.fragments_pending, "rss": rss_bytes(),
             "last_packet_wall": self.last_packet_wall, "outbox": self.out.qsize(),
-            "outbox_bytes": self.out.pending_bytes,
+            "outbox_bytes": self.out.pending_bytes, "exported": self.exported,
+            "export_errors": self.export_errors, "position": self.position,
+            "exporters": {_exporter_name(ex, i): dict(ex.stats) for i, ex in enumerate(self.exporters)},
         }
 
     def finish(self) -> None:
+        """Flush the engine and the exporters (by the stop's deadline), send the last stats, done."""
+        if self.silent:  # stopped while catching up: the predecessor's records and last report stand
+            for ex in self.exporters:
+                close_within(ex, 0.0)
+            self.out.put(WorkerDone(self.spec.index), block=True, timeout=5.0)
+            return
         self.handle(self.engine.finish())
         self.flush_calls()
+        deadline = self.deadline or time.monotonic() + self.spec.drain_timeout
+        for ex in self.exporters:
+            close_within(ex, deadline - time.monotonic() - 0.5)  # the rest: stats, done, exit
         self.out.put(WorkerStats(self.spec.index, self.stats()), block=True, timeout=5.0)
         self.out.put(WorkerDone(self.spec.index), block=True, timeout=5.0)
 
@@ -492,28 +561,81 @@ class Worker:
         for s in self.sockets:
             s.read_stats()
 
-    def run_pcap(self, inbox: Any, ctl: Any) -> None:
+    def run_pcap(self, ctl: Any) -> None:
+        """This worker's flow share of the capture file, then wait for the stop (``pcap_linger``)."""
+        from ..errors import CaptureFileError
+        from ..offline.loop import pump
+        from ..offline.pcapfile import CaptureReader
+        from .pcapfeed import FlowShare
+
         spec = self.spec
-        readers = [r for r in (_reader(inbox), _reader(ctl)) if r is not None]
-        self.out.put(WorkerReady(spec.index, os.getpid()), block=True, timeout=5.0)
-        while not (self.stop and self.eof):
-            if readers:
-                wait(readers, timeout=0.2)
-            _drain(ctl, self.control)
-            for _ in range(64):
-                try:
-                    msg = inbox.get_nowait() if readers else inbox.get(timeout=0.05)
-                except queue.Empty:
-                    break
-                if type(msg) is FrameBatch:
-                    self.file_frames(msg.frames)
-                elif type(msg) is SecretsAt:
-                    self.secrets(msg.secrets, msg.ts)
-                elif type(msg) is EndOfCapture:
-                    self.eof = True
+        ctl_reader = _reader(ctl)
+
+        def wait(seconds: float) -> None:  # pacing: sleep, but keep to the control queue and the timers
+            end = time.monotonic() + seconds
+            while not self.stop and (left := end - time.monotonic()) > 0:
+                if ctl_reader is not None:
+                    wait_for([ctl_reader], timeout=min(left, 0.2))
+                else:
+                    time.sleep(min(left, 0.05))
                 _drain(ctl, self.control)
                 self.timers()
+
+        def caught_up() -> None:
+            self.silent = False
+
+        share = FlowShare(spec.index, spec.workers, self.engine.feed_frame, self.handle, self.secrets,
+                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up)
+        self.share = share
+        self.silent = spec.resume > 0
+
+        def tick(_frames: int) -> bool:
+            self.last_wall = self.last_packet_wall = time.time()
+            _drain(ctl, self.control)
             self.timers()
+            return self.stop
+
+        self.out.put(WorkerReady(spec.index, os.getpid()), block=True, timeout=5.0)
+        assert spec.pcap is not None
+        try:
+            with CaptureReader(spec.pcap) as reader:
+                # every worker reads the file: one (the first) reports its problems
+                warn = ((lambda note: log.warning("capture file: %s", note)) if spec.index == 0
+                        else (lambda note: None))
+                pump(reader, share, warn, every=64, tick=tick)
+        except CaptureFileError as exc:
+            log.error("capture file: %s", exc)
+        self.silent = self.stop and share.catching_up  # read to the end: caught up, whatever was last
+        if not self.stop:
+            self.timers(force_stats=True)
+            self.out.put(CaptureRead(spec.index, share.frames), block=True, timeout=5.0)
+        readers = [ctl_reader] if ctl_reader is not None else []
+        while not self.stop:
+            if readers:
+                wait_for(readers, timeout=0.2)
+            else:
+                time.sleep(0.05)
+            _drain(ctl, self.control)
+            self.timers()
+
+def _exporter_name(ex: Any, i: int) -> str:
+    return f"{type(ex).__name__.lower()}{i if i else ''}"
+
+
+def close_within(ex: Any, seconds: float) -> None:
+    """Flush *ex* for at most *seconds*, then close it (an OTLP exporter keeps the rest in its spool)."""
+    try:
+        if not ex.flush(max(0.0, seconds)):
+            log.warning("exporter %s: not everything was delivered before the drain timeout",
+                        type(ex).__name__)
+        cfg = getattr(ex, "config", None)
+        if cfg is not None and hasattr(cfg, "flush_timeout"):
+            cfg.flush_timeout = 0.0  # close() flushes again: the time is up
+        ex.close()
+    except BrokenPipeError:
+        raise
+    except Exception as exc:
+        log.error("exporter %s: close failed: %s", type(ex).__name__, exc)
 
 
 def _reader(q: Any) -> Connection | None:
@@ -538,8 +660,7 @@ def _drain(ctl: Any, handle: Any) -> None:
         handle(msg)
 
 
-def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
-                preload: list[Any] | None = None) -> None:
+def worker_main(spec: WorkerSpec, ctl: Any, results: Connection, preload: list[Any] | None = None) -> None:
     """Entry point of a worker process."""
     from ..logs import get_logger, setup_logging
 
@@ -548,14 +669,21 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
     setup_logging(spec.log_level, spec.log_format, spec.log_rate)
     log = get_logger(f"worker{spec.index}")
     outbox = Outbox(results, spec.outbox_size, spec.outbox_bytes)
-    worker = Worker(spec, outbox)
+    worker: Worker | None = None
 
     def on_term(_signo: int, _frame: Any) -> None:
-        worker.stop = True
-        worker.eof = True
+        if worker is not None:
+            worker.stop = True
+            worker.eof = True
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        exporters: list[Any] = []
+        if spec.config is not None:
+            from .outputs import build_worker_exporters
+
+            exporters = build_worker_exporters(spec.config, spec.index, spec.workers)
+        worker = Worker(spec, outbox, exporters)
         if preload:
             # A capture-file run keeps its key log secrets whatever engine.key_ttl says (as decrypt and
             # replay do); a live sensor ages them like every received secret.
@@ -563,7 +691,7 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
         if spec.mode == "live":
             worker.run_live(ctl)
         else:
-            worker.run_pcap(inbox, ctl)
+            worker.run_pcap(ctl)
         worker.finish()
     except Exception as exc:
         from ..errors import InputError
@@ -575,7 +703,7 @@ def worker_main(spec: WorkerSpec, inbox: Any, ctl: Any, results: Connection,
             outbox.close()
             os._exit(70)
     finally:
-        for s in worker.sockets:
+        for s in (worker.sockets if worker is not None else ()):
             s.close()
         outbox.close()
         results.close()

@@ -127,7 +127,7 @@ def check_exporter(cfg: Config, probe: Result | None, s0: Scrape | None, s1: Scr
     """The probe result, plus the exporters' failure/drop counters and the OTLP spool."""
     label = "exporter"
     if probe is None:
-        out = cfg.output.jsonl
+        out = (next(iter(s0.by("output_info", "jsonl")), None) if s0 is not None else None) or cfg.output.jsonl
         res = Result(label, OK, "OTLP export is off (otlp.endpoint not set); API calls go to "
                                 + ("stdout" if out in (None, "-") else out))
         if out not in (None, "-"):

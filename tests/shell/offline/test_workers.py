@@ -132,3 +132,39 @@ def test_bad_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
         main(["replay", PCAP, "--workers", "0"])
     assert exc.value.code == 2
     assert "1 to 64" in capsys.readouterr().err
+
+
+def _idle_capture(tmp: Path) -> str:
+    """Connection A idles 400 s between two exchanges; connection B, in the other worker's share,
+    talks meanwhile: in one process B's packets expire A (idle_timeout 300 s), so A's second exchange is
+    a new connection. The workers must see the same (their clock runs on every segment of the file)."""
+    from tests.support.pcapwriter import pcap_bytes, segment_frames, tcp_conversation, write_capture
+    from tlsmirror.frames.flowhash import FlowHasher
+    from tlsmirror.frames.events import TcpSegment
+
+    def req(p: str) -> bytes:
+        return f"GET /{p} HTTP/1.1\r\nHost: idle.test\r\n\r\n".encode()
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    a = tcp_conversation([(0, req("a1")), (1, ok), (0, req("a2")), (1, ok)], client=("10.0.0.1", 40000),
+                         server=("10.0.0.2", 80), ts=1000.0, close=False)
+    a = [s if i < 5 else TcpSegment(s.ts + 400.0, s.src, s.dst, s.sport, s.dport, s.seq, s.ack, s.flags,
+                                    s.payload) for i, s in enumerate(a)]
+    hasher = FlowHasher()
+    share_a = hasher(1, segment_frames(a[:1])[0][1]) % 2
+    for port in range(41000, 41100):
+        b = tcp_conversation([(0, req("b")), (1, ok)], client=("10.0.0.3", port), server=("10.0.0.2", 80),
+                             ts=1350.0)
+        if hasher(1, segment_frames(b[:1])[0][1]) % 2 != share_a:
+            break
+    frames = sorted(segment_frames(a) + segment_frames(b), key=lambda f: f[0])
+    return write_capture(tmp / "idle.pcap", pcap_bytes(frames))
+
+
+def test_expiry_follows_every_segment_of_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cap = _idle_capture(tmp_path)
+    outs = [_replay(tmp_path, f"w{n}.jsonl", [cap, "--workers", str(n)], capsys)[0] for n in (1, 2, 3)]
+    assert outs[0] == outs[1] == outs[2]
+    recs = {r["path"]: r for r in (json.loads(x) for x in outs[0].splitlines())}
+    assert set(recs) == {"/a1", "/a2", "/b"}
+    assert recs["/a1"]["connection_id"] != recs["/a2"]["connection_id"]  # A expired while idle

@@ -187,6 +187,8 @@ def _decrypt_shared(capture: str, workers: int, make_engine: Callable[[], Engine
         results = run_workers(workers, job)
         try:
             merge_parts([(r["part"], r["index"]) for r in results], out)
+        except BrokenPipeError:
+            raise  # stdout piped into a reader that stopped: the command line ends quietly
         except OSError as exc:
             raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
     finally:

@@ -446,6 +446,8 @@ def _replay_shared(captures: Sequence[str], workers: int, make_engine: Callable[
                                       sep=b",\n", tail=_TAIL.encode())
             else:
                 written = merge_parts([(r["part"], r["index"]) for r in results], out)
+        except BrokenPipeError:
+            raise  # stdout piped into a reader that stopped: the command line ends quietly
         except OSError as exc:
             raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
     finally:

@@ -139,8 +139,8 @@ def _idle_capture(tmp: Path) -> str:
     talks meanwhile: in one process B's packets expire A (idle_timeout 300 s), so A's second exchange is
     a new connection. The workers must see the same (their clock runs on every segment of the file)."""
     from tests.support.pcapwriter import pcap_bytes, segment_frames, tcp_conversation, write_capture
-    from tlsmirror.frames.flowhash import FlowHasher
     from tlsmirror.frames.events import TcpSegment
+    from tlsmirror.frames.flowhash import FlowHasher
 
     def req(p: str) -> bytes:
         return f"GET /{p} HTTP/1.1\r\nHost: idle.test\r\n\r\n".encode()

@@ -37,6 +37,7 @@ COMPILED = [
     "src/tlsmirror/shell/offline/loop.py",
     "src/tlsmirror/shell/offline/decrypt.py",
     "src/tlsmirror/shell/offline/replay.py",
+    "src/tlsmirror/shell/offline/share.py",
     "src/tlsmirror/shell/export/jsonl.py",
     "src/tlsmirror/shell/export/sharedjsonl.py",
     "src/tlsmirror/shell/daemon/pcapfeed.py",

@@ -245,7 +245,7 @@ def test_summary_reports_what_could_not_be_decrypted(captures: dict[str, Any], t
     assert main(["replay", captures["one"], "-o", str(tmp_path / "x.jsonl")]) == 0  # no keys
     err = capsys.readouterr().err
     assert "1 TLS connection (1 no_key)" in err
-    assert "no_key: 1x no secret for client random" in err
+    assert "no_key: 1x no secret for its client random" in err
     assert "0 exchanges" in err
 
 

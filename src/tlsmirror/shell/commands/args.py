@@ -59,6 +59,29 @@ def add_secret_and_port_args(p: argparse.ArgumentParser) -> None:
                    help="write the handshake facts of the connections seen here (JSON lines, mode 0600)")
 
 
+def worker_count(text: str) -> int:
+    """A number of worker processes: 1-64."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{n}: give 1 to 64 worker processes")
+    return n
+
+
+def add_output_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``-o FILE``, ``--append`` and ``--workers N``: one rule for every capture-file command (decrypt,
+    replay): ``-o`` overwrites, ``--append`` appends; N processes share the flows."""
+    p.add_argument("-o", "--output", default="-", metavar="FILE",
+                   help=f"{what} output file (default stdout); an existing file is overwritten")
+    p.add_argument("--append", action="store_true", help="append to the output file instead of overwriting it")
+    p.add_argument("--workers", type=worker_count, default=0, metavar="N",
+                   help="N processes, each reading the files and keeping its share of the flows "
+                        "(output sorted by start time, the same for any N; default: one process, "
+                        "records in the order they complete)")
+
+
 def rsa_password(var: str | None) -> bytes | None:
     """The RSA key password from the environment variable ``var`` (never from the command line)."""
     if not var:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import add_secret_and_port_args, rsa_password
+from .args import add_output_args, add_secret_and_port_args, rsa_password
 
 
 def register(sub: Any) -> None:
@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
                                    "JSON line per connection.")
     d.add_argument("capture", help="pcap or pcapng file, optionally gzip-compressed")
     add_secret_and_port_args(d)
-    d.add_argument("-o", "--output", default="-", metavar="OUT", help="JSON lines output (default stdout)")
+    add_output_args(d, "JSON lines")
     d.add_argument("--dump-dir", metavar="DIR", help="also write each connection's decrypted streams here")
     d.set_defaults(func=run)
 
@@ -23,4 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from ..offline.decrypt import decrypt_main
 
     return decrypt_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.dump_dir,
-                        rsa_password(args.rsa_password_env), args.facts, args.facts_out)
+                        rsa_password(args.rsa_password_env), workers=args.workers, append=args.append,
+                        facts_files=args.facts, facts_out=args.facts_out)

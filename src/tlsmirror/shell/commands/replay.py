@@ -8,7 +8,7 @@ import importlib.util
 from typing import Any
 
 from ..errors import InputError
-from .args import add_secret_and_port_args, byte_size, rsa_password, seconds
+from .args import add_output_args, add_secret_and_port_args, byte_size, rsa_password, seconds
 
 OTLP_MODULE = "tlsmirror.shell.export.otlp"
 
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
                                    "too) and write one record per exchange.")
     p.add_argument("capture", nargs="+", help="pcap or pcapng file, optionally gzip-compressed")
     add_secret_and_port_args(p)
-    p.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (default stdout)")
+    add_output_args(p, "records")
     p.add_argument("--format", choices=("jsonl", "har"), default="jsonl",
                    help="jsonl: one exchange record per line (default); har: an HTTP Archive 1.2")
     p.add_argument("--body-limit", type=byte_size, default=128 * 1024, metavar="BYTES",
@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..offline.replay import replay_main
 
-    extra = []
+    make_extra = None
     endpoint = getattr(args, "otlp_endpoint", None)
     if endpoint:
         try:
@@ -58,9 +58,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             config = otlp.OtlpConfig(endpoint=endpoint, protocol=args.otlp_protocol,
                                      flush_timeout=args.flush_timeout)
-            extra.append(otlp.OtlpExporter(config))
         except (ValueError, OSError) as exc:
             raise InputError(f"--otlp-endpoint {endpoint}: {exc}") from None
+
+        def make_extra() -> list[Any]:
+            """The OTLP exporter, made in the process that exports (each worker of --workers its own)."""
+            try:
+                return [otlp.OtlpExporter(config)]
+            except (ValueError, OSError) as exc:
+                raise InputError(f"--otlp-endpoint {endpoint}: {exc}") from None
+
     return replay_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.format,
-                       args.body_limit, rsa_password(args.rsa_password_env), extra,
-                       getattr(args, "flush_timeout", 60.0), args.bodies, args.facts, args.facts_out)
+                       args.body_limit, rsa_password(args.rsa_password_env), (),
+                       getattr(args, "flush_timeout", 60.0), args.bodies, workers=args.workers,
+                       append=args.append, make_extra=make_extra, facts_files=args.facts, facts_out=args.facts_out)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -14,8 +15,8 @@ from ...pipeline import Engine, EngineConfig
 from ...tls.events import OUTCOMES, HandshakeFacts, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from ..errors import InputError
 from .facts import FactsWriter, load_facts_files
-from .inputs import load_keylog_files, load_rsa_files
-from .loop import EngineFeed, pump
+from .inputs import load_keylogs_for, load_rsa_files
+from .loop import CaptureSink, EngineFeed, pump
 from .pcapfile import CaptureReader
 
 
@@ -39,11 +40,15 @@ class DecryptRun(EngineFeed):
         self.connections = 0
         self.warnings: list[str] = []  # non-fatal notes on the input (truncated file, bad secrets lines)
         self.facts_out: FactsWriter | None = None  # --facts-out: where the handshake facts seen go
+        self.share: CaptureSink | None = None  # decrypt --workers: the sink that keeps this worker's flows
+        # decrypt --workers: (start, connection id, order, offset, length) of each line written
+        self.index: list[tuple[float, int, int, int, int]] | None = None
+        self.pos = 0
 
     def run(self, path: str) -> None:
         """Decrypt one capture file (through the one capture loop, :func:`.loop.pump`)."""
         with CaptureReader(path) as reader:
-            pump(reader, self, self.warnings.append)
+            pump(reader, self if self.share is None else self.share, self.warnings.append)
 
     def handle(self, events: list[Any]) -> None:
         conns = self.conns
@@ -107,7 +112,11 @@ class DecryptRun(EngineFeed):
             "s2c_bytes": c.size[1],
             "s2c_sha256": c.sha[1].hexdigest(),
         }
-        self.out.write(json.dumps(rec) + "\n")
+        line = json.dumps(rec) + "\n"  # ASCII (json escapes the rest): one character, one byte
+        self.out.write(line)
+        if self.index is not None:
+            self.index.append((flow.ts_first, flow.id, len(self.index), self.pos, len(line)))
+            self.pos += len(line)
 
     def summary(self) -> str:
         parts = [f"{n} {name}" for name, n in self.outcomes.items() if n]
@@ -115,11 +124,15 @@ class DecryptRun(EngineFeed):
 
 
 def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int],
-                 output: str, dump_dir: str | None, rsa_password: bytes | None = None,
-                 facts_files: list[str] | None = None, facts_out: str | None = None) -> int:
+                 output: str, dump_dir: str | None, rsa_password: bytes | None = None, *, workers: int = 0,
+                 append: bool = False, facts_files: Sequence[str] = (), facts_out: str | None = None) -> int:
+    """``tlsmirror decrypt``. ``workers`` >= 1: that many processes share the flows (:mod:`.workers`);
+    lines are then sorted by connection start, the same for any N."""
     warn = sys.stderr
     CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
-    secrets = load_keylog_files(keylogs, lambda w: print(w, file=warn))
+    if workers and facts_out is not None:
+        raise InputError("--facts-out is written by one process: leave out --workers")
+    secrets = load_keylogs_for(keylogs, [capture], lambda w: print(w, file=warn))
     facts = load_facts_files(facts_files or (), lambda w: print(w, file=warn))
     keys = load_rsa_files(rsa_keys, rsa_password)
     if dump_dir is not None:
@@ -127,23 +140,29 @@ def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: l
             os.makedirs(dump_dir, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{dump_dir}: cannot create dump directory: {exc.strerror or exc}") from None
-    engine = Engine(EngineConfig(ports=ports or None), rsa_keys=keys)
-    engine.add_secrets(secrets, 0.0)
-    engine.add_facts(facts)
+
+    def make_engine() -> Engine:
+        engine = Engine(EngineConfig(ports=ports or None), rsa_keys=keys)
+        engine.add_secrets(secrets, 0.0)
+        engine.add_facts(facts)
+        return engine
+
+    if workers:
+        return _decrypt_shared(capture, workers, make_engine, output, dump_dir, append)
     writer = FactsWriter(facts_out) if facts_out is not None else None
     try:
         if output == "-":
-            run = DecryptRun(engine, sys.stdout, dump_dir)
+            run = DecryptRun(make_engine(), sys.stdout, dump_dir)
             run.facts_out = writer
             run.run(capture)
             run.finish()
         else:
             try:
-                fh = open(output, "w", encoding="utf-8")  # noqa: SIM115
+                fh = open(output, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
             with fh:
-                run = DecryptRun(engine, fh, dump_dir)
+                run = DecryptRun(make_engine(), fh, dump_dir)
                 run.facts_out = writer
                 run.run(capture)
                 run.finish()
@@ -153,4 +172,50 @@ def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: l
     for w in run.warnings:
         print(w, file=warn)
     print(run.summary(), file=warn)
+    return 0
+
+
+def _decrypt_shared(capture: str, workers: int, make_engine: Callable[[], Engine], output: str,
+                    dump_dir: str | None, append: bool) -> int:
+    """``decrypt --workers N``: each worker writes its connections' lines to a part file (and its own
+    ``--dump-dir`` files); this process merges the parts by connection start."""
+    from .share import FlowShare
+    from .workers import check_workers, close_output, merge_parts, open_output, part_dir, remove_parts, run_workers
+
+    check_workers(workers)
+    warn = sys.stderr
+    out, close = open_output(output, append)
+    tmp = part_dir(output)
+
+    def job(k: int) -> dict[str, Any]:
+        path = os.path.join(tmp, f"part{k}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="ascii") as fh:
+            run = DecryptRun(make_engine(), fh, dump_dir)
+            run.index = []
+            share = run.share = FlowShare(run, k, workers)
+            run.run(capture)
+            share.finish()
+        return {"part": path, "index": run.index, "outcomes": run.outcomes, "connections": run.connections,
+                "warnings": run.warnings}
+
+    try:
+        results = run_workers(workers, job)
+        try:
+            merge_parts([(r["part"], r["index"]) for r in results], out)
+        except BrokenPipeError:
+            raise  # stdout piped into a reader that stopped: the command line ends quietly
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
+    finally:
+        close_output(out, close)
+        remove_parts(tmp)
+    total = DecryptRun(make_engine(), sys.stdout)
+    for r in results:
+        total.connections += r["connections"]
+        for name, n in r["outcomes"].items():
+            total.outcomes[name] = total.outcomes.get(name, 0) + n
+    for w in results[0]["warnings"]:  # every worker read the whole file: one speaks for all
+        print(w, file=warn)
+    print(total.summary(), file=warn)
     return 0

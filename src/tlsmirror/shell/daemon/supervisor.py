@@ -247,6 +247,7 @@ class Daemon:
             bpf=dict(self._bpf), snaplen=cfg.capture.snaplen, buffer_bytes=cfg.capture.buffer_bytes,
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,
             key_ttl=ttl, workers=self.nworkers, incarnation=self._incarnation.get(index, 0),
+            ring_bytes=cfg.capture.ring_bytes,
             log_level=cfg.log.level, log_format=cfg.log.format, log_rate=cfg.log.rate,
             # default, live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when
             # it is full); a capture file waits instead of dropping, so a small ring keeps the pipe

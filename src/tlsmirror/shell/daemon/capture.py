@@ -243,7 +243,7 @@ class LiveSocket:
 
     def __init__(self, interface: str, *, program: BpfProgram | None, fanout_group: int | None,
                  buffer_bytes: int = 64 << 20, snaplen: int = 65535, promisc: bool = True,
-                 ring_bytes: int = 16 << 20) -> None:
+                 ring_bytes: int = 32 << 20) -> None:
         self.interface = interface
         self.linktype, _ = interface_linktype(interface)
         self.arphrd = interface_arphrd(interface)

@@ -62,12 +62,16 @@ class CaptureConfig:
         minimum=0))
     snaplen: int = field(default=65535, metadata=_k("bytes captured per packet", minimum=128, maximum=262144))
     buffer_bytes: int = field(default=64 << 20, metadata=_k(
-        "socket receive buffer per worker and interface (kernel-side queue before drops)", "size",
+        "socket receive buffer per worker and interface when capturing without a ring (ring_bytes: 0)", "size",
         minimum=65536))
+    ring_bytes: int = field(default=32 << 20, metadata=_k(
+        "TPACKET_V3 ring (memory-mapped, per-packet kernel timestamps) per worker and interface; 0, or a "
+        "kernel without it: one packet per recv into a socket buffer of buffer_bytes", "size", minimum=0,
+        maximum=4 << 30))
     fanout_group: int = field(default=0, metadata=_k(
         "PACKET_FANOUT group id of the first interface (0: derived from the process id)", minimum=0,
         maximum=65535))
-    batch: int = field(default=256, metadata=_k("packets read per socket per wake-up", minimum=1,
+    batch: int = field(default=256, metadata=_k("packets read per socket per wake-up (ring: whole blocks)", minimum=1,
                                                 maximum=65536))
     outbox_bytes: int = field(default=0, metadata=_k(
         "ring per worker holding API calls the parent has not taken yet; when full, live capture drops "

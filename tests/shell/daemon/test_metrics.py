@@ -84,6 +84,24 @@ def test_collector_output_and_status_table() -> None:
     assert "held for keys    unlocked 6, expired 2, evicted 2" in table
 
 
+def test_capture_mode_counts_the_live_sockets_by_how_they_read() -> None:
+    from prometheus_client import generate_latest
+
+    from tlsmirror.shell.doctor.metrics import Scrape, check_drops
+
+    st = MetricsState(2)
+    st.update(0, {**worker_stats(100, 5), "capture_mode": ["ring", "ring"]})
+    st.update(1, {**worker_stats(50, 2), "capture_mode": ["recv", "ring"]})
+    text = generate_latest(make_registry(st)).decode()
+    m = parse_metrics(text)
+    assert m["tlsmirror_capture_mode"] == {(("mode", "recv"),): 1, (("mode", "ring"),): 3}
+    res = check_drops(Scrape(text, None, 0.0), None, 0.0)
+    assert "capture recv 1, ring 3" in res.message and res.data["capture_mode"] == {"ring": 3, "recv": 1}
+    st.retire(1)  # a mode is a gauge: a dead worker's sockets are gone
+    assert parse_metrics(generate_latest(make_registry(st)).decode())["tlsmirror_capture_mode"] == {
+        (("mode", "recv"),): 0, (("mode", "ring"),): 2}
+
+
 def test_health_reasons() -> None:
     st = MetricsState(2, mode="live")
     st.started = 0.0

@@ -8,6 +8,14 @@ per interface with ``PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG``: the kerne
 connection give the same hash) and hands it to one member, so one worker sees the whole connection.
 Kernel drops are read with ``PACKET_STATISTICS`` (the kernel resets them on each read; we accumulate).
 
+Frames come from a ``TPACKET_V3`` ring (``PACKET_RX_RING``, memory-mapped; see the kernel's
+``Documentation/networking/packet_mmap.rst``): the kernel fills fixed-size blocks with packets, each with
+its own kernel timestamp, and hands a block to user space when it is full or ``RING_RETIRE_MS`` after its
+first packet; the socket polls readable once per such block, the worker copies the frames out and gives
+the block back. When the ring cannot be set up (no TPACKET_V3, no memory, ``capture.ring_bytes: 0``) the
+socket reads one frame per ``recv`` as before, stamped with the wall clock: :attr:`LiveSocket.mode` says
+which (``ring`` or ``recv``), in a log line and in the ``capture_mode`` metric.
+
 Offline (``--pcap``): :func:`flow_hash` computes the same kind of symmetric hash in Python over the
 outermost IP addresses and TCP/UDP ports (fragments follow their first fragment), so frames reach
 workers exactly as they would on a live link.
@@ -18,20 +26,27 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Sequence
 
 from ...frames.link import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ..errors import InputError
+from ..logs import get_logger
+
+log = get_logger("capture")
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
+PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20+
 PACKET_MR_PROMISC = 1
@@ -39,6 +54,24 @@ PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+
+# TPACKET_V3 (linux/if_packet.h)
+TPACKET_V3 = 2
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+RING_BLOCK_BYTES = 1 << 20  # per block; a ring smaller than 4 blocks gets smaller blocks
+RING_FRAME_BYTES = 2048  # tp_frame_size: only checked by the kernel for V3 (blocks are packed)
+RING_RETIRE_MS = 20  # a block that is not full is handed over this long after its first packet
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
+# offset_to_first_pkt, blk_len, seq_num (u64), ts_first_pkt, ts_last_pkt
+_BLOCK = struct.Struct("=IIIII")  # version .. blk_len (block_status at 8, num_pkts 12, first packet 16)
+# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, tp_net,
+# then tpacket_hdr_variant1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid
+_PKT = struct.Struct("=IIIIIIHHIIH")
+_STATUS = struct.Struct("=I")
+_REQ_SIZE = 28  # struct tpacket_req3: seven u32
 
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
@@ -201,16 +234,30 @@ def bpf_matches(program: BpfProgram, packet: bytes) -> bool:
 
 # ---------------------------------------------------------------------------- live socket
 class LiveSocket:
-    """One AF_PACKET socket on one interface, in a fanout group; non-blocking."""
+    """One AF_PACKET socket on one interface, in a fanout group; non-blocking.
+
+    ``read_batch`` appends frames to a list and ``stamped`` pairs the frames of the last read with their
+    capture times: per packet from the kernel (``mode == "ring"``), or the wall clock of the read
+    (``mode == "recv"``, the fallback).
+    """
 
     def __init__(self, interface: str, *, program: BpfProgram | None, fanout_group: int | None,
-                 buffer_bytes: int = 64 << 20, snaplen: int = 65535, promisc: bool = True) -> None:
+                 buffer_bytes: int = 64 << 20, snaplen: int = 65535, promisc: bool = True,
+                 ring_bytes: int = 32 << 20) -> None:
         self.interface = interface
         self.linktype, _ = interface_linktype(interface)
         self.arphrd = interface_arphrd(interface)
         self.snaplen = snaplen
         self.kernel_packets = 0
         self.kernel_drops = 0
+        self.kernel_freezes = 0  # tp_freeze_q_cnt: times the ring was full (ring mode)
+        self.mode = "recv"
+        self.fallback_reason = ""
+        self.stamps: list[float] = []  # capture times of the frames of the last read_batch
+        self._ring: mmap.mmap | None = None
+        self._block = 0  # the next block the kernel hands over, in ring order
+        self._block_bytes = 0
+        self._blocks = 0
         try:
             # protocol 0: nothing is received until bind(), after the filter is attached
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -220,12 +267,17 @@ class LiveSocket:
                              "AmbientCapabilities= in the systemd unit)") from None
         self.sock = sock
         try:
-            for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, buffer_bytes)
-                    break
-                except OSError:
-                    continue
+            if ring_bytes > 0:
+                self._setup_ring(ring_bytes)
+            else:
+                self.fallback_reason = "capture.ring_bytes is 0"
+            if self._ring is None:
+                for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, opt, buffer_bytes)
+                        break
+                    except OSError:
+                        continue
             if program:
                 self._attach(program)
             sock.bind((interface, ETH_P_ALL))
@@ -241,9 +293,46 @@ class LiveSocket:
                 sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", arg))
             sock.setblocking(False)
         except OSError as exc:
-            sock.close()
+            self.close()
             raise InputError(f"cannot capture on {interface}: {exc.strerror or exc}") from None
+        if self._ring is not None:
+            log.info("capture on %s: TPACKET_V3 ring, %d blocks of %d KiB", interface, self._blocks,
+                     self._block_bytes >> 10)
+        else:
+            log.warning("capture on %s: one packet per recv (no TPACKET_V3 ring: %s)", interface,
+                        self.fallback_reason)
         self.read_stats()  # reset the kernel counters: what the filter was attached before counts not
+
+    def _setup_ring(self, ring_bytes: int) -> None:
+        """PACKET_VERSION=TPACKET_V3, PACKET_RX_RING, mmap; on failure: recv mode, with the reason."""
+        page = mmap.PAGESIZE
+        block = RING_BLOCK_BYTES
+        while block > 64 * 1024 and ring_bytes // block < 4:
+            block //= 2
+        # a block holds at least one whole packet of snaplen (the kernel truncates to the block otherwise)
+        need = self.snaplen + 256
+        block = max(block, (need + page - 1) // page * page)
+        blocks = max(2, ring_bytes // block)
+        req = struct.pack("=7I", block, blocks, RING_FRAME_BYTES, block // RING_FRAME_BYTES * blocks,
+                          RING_RETIRE_MS, 0, 0)
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        except OSError as exc:
+            self.fallback_reason = f"PACKET_RX_RING: {exc.strerror or exc}"
+            return
+        try:
+            ring = mmap.mmap(self.sock.fileno(), block * blocks, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            self.fallback_reason = f"mmap of the ring: {exc.strerror or exc}"
+            # release the ring (a zero request) so that recv works again; close the socket if that fails
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(_REQ_SIZE))
+            return
+        self._ring = ring
+        self._block_bytes = block
+        self._blocks = blocks
+        self.mode = "ring"
 
     def _attach(self, program: BpfProgram) -> None:
         n = len(program)
@@ -256,10 +345,14 @@ class LiveSocket:
         return self.sock.fileno()
 
     def read_batch(self, limit: int, out: list[bytes]) -> int:
-        """Append up to *limit* frames that are ready; returns the bytes read."""
+        """Append the frames that are ready (ring: whole blocks until *limit* is reached; recv: up to
+        *limit* frames); their capture times go to :attr:`stamps`. Returns the bytes read."""
+        if self._ring is not None:
+            return self._read_ring(limit, out)
         recv = self.sock.recv
         size = self.snaplen
         total = 0
+        n = 0
         for _ in range(limit):
             try:
                 data = recv(size)
@@ -273,21 +366,84 @@ class LiveSocket:
                 raise
             out.append(data)
             total += len(data)
+            n += 1
+        self.stamps = [time.time()] * n
         return total
 
+    def _read_ring(self, limit: int, out: list[bytes]) -> int:
+        ring = self._ring
+        assert ring is not None
+        unpack_block = _BLOCK.unpack_from
+        unpack_pkt = _PKT.unpack_from
+        append = out.append
+        stamps: list[float] = []
+        stamp = stamps.append
+        ether = self.linktype == LINKTYPE_ETHERNET
+        total = 0
+        n = 0
+        block_bytes = self._block_bytes
+        while n < limit:
+            base = self._block * block_bytes
+            _v, _p, status, count, first = unpack_block(ring, base)
+            if not status & TP_STATUS_USER:
+                break
+            off = base + first
+            for _ in range(count):
+                nxt, sec, nsec, snap, _len, st, mac, _net, _hash, tci, tpid = unpack_pkt(ring, off)
+                start = off + mac
+                data = ring[start:start + snap]
+                if st & TP_STATUS_VLAN_VALID and ether and snap >= 12:  # the tag the NIC took off
+                    tag = struct.pack("!HH", tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100, tci)
+                    data = data[:12] + tag + data[12:]
+                append(data)
+                stamp(sec + nsec * 1e-9)
+                total += snap
+                off += nxt
+            n += count
+            _STATUS.pack_into(ring, base + 8, TP_STATUS_KERNEL)  # the block goes back to the kernel
+            self._block = (self._block + 1) % self._blocks
+        self.stamps = stamps
+        return total
+
+    def stamped(self, frames: list[bytes]) -> list[tuple[float, int, bytes]]:
+        """The frames of the last :meth:`read_batch` as (capture time, linktype, frame)."""
+        lt = self.linktype
+        stamps = self.stamps
+        if len(stamps) != len(frames):  # frames not all from the last read: the read's wall clock
+            now = stamps[-1] if stamps else time.time()
+            stamps = [now] * len(frames)
+        return [(ts, lt, data) for ts, data in zip(stamps, frames, strict=True)]
+
     def read_stats(self) -> tuple[int, int]:
-        """Accumulate PACKET_STATISTICS (reset by the kernel on each read): (packets, drops) so far."""
+        """Accumulate PACKET_STATISTICS (reset by the kernel on each read): (packets, drops) so far.
+
+        Ring mode reads ``tpacket_stats_v3`` (``tp_freeze_q_cnt``: times the ring was full, in
+        :attr:`kernel_freezes`); packets and drops mean the same in both modes."""
         try:
             raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
             packets, drops = struct.unpack_from("II", raw)
-        except OSError:
+            freezes = struct.unpack_from("I", raw, 8)[0] if self._ring is not None and len(raw) >= 12 else 0
+        except (OSError, struct.error):
             return self.kernel_packets, self.kernel_drops
         self.kernel_packets += packets
         self.kernel_drops += drops
+        self.kernel_freezes += freezes
         return self.kernel_packets, self.kernel_drops
 
     def close(self) -> None:
+        if self._ring is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._ring.close()
+            self._ring = None
         self.sock.close()
+
+
+def capture_modes(sockets: Sequence[LiveSocket]) -> dict[str, int]:
+    """How many of *sockets* read from a ring and how many per recv (the ``capture_mode`` metric)."""
+    modes = {"ring": 0, "recv": 0}
+    for s in sockets:
+        modes[s.mode] += 1
+    return modes
 
 
 def check_capture_permission(interfaces: Sequence[str]) -> None:

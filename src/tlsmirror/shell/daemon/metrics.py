@@ -159,6 +159,14 @@ class Collector:
                       t.get("kernel_packets", 0))
         yield counter("kernel_drops", "Packets the kernel dropped: socket buffer full (PACKET_STATISTICS)",
                       t.get("kernel_drops", 0))
+        if st.mode == "live":
+            with st.lock:
+                modes = {"ring": 0, "recv": 0}
+                for w in st.latest.values():
+                    for m in w.get("capture_mode", ()):
+                        modes[m] = modes.get(m, 0) + 1
+            yield labelled("capture_mode", "Capture sockets by how they read: ring (TPACKET_V3, per-packet "
+                           "kernel timestamps) or recv (the fallback: see the log)", "mode", modes, gauge=True)
         exporters = dict(t.get("exporters", {}))  # the workers' exporters, summed over workers
         for name, stats_fn in st.exporters.items():  # the parent's
             try:

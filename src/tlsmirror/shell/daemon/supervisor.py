@@ -276,6 +276,7 @@ class Daemon:
             bpf=dict(self._bpf), snaplen=cfg.capture.snaplen, buffer_bytes=cfg.capture.buffer_bytes,
             batch=cfg.capture.batch, stats_interval=cfg.metrics.stats_interval, lossless=self.lossless,
             key_ttl=ttl, workers=self.nworkers, incarnation=self._incarnation.get(index, 0),
+            ring_bytes=cfg.capture.ring_bytes,
             log_level=cfg.log.level, log_format=cfg.log.format, log_rate=cfg.log.rate,
             pcap=cfg.capture.pcap, pcap_speed=cfg.capture.pcap_speed,
             resume=self._positions.get(index, 0) if self.mode == "pcap" else 0,

@@ -103,6 +103,7 @@ class WorkerSpec:
     bpf: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     snaplen: int = 65535
     buffer_bytes: int = 64 << 20
+    ring_bytes: int = 32 << 20  # TPACKET_V3 ring per socket (0: one packet per recv)
     batch: int = 256
     stats_interval: float = 1.0
     expire_interval: float = 1.0
@@ -511,6 +512,7 @@ class Worker:
             "outbox_bytes": self.out.pending_bytes, "exported": self.exported,
             "export_errors": self.export_errors, "position": self.position,
             "exporters": {_exporter_name(ex, i): dict(ex.stats) for i, ex in enumerate(self.exporters)},
+            "capture_mode": [s.mode for s in self.sockets],
         }
 
     def finish(self) -> None:
@@ -535,7 +537,8 @@ class Worker:
         spec = self.spec
         for name, group in spec.interfaces:
             self.sockets.append(LiveSocket(name, program=spec.bpf.get(name), fanout_group=group,
-                                           buffer_bytes=spec.buffer_bytes, snaplen=spec.snaplen))
+                                           buffer_bytes=spec.buffer_bytes, snaplen=spec.snaplen,
+                                           ring_bytes=spec.ring_bytes))
         ctl_fd = _reader_fd(ctl)
         poller = select.poll()
         by_fd = {}
@@ -555,7 +558,7 @@ class Worker:
                 batch.clear()
                 s.read_batch(limit, batch)
                 if batch:
-                    self.frames(s.linktype, batch, time.time())
+                    self.file_frames(s.stamped(batch))  # per-packet capture times
             _drain(ctl, self.control)
             self.timers()
         for s in self.sockets:

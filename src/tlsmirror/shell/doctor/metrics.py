@@ -222,6 +222,10 @@ def check_drops(s0: Scrape | None, s1: Scrape | None, wait: float) -> Result:
                             "tcp_budget_dropped_bytes": budget}
     msg = f"kernel {num(kd)} of {num(packets)} packets ({percent(kd, packets)})"
     msg += f", internal {num(internal)} of {num(calls + internal)} API calls"
+    modes = {k: int(v) for k, v in last.by("capture_mode", "mode").items() if v}
+    if modes:  # live capture: how the sockets read (recv: the ring could not be set up, see the log)
+        data["capture_mode"] = modes
+        msg += "; capture " + ", ".join(f"{k} {v}" for k, v in sorted(modes.items()))
     if s1 is not None:
         dk = kd - s0.value("kernel_drops")
         di = internal - sum(s0.by("dropped", "where").values())
@@ -235,6 +239,9 @@ def check_drops(s0: Scrape | None, s1: Scrape | None, wait: float) -> Result:
             "(capture.workers, up to one per core), raise capture.buffer_bytes (e.g. 256MiB) for bursts, "
             "narrow the capture (capture.bpf, engine.ports), and keep other load off the sensor's cores",
             see("gaps-and-kernel-drops")]
+        if modes.get("recv"):
+            res.advice.insert(-1, "some capture sockets read one packet per recv: the TPACKET_V3 ring could not "
+                              "be set up (the sensor's log says why) or capture.ring_bytes is 0")
     if internal and internal / (calls + internal) > DROP_RATIO:
         res.status = WARN
         where = ", ".join(f"{k} {num(v)}" for k, v in sorted(dropped.items()) if v)

@@ -161,3 +161,43 @@ def test_outbox_bytes_takes_a_size_and_refuses_a_tiny_ring(tmp_path: Path) -> No
     with pytest.raises(InputError) as err:
         load_config(None, env={"TLSMIRROR_CAPTURE_OUTBOX_BYTES": "1000"}, use_default_path=False)
     assert "capture.outbox_bytes" in str(err.value) and "256KiB" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- port clashes (issue 15, point 9)
+
+@pytest.mark.parametrize(("file_text", "env", "flags", "port", "keys_from", "metrics_from"), [
+    ("", {}, {"keys.port": 9464}, 9464, "flag for keys.port", "default"),
+    ("", {}, {"metrics.port": 8001}, 8001, "default", "flag for metrics.port"),
+    ("", {"TLSMIRROR_METRICS_PORT": "8001"}, {}, 8001, "default", "environment TLSMIRROR_METRICS_PORT"),
+    ("keys:\n  port: 9464\n", {}, {}, 9464, "config file {path}", "default"),
+    ("keys:\n  port: 7000\nmetrics:\n  port: 7000\n", {"TLSMIRROR_KEYS_PORT": "7100"},
+     {"keys.port": 7000}, 7000, "flag for keys.port", "config file {path}"),
+])
+def test_port_clash_names_where_each_value_came_from(tmp_path: Path, file_text: str, env: dict[str, str],
+                                                     flags: dict[str, object], port: int, keys_from: str,
+                                                     metrics_from: str) -> None:
+    path = _file(tmp_path, file_text)
+    with pytest.raises(InputError) as err:
+        load_config(path, env=env, flags=flags)
+    assert str(err.value) == (f"port clash: keys.port = {port} ({keys_from.format(path=path)}) and "
+                              f"metrics.port = {port} ({metrics_from.format(path=path)}) are the same port; "
+                              "give them different ports")
+
+
+def test_origin_of_every_resolved_value(tmp_path: Path) -> None:
+    path = _file(tmp_path, "capture:\n  snaplen: 2000\n")
+    cfg = load_config(path, env={"TLSMIRROR_KEYS_PORT": "9002"}, flags={"capture.workers": 4})
+    assert cfg.origin("capture.workers") == "flag for capture.workers"
+    assert cfg.origin("keys.port") == "environment TLSMIRROR_KEYS_PORT"
+    assert cfg.origin("capture.snaplen") == f"config file {path}"
+    assert cfg.origin("output.backups") == "default"
+
+
+def test_port_clash_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in [v for v in __import__("os").environ if v.startswith("TLSMIRROR_")]:
+        monkeypatch.delenv(var)
+    path = _file(tmp_path, "")
+    assert main(["config", "check", "--config", path, "--set", "keys.port=9464"]) == 1
+    err = capsys.readouterr().err
+    assert "keys.port = 9464 (flag for keys.port) and metrics.port = 9464 (default)" in err

@@ -272,6 +272,14 @@ class Config:
     path: str | None = None  # the YAML file read, if any
     warnings: list[str] = field(default_factory=list)
 
+    def origin(self, dotted: str) -> str:
+        """Where the resolved value of *dotted* came from, for messages: ``flag for KEY``, ``environment
+        VAR``, ``config file PATH`` or ``default`` (keys nothing set are not in :attr:`source`)."""
+        where = self.source.get(dotted)
+        if where is None:
+            return "default"
+        return f"config file {where}" if where == self.path else where
+
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name not in
                                   ("source", "path", "warnings"))
@@ -602,8 +610,8 @@ def validate(cfg: Config, root: str = "") -> None:
             raise InputError(f"{where('capture.interfaces')}: {name!r} is not an interface name; "
                              "give names like eth0 (see `ip link`)")
     if cfg.keys.enabled and cfg.metrics.enabled and cfg.keys.port == cfg.metrics.port != 0:
-        raise InputError(f"{where('metrics.port')}: metrics.port and keys.port are both "
-                         f"{cfg.keys.port}; give them different ports")
+        each = " and ".join(f"{d} = {cfg.keys.port} ({cfg.origin(d)})" for d in ("keys.port", "metrics.port"))
+        raise InputError(f"port clash: {each} are the same port; give them different ports")
 
 
 FABRIC_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")

@@ -240,7 +240,7 @@ def test_corrupt_structures_raise(tmp_path: Path) -> None:
     with pytest.raises(CaptureFileError, match="trailing length mismatch"):
         items(write_capture(tmp_path / "b2.pcapng", bad_trailer))
     huge = pcap_bytes([]) + struct.pack("<IIII", 0, 0, 0x7FFFFFFF, 0x7FFFFFFF)
-    with pytest.raises(CaptureFileError, match="corrupt record"):
+    with pytest.raises(CaptureFileError, match=r"nothing could be read: .*record length 2147483647 at offset 24"):
         items(write_capture(tmp_path / "b3.pcap", huge))
     version2 = bytearray(good)
     version2[12:14] = b"\x02\0"

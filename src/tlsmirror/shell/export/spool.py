@@ -9,9 +9,11 @@ Layout of a spool directory::
 
 A segment is a run of records ``length:u32be | count:u32be | crc32(payload):u32be | payload``;
 ``count`` is the number of spans in the batch. A new segment starts when the current one passes
-``segment_bytes``; a segment is deleted once every record in it is delivered. The size limit
+``segment_bytes``; a segment is deleted once every record in it is delivered (the one being written
+too: the next append starts a new one), so ``size`` counts only undelivered data. The size limit
 (``max_bytes``) bounds the bytes on disk (all segment files); an append that would pass it is refused
-and the caller counts the spans as dropped.
+and the caller counts the spans as dropped. Every file is created mode 0600 whatever the umask (and an
+older one found with other modes is made 0600).
 
 Durability (``fsync``): ``"always"`` fsyncs every append and every cursor update; ``"interval"``
 (default) fsyncs at most every ``fsync_interval`` seconds, on a segment switch and on close;
@@ -36,11 +38,12 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from ..errors import SpoolError
 
 _HEADER = struct.Struct(">III")
+_MODE = 0o600
 _MAX_RECORD = 1 << 30
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -113,7 +116,7 @@ class DiskSpool:
         self.corrupt_spans = 0
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._lock_file = open(os.path.join(directory, "lock"), "a+b")  # noqa: SIM115
+            self._lock_file = _open_private(os.path.join(directory, "lock"), os.O_RDWR | os.O_APPEND, "a+b")
         except OSError as exc:
             raise SpoolError(f"spool directory {directory}: {exc.strerror or exc}") from None
         try:
@@ -154,7 +157,7 @@ class DiskSpool:
             if self.size + rec_len > self.max_bytes:
                 return False
             seq = self._write_seq
-            if seq == 0 or self._sizes.get(seq, 0) >= self.segment_bytes:
+            if seq not in self._sizes or self._sizes[seq] >= self.segment_bytes:  # none yet, or all delivered
                 seq = self._new_segment()
             f = self._writer
             assert f is not None
@@ -228,7 +231,7 @@ class DiskSpool:
             self._fsync_file(self._writer)
             self._writer.close()
         seq = max(self._sizes, default=self._write_seq) + 1
-        self._writer = open(self._path(seq), "ab")  # noqa: SIM115
+        self._writer = _open_private(self._path(seq), os.O_WRONLY | os.O_APPEND, "ab")
         self._sizes[seq] = 0
         self._write_seq = seq
         if self.fsync != "never":
@@ -258,8 +261,16 @@ class DiskSpool:
         return bytes(payload)
 
     def _cursor_moved(self) -> None:
-        """Delete fully delivered segments and persist the read position."""
-        first = self._pending[0][0] if self._pending else self._write_seq
+        """Delete fully delivered segments (with nothing pending, the one being written too) and persist
+        the read position."""
+        if self._pending:
+            first = self._pending[0][0]
+        else:  # everything delivered: no segment is needed; the next append opens a new one
+            first = self._write_seq + 1
+            if self._writer is not None:
+                with contextlib.suppress(OSError):
+                    self._writer.close()
+                self._writer = None
         for seq in sorted(self._sizes):
             if seq >= first:
                 break
@@ -278,7 +289,7 @@ class DiskSpool:
         else:
             seq, offset = self._write_seq, self._sizes.get(self._write_seq, 0)
         tmp = os.path.join(self.directory, "cursor.tmp")
-        with open(tmp, "w") as f:
+        with _open_private(tmp, os.O_WRONLY | os.O_TRUNC, "w") as f:
             f.write(f"{seq} {offset}\n")
             if self.fsync == "always":
                 f.flush()
@@ -325,7 +336,7 @@ class DiskSpool:
                 continue
             start = cur_off if seq == cur_seq else 0
             size = os.path.getsize(path)
-            with open(path, "r+b") as f:
+            with _open_private(path, os.O_RDWR, "r+b") as f:
                 off = 0
                 while off < size:
                     f.seek(off)
@@ -346,5 +357,18 @@ class DiskSpool:
             self._sizes[seq] = size
         if self._sizes:
             self._write_seq = max(self._sizes)
-            self._writer = open(self._path(self._write_seq), "ab")  # noqa: SIM115
+            self._writer = _open_private(self._path(self._write_seq), os.O_WRONLY | os.O_APPEND, "ab")
         self._cursor_moved()
+
+
+def _open_private(path: str, flags: int, mode: str) -> IO[Any]:
+    """Open (creating if needed) *path* mode 0600, not umask dependent: ``os.open`` with the mode, and a
+    file that exists with other modes bits (made by an older version, or a umask of 0) is fchmod'ed."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, _MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != _MODE:
+            os.fchmod(fd, _MODE)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise

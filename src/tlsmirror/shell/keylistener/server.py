@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -479,15 +480,24 @@ class KeyServer:
         if not path:
             return
         try:
-            existed = os.path.exists(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            if not existed:
-                os.fchmod(fd, 0o600)
-            elif os.fstat(fd).st_mode & 0o077:
-                log.warning("keylog_out %s is readable by other users: it holds session secrets", path)
-            self._keylog_out = os.fdopen(fd, "ab")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise InputError(f"cannot open keylog_out {path}: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(fd)
+            # a regular file (new, or there before with any mode) holds secrets: 0600, or refuse
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o600:
+                try:
+                    os.fchmod(fd, 0o600)
+                except OSError as exc:
+                    raise InputError(
+                        f"keylog_out {path} has mode {stat.S_IMODE(st.st_mode):04o} and cannot be made 0600 "
+                        f"({exc.strerror or exc}; owned by uid {st.st_uid}): it would hold session secrets "
+                        f"readable by others; chmod 600 it as its owner or choose another file") from None
+            self._keylog_out = os.fdopen(fd, "ab")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _close_keylog_out(self) -> None:
         if self._keylog_out is not None:

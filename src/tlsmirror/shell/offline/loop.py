@@ -54,15 +54,17 @@ class EngineFeed:
 
 
 class PumpStats:
-    """What one :func:`pump` read: frames, secrets blocks, secrets, and key log lines skipped in them."""
+    """What one :func:`pump` read: frames, secrets blocks, secrets, key log lines skipped in them, and bytes
+    of corrupt capture data skipped to resynchronise."""
 
-    __slots__ = ("bad_lines", "blocks", "frames", "secrets")
+    __slots__ = ("bad_lines", "blocks", "corrupt_bytes", "frames", "secrets")
 
     def __init__(self) -> None:
         self.frames = 0
         self.blocks = 0
         self.secrets = 0
         self.bad_lines = 0
+        self.corrupt_bytes = 0
 
 
 def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], *,
@@ -71,7 +73,9 @@ def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], 
 
     ``tick(frames)`` is called every ``every`` frames and after each secrets block (progress bars, pacing,
     a stop request); it returns True to stop reading. Skipped key log lines are reported through ``warn``
-    naming the file and the block; the reader's own notes (a truncated file) too, at the end.
+    naming the file and the block; the reader's own notes (a truncated file, corrupt data skipped with its
+    offset and byte count) too, at the end. A capture of which nothing could be read raises
+    :class:`~tlsmirror.shell.errors.CaptureFileError` when its end is reached.
     """
     stats = PumpStats()
     frames = 0
@@ -93,6 +97,7 @@ def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], 
             if tick is not None and tick(frames):
                 break
     stats.frames = frames
+    stats.corrupt_bytes = reader.corrupt_bytes
     for note in reader.warnings:
         warn(note)
     return stats

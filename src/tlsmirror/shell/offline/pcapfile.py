@@ -3,7 +3,11 @@
 Reads in large chunks and yields one :class:`CapturedFrame` per packet and one :class:`EmbeddedSecrets`
 per pcapng Decryption Secrets Block holding a TLS key log, in file order. Memory stays bounded by the
 chunk size and the largest record. A file whose last record is cut short yields everything before it
-and notes the truncation in :attr:`CaptureReader.warnings`; every other problem raises
+and notes the truncation in :attr:`CaptureReader.warnings`. Corrupt data after a valid file header (a
+record or block length that cannot be right, a block whose trailing length differs) is skipped: the
+reader resynchronises to the next plausible pcap record / valid pcapng block, counts the bytes it
+skipped (:attr:`CaptureReader.corrupt_bytes`) and warns once with the offset of the first damage. A
+file that cannot be opened, has no valid header, or of which nothing could be read raises
 :class:`CaptureFileError` with a one-line message naming the file.
 """
 
@@ -22,6 +26,11 @@ from ..errors import CaptureFileError
 CHUNK = 1 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks mean a corrupt file
 MAX_WARNINGS = 20
+DEFAULT_SNAPLEN = 262144  # the largest plausible record when the file header gives no usable snaplen
+# A record found while resynchronising is plausible only if its time is near the last good one (or the
+# record before it): one day back, thirty days ahead.
+RESYNC_BACK = 86400
+RESYNC_AHEAD = 30 * 86400
 
 _PCAP_MAGICS = {
     # first four bytes -> (byte order, fraction divisor, record header length)
@@ -41,6 +50,8 @@ _BT_PB = 2
 _BT_SPB = 3
 _BT_EPB = 6
 _BT_DSB = 0x0000000A
+# block types a resynchronising reader accepts as the start of a block (pcapng specification, section 11)
+_KNOWN_BLOCKS = frozenset({_BT_SHB, _BT_IDB, _BT_PB, _BT_SPB, 4, 5, _BT_EPB, 9, _BT_DSB, 0xBAD, 0x40000BAD})
 SECRETS_TLS_KEYLOG = 0x544C534B  # 'TLSK'
 
 _OPT_END = 0
@@ -110,6 +121,10 @@ class CaptureReader:
         self.format = ""
         self.frames = 0
         self.skipped = 0  # packets not yielded (unknown interface)
+        self.secrets_blocks = 0
+        self.corrupt_bytes = 0  # bytes skipped to resynchronise after corrupt data
+        self.corrupt_regions = 0
+        self._first_corrupt = ""  # what was wrong where first, for the one warning
         self._chunk = max(chunk_size, 4096)
         self._buf = b""
         self._pos = 0
@@ -143,6 +158,7 @@ class CaptureReader:
                     raise self._error("truncated pcap file header")
                 _major, _minor, _zone, _sigfigs, self.snaplen, network = struct.unpack(order + "HHiIII", hdr)
                 self.linktype = network & 0xFFFF  # upper bits: FCS information
+                self._limit = self.snaplen if 0 < self.snaplen <= MAX_RECORD else DEFAULT_SNAPLEN
             elif head == _PCAPNG_SHB:
                 self.format = "pcapng"
                 self._pos -= 4  # the block loop reads the Section Header Block from its start
@@ -205,9 +221,27 @@ class CaptureReader:
         """Bytes of the capture consumed so far (after gzip decompression): for progress reports."""
         return self._consumed + self._pos
 
-    def _cut(self, what: str) -> None:
+    def _cut(self, what: str, offset: int = -1) -> None:
         self.truncated = True
-        self._warn(f"{self.name}: truncated {what} at offset {self._offset()}; stopped reading")
+        at = self._offset() if offset < 0 else offset
+        self._warn(f"{self.name}: truncated {what} at offset {at}; stopped reading")
+
+    def _skipped(self, start: int, problem: str) -> None:
+        """Count the bytes from *start* to the current position as corrupt data skipped for *problem*."""
+        if not self.corrupt_regions:
+            self._first_corrupt = f"{problem} at offset {start}"
+        self.corrupt_regions += 1
+        self.corrupt_bytes += self._offset() - start
+
+    def _corruption_report(self) -> None:
+        """At the end of the file: the one warning about corrupt data, or the error if nothing was read."""
+        if not self.corrupt_regions:
+            return
+        places = f" in {self.corrupt_regions} places" if self.corrupt_regions > 1 else ""
+        what = f"skipped {self.corrupt_bytes} bytes of corrupt data{places} (first: {self._first_corrupt})"
+        if not self.frames and not self.secrets_blocks:
+            raise self._error(f"nothing could be read: {what}")
+        self._warn(f"{self.name}: {what}; read on from the next valid record")
 
     def close(self) -> None:
         """Release the file (idempotent)."""
@@ -229,6 +263,7 @@ class CaptureReader:
                 yield from self._pcap()
             else:
                 yield from self._pcapng()
+            self._corruption_report()
         finally:
             self.close()
 
@@ -239,11 +274,13 @@ class CaptureReader:
         rec_len = self._rec_len
         divisor = self._divisor
         linktype = self.linktype
+        limit = self._limit
         # declared: struct gives Any, and compiled, typed locals make the per-record arithmetic native
         sec: int
         frac: int
         caplen: int
-        _origlen: int
+        origlen: int
+        last_sec = -1  # seconds of the last good record (-1: none yet), for resynchronising
         while True:
             buf, pos = self._buf, self._pos
             if len(buf) - pos < rec_len:
@@ -252,21 +289,64 @@ class CaptureReader:
                         self._cut("record header")
                     return
                 buf, pos = self._buf, self._pos
-            sec, frac, caplen, _origlen = rec.unpack_from(buf, pos)
-            if caplen > MAX_RECORD:
-                raise self._error(f"corrupt record at offset {self._offset()} (length {caplen})")
+            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
+            if caplen > MAX_RECORD or (caplen > origlen and caplen > limit):
+                start = self._offset()
+                self._resync_pcap(rec, last_sec)
+                self._skipped(start, f"record length {caplen}")
+                continue
             start = pos + rec_len
             stop = start + caplen
             if stop > len(buf):
                 if not self._fill(rec_len + caplen):
-                    self._cut("record")
+                    # past the end: the last record cut short, or a corrupt length with records after it
+                    at = self._offset()
+                    if self._resync_pcap(rec, last_sec):
+                        self._skipped(at, f"record length {caplen}")
+                        continue
+                    self._cut("record", at)
                     return
                 buf, pos = self._buf, self._pos
                 start = pos + rec_len
                 stop = start + caplen
             self._pos = stop
             self.frames += 1
+            last_sec = sec
             yield CapturedFrame(sec + frac / divisor, linktype, buf[start:stop], 0)
+
+    def _pcap_plausible(self, rec: struct.Struct, pos: int, near: int) -> int:
+        """The captured length of a plausible record header at *pos* of the buffer, else -1: a time with
+        a valid fraction (near *near* seconds unless that is -1), 0 < caplen <= snaplen, origlen >=
+        caplen."""
+        sec: int
+        frac: int
+        caplen: int
+        origlen: int
+        sec, frac, caplen, origlen = rec.unpack_from(self._buf, pos)
+        if caplen == 0 or caplen > self._limit or origlen < caplen or frac >= self._divisor:
+            return -1
+        if near >= 0 and not near - RESYNC_BACK <= sec <= near + RESYNC_AHEAD:
+            return -1
+        return caplen
+
+    def _resync_pcap(self, rec: struct.Struct, last_sec: int) -> bool:
+        """Move from a corrupt record header to the next plausible one (its record ends exactly at the end
+        of the file, or the header after it is plausible too); True if found, else at the end of file."""
+        rec_len = self._rec_len
+        self._pos += 1
+        while self._fill(rec_len):
+            pos = self._pos
+            caplen = self._pcap_plausible(rec, pos, last_sec)
+            if caplen >= 0:
+                sec: int = rec.unpack_from(self._buf, pos)[0]
+                if self._fill(2 * rec_len + caplen):
+                    if self._pcap_plausible(rec, self._pos + rec_len + caplen, sec) >= 0:
+                        return True
+                elif len(self._buf) - self._pos == rec_len + caplen:
+                    return True
+            self._pos += 1
+        self._pos = len(self._buf)
+        return False
 
     # ------------------------------------------------------------ pcapng
 
@@ -291,6 +371,7 @@ class CaptureReader:
                     self._cut("block header")
                 return
             buf, pos = self._buf, self._pos
+            at = self._offset()
             btype, blen = head.unpack_from(buf, pos)
             if btype == _BT_SHB:
                 bom = buf[pos + 8:pos + 12]
@@ -298,33 +379,51 @@ class CaptureReader:
                     order = "<"
                 elif bom == b"\x1a\x2b\x3c\x4d":
                     order = ">"
+                elif at == 0:
+                    raise self._error("corrupt section header at offset 0")
                 else:
-                    raise self._error(f"corrupt section header at offset {self._offset()}")
+                    self._resync_pcapng(head, u32)
+                    self._skipped(at, "section header byte order")
+                    continue
                 u32 = struct.Struct(order + "I")
                 head = struct.Struct(order + "II")
                 epb = struct.Struct(order + "IIIII")
                 btype, blen = head.unpack_from(buf, pos)
             if blen < 12 or blen % 4 or blen > MAX_RECORD:
-                raise self._error(f"corrupt block at offset {self._offset()} (length {blen})")
+                if at == 0:
+                    raise self._error(f"corrupt block at offset 0 (length {blen})")
+                self._resync_pcapng(head, u32)
+                self._skipped(at, f"block length {blen}")
+                continue
             if len(buf) - pos < blen:
                 if not self._fill(blen):
-                    self._cut("block")
+                    # past the end: the last block cut short, or a corrupt length with blocks after it
+                    if at and self._resync_pcapng(head, u32):
+                        self._skipped(at, f"block length {blen}")
+                        continue
+                    self._cut("block", at)
                     return
                 buf, pos = self._buf, self._pos
             if u32.unpack_from(buf, pos + blen - 4)[0] != blen:
-                raise self._error(f"corrupt block at offset {self._offset()} (trailing length mismatch)")
+                if at == 0:
+                    raise self._error("corrupt block at offset 0 (trailing length mismatch)")
+                self._resync_pcapng(head, u32)
+                self._skipped(at, "block trailing length mismatch")
+                continue
             body, end = pos + 8, pos + blen - 4
+            self._pos = pos + blen
             if btype in (_BT_EPB, _BT_PB):
                 if end - body < 20:
-                    raise self._error(f"corrupt packet block at offset {self._offset()}")
+                    self._skipped(at, "packet block too short")
+                    continue
                 if btype == _BT_EPB:
                     if_id, ts_hi, ts_lo, caplen, _olen = epb.unpack_from(buf, body)
                 else:
                     if_id, ts_hi, ts_lo, caplen, _olen = epb.unpack_from(buf, body)
                     if_id = if_id & 0xFFFF if order == "<" else if_id >> 16  # 16-bit id, 16-bit drops
                 if body + 20 + caplen > end:
-                    raise self._error(f"corrupt packet block at offset {self._offset()} (length {caplen})")
-                self._pos = pos + blen
+                    self._skipped(at, f"packet length {caplen}")
+                    continue
                 if if_id >= len(ifaces):
                     self.skipped += 1
                     self._warn(f"{self.name}: packet for undefined interface {if_id} skipped")
@@ -334,24 +433,27 @@ class CaptureReader:
                 self.frames += 1
                 yield CapturedFrame(last_ts, iface.linktype, buf[body + 20:body + 20 + caplen], iface.index)
                 continue
-            self._pos = pos + blen
             if btype == _BT_SHB:
-                if end - body < 16:
-                    raise self._error(f"corrupt section header at offset {self._offset() - blen}")
-                major = struct.unpack_from(order + "H", buf, body + 4)[0]
+                major = struct.unpack_from(order + "H", buf, body + 4)[0] if end - body >= 16 else -1
                 if major != 1:
-                    raise self._error(f"unsupported pcapng version {major}")
+                    if at == 0:
+                        raise self._error("corrupt section header at offset 0" if major < 0
+                                          else f"unsupported pcapng version {major}")
+                    self._skipped(at, "section header")
+                    continue
                 ifaces = []
             elif btype == _BT_IDB:
                 if end - body < 8:
-                    raise self._error(f"corrupt interface block at offset {self._offset() - blen}")
+                    self._skipped(at, "interface block too short")
+                    continue
                 linktype, _res, snaplen = struct.unpack_from(order + "HHI", buf, body)
                 divisor, offset = self._if_options(buf, body + 8, end, order)
                 ifaces.append(_Interface(n_ifaces, linktype, snaplen, divisor, offset))
                 n_ifaces += 1
             elif btype == _BT_SPB:
                 if end - body < 4:
-                    raise self._error(f"corrupt simple packet block at offset {self._offset() - blen}")
+                    self._skipped(at, "simple packet block too short")
+                    continue
                 if not ifaces:
                     self.skipped += 1
                     self._warn(f"{self.name}: simple packet block without an interface skipped")
@@ -365,15 +467,54 @@ class CaptureReader:
                 yield CapturedFrame(last_ts, iface.linktype, buf[body + 4:body + 4 + caplen], iface.index)
             elif btype == _BT_DSB:
                 if end - body < 8:
-                    raise self._error(f"corrupt decryption secrets block at offset {self._offset() - blen}")
+                    self._skipped(at, "decryption secrets block too short")
+                    continue
                 stype, slen = struct.unpack_from(order + "II", buf, body)
                 if body + 8 + slen > end:
-                    raise self._error(f"corrupt decryption secrets block at offset {self._offset() - blen}")
+                    self._skipped(at, f"decryption secrets length {slen}")
+                    continue
                 if stype == SECRETS_TLS_KEYLOG:
+                    self.secrets_blocks += 1
                     yield EmbeddedSecrets(last_ts, buf[body + 8:body + 8 + slen])
                 else:
                     self._warn(f"{self.name}: decryption secrets of type 0x{stype:08x} ignored")
             # any other block type (name resolution, statistics, custom, ...) is skipped
+
+    def _pcapng_valid(self, head: struct.Struct, u32: struct.Struct) -> bool:
+        """Whether a valid block starts at the current position: a known type, a length that is a multiple
+        of 4 within bounds, the trailing length equal (a section header: in its own byte order)."""
+        btype: int
+        blen: int
+        if not self._fill(12):
+            return False
+        buf, pos = self._buf, self._pos
+        btype, blen = head.unpack_from(buf, pos)
+        if btype == _BT_SHB:
+            bom = buf[pos + 8:pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                head, u32 = struct.Struct("<II"), struct.Struct("<I")
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                head, u32 = struct.Struct(">II"), struct.Struct(">I")
+            else:
+                return False
+            btype, blen = head.unpack_from(buf, pos)
+        elif btype not in _KNOWN_BLOCKS:
+            return False
+        if blen < 12 or blen % 4 or blen > MAX_RECORD or not self._fill(blen):
+            return False
+        trailer: int = u32.unpack_from(self._buf, self._pos + blen - 4)[0]
+        return trailer == blen
+
+    def _resync_pcapng(self, head: struct.Struct, u32: struct.Struct) -> bool:
+        """Move from a corrupt block to the next valid one (4-byte steps: blocks are 4-byte aligned); True
+        if found, else at the end of the file."""
+        self._pos += 4
+        while self._fill(12):
+            if self._pcapng_valid(head, u32):
+                return True
+            self._pos += 4
+        self._pos = len(self._buf)
+        return False
 
     @staticmethod
     def _if_options(buf: bytes, off: int, end: int, order: str) -> tuple[int, int]:

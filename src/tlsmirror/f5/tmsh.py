@@ -133,9 +133,9 @@ def render_tmsh(o: TmshOptions) -> str:
         add("# 3. The server-ssl profile: the TLS client side of the sideband connections to the sensor.")
         extra = ""
         if sensor_cert:
-            add("#    Verify the sensor: its listener certificate (the self-signed keyserver-cert.pem")
-            add("#    from its state directory, or the CA that issued its certificate), copied to the")
-            add("#    BIG-IP first.")
+            add("#    Verify the sensor: its listener certificate (the self-signed listener.crt that")
+            add("#    install.sh made in /var/lib/tlsmirror, or the CA that issued its certificate), copied")
+            add("#    to the BIG-IP first.")
             add(f"tmsh install sys crypto cert /{p}/tlsmirror_sensor_ca.crt from-local-file {sensor_cert}")
             extra += f" ca-file /{p}/tlsmirror_sensor_ca.crt peer-cert-mode require"
         else:

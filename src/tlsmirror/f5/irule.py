@@ -12,8 +12,11 @@ Two transports, both real BIG-IP features:
 
 Secrets: TLS 1.2 and older ``CLIENT_RANDOM <client random> <master secret>`` (``SSL::clientrandom``,
 ``SSL::sessionsecret``); TLS 1.3 the four handshake and application traffic secrets
-(``SSL::tls13_secret client|server hs|app``, BIG-IP versions with TLS 1.3 support). The iRule never
-logs a secret.
+(``SSL::tls13_secret client|server hs|app``, BIG-IP versions with TLS 1.3 support) and, when the
+client sent 0-RTT early data, ``CLIENT_EARLY_TRAFFIC_SECRET`` (``SSL::tls13_secret client early``).
+``tls12_only`` renders a variant without ``SSL::tls13_secret`` for BIG-IP versions that lack the
+command (it would not load there); it sends nothing for a TLS 1.3 session and logs why. The iRule
+never logs a secret.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class IruleOptions:
     partition: str = "Common"
     timeout_ms: int = 1000  # sideband connect and send timeouts
     log_facility: str = "local0"
+    tls12_only: bool = False  # no SSL::tls13_secret: for BIG-IP versions without it (before 14.0)
 
 
 _HEADER = """\
@@ -48,34 +52,60 @@ _HEADER = """\
 # At the end of every client-side TLS handshake of the virtual server this iRule is attached to,
 # it sends the session's secrets as NSS key log lines to the tlsmirror sensor:
 #   TLS 1.2 and older: CLIENT_RANDOM <client random> <master secret>
+@TLS13_NOTE@"""
+
+_TLS13_NOTE = """\
 #   TLS 1.3: CLIENT_HANDSHAKE_TRAFFIC_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET,
-#            CLIENT_TRAFFIC_SECRET_0 and SERVER_TRAFFIC_SECRET_0 (4 lines; needs SSL::tls13_secret)
+#            CLIENT_TRAFFIC_SECRET_0 and SERVER_TRAFFIC_SECRET_0 (4 lines; needs SSL::tls13_secret),
+#            and CLIENT_EARLY_TRAFFIC_SECRET when the client sent 0-RTT early data
+"""
+
+_TLS12_ONLY_NOTE = """\
+#   TLS 1.3: nothing. This is the TLS 1.2-only variant (`tlsmirror f5 irule --tls12-only`) for BIG-IP
+#            versions without SSL::tls13_secret (before 14.0): limit the client-ssl profile to TLS 1.2;
+#            a TLS 1.3 session is logged as a warning and its keys are not sent
 """
 
 _SIDEBAND_NOTE = """\
 # Transport: one sideband connection per handshake (connect, send, close) to the internal virtual
 # server @TARGET@, whose server-ssl profile wraps it in TLS and whose pool is the
 # sensor's key listener (TCP 8001).
-# Failures are logged to @FACILITY@ (/var/log/ltm) without any secret and never affect the client.
+# Failures are logged to @FACILITY@@LOGFILE@ without any secret
+# and never affect the client.
 """
 
 _HSL_NOTE = """\
 # Transport: High Speed Logging (HSL::open -proto TCP) to the pool @TARGET@: long-lived
 # PLAIN TCP connections, no TLS. The sensor's listener must run with plain TCP; use this only on an
 # isolated management network. HSL drops lines when its buffer is full or the pool is down.
-# Failures are logged to @FACILITY@ (/var/log/ltm) without any secret and never affect the client.
+# Failures are logged to @FACILITY@@LOGFILE@ without any secret
+# and never affect the client.
 """
 
 _BUILD_LINES = """\
     set tlsmirror_cr [SSL::clientrandom]
     if { [SSL::cipher version] eq "TLSv1.3" } {
-        set tlsmirror_keys "CLIENT_HANDSHAKE_TRAFFIC_SECRET $tlsmirror_cr [SSL::tls13_secret client hs]\\n"
+        set tlsmirror_keys ""
+        if { ![catch { SSL::tls13_secret client early } tlsmirror_early] && $tlsmirror_early ne "" } {
+            set tlsmirror_keys "CLIENT_EARLY_TRAFFIC_SECRET $tlsmirror_cr $tlsmirror_early\\n"
+        }
+        append tlsmirror_keys "CLIENT_HANDSHAKE_TRAFFIC_SECRET $tlsmirror_cr [SSL::tls13_secret client hs]\\n"
         append tlsmirror_keys "SERVER_HANDSHAKE_TRAFFIC_SECRET $tlsmirror_cr [SSL::tls13_secret server hs]\\n"
         append tlsmirror_keys "CLIENT_TRAFFIC_SECRET_0 $tlsmirror_cr [SSL::tls13_secret client app]\\n"
         append tlsmirror_keys "SERVER_TRAFFIC_SECRET_0 $tlsmirror_cr [SSL::tls13_secret server app]\\n"
     } else {
         set tlsmirror_keys "CLIENT_RANDOM $tlsmirror_cr [SSL::sessionsecret]\\n"
     }
+"""
+
+_BUILD_LINES_TLS12 = """\
+    if { [SSL::cipher version] eq "TLSv1.3" } {
+        log @FACILITY@.warn "tlsmirror: TLS 1.3 session of [IP::client_addr]:[TCP::client_port]: this\\
+            TLS 1.2-only iRule does not send its keys (limit the client-ssl profile to TLS 1.2)"
+        return
+    }
+    set tlsmirror_cr [SSL::clientrandom]
+    set tlsmirror_keys "CLIENT_RANDOM $tlsmirror_cr [SSL::sessionsecret]\\n"
 """
 
 _SIDEBAND = """\
@@ -98,7 +128,7 @@ when CLIENTSSL_HANDSHAKE {
         }
         close $tlsmirror_conn
     }
-    unset -nocomplain tlsmirror_keys tlsmirror_cr tlsmirror_conn tlsmirror_status
+    unset -nocomplain tlsmirror_keys tlsmirror_cr tlsmirror_early tlsmirror_conn tlsmirror_status
 }
 """
 
@@ -116,7 +146,7 @@ when CLIENTSSL_HANDSHAKE {
         log @FACILITY@.warn "tlsmirror: HSL to $static::tlsmirror_keys_pool is full or down, keys of\\
             [IP::client_addr]:[TCP::client_port] dropped"
     }
-    unset -nocomplain tlsmirror_keys tlsmirror_cr tlsmirror_hsl
+    unset -nocomplain tlsmirror_keys tlsmirror_cr tlsmirror_early tlsmirror_hsl
 }
 """
 
@@ -136,7 +166,11 @@ def render_irule(options: IruleOptions | None = None) -> str:
     else:
         target = full_path(o.pool, o.partition, "pool")
         body = _HSL_NOTE + "\n" + _HSL
-    text = _HEADER + body
-    return (text.replace("@BUILD@", _BUILD_LINES).replace("@TARGET@", target)
+    text = _HEADER.replace("@TLS13_NOTE@", _TLS12_ONLY_NOTE if o.tls12_only else _TLS13_NOTE) + body
+    # BIG-IP's default syslog configuration writes local0 to /var/log/ltm; other facilities go where
+    # the administrator's syslog configuration sends them.
+    logfile = " (/var/log/ltm)" if o.log_facility == "local0" else " (see the BIG-IP's syslog configuration)"
+    build = _BUILD_LINES_TLS12 if o.tls12_only else _BUILD_LINES
+    return (text.replace("@BUILD@", build).replace("@LOGFILE@", logfile).replace("@TARGET@", target)
             .replace("@TIMEOUT@", str(o.timeout_ms)).replace("@FACILITY@", o.log_facility)
             .replace("@VERSION@", __version__))

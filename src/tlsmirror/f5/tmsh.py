@@ -6,6 +6,11 @@ iRules reach it) that wraps the iRule's sideband connections in TLS; the iRule (
 ``tmsh load sys config merge``); the clone pool that copies the client-side packets to the
 sensor's capture interface; finally the iRule and the clone pool attached to the API's virtual
 server, keeping the iRules already there.
+
+Every object is created once. The key pool may double as the clone pool (one pool for both, as some
+reference layouts have it: ``clone_pool_name == pool_name``): a clone pool copies packets to its
+members' MAC addresses whatever the port, so the key listener member serves both. Two different
+objects given one name are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class TmshOptions:
     client_key_file: str | None = None
     timeout_ms: int = 1000
     merge_file: str = "/var/tmp/tlsmirror_keys_rule.conf"  # where the script writes the iRule for tmsh
+    tls12_only: bool = False  # the iRule without SSL::tls13_secret (BIG-IP versions before 14.0)
 
 
 def _ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -86,6 +92,15 @@ def render_tmsh(o: TmshOptions) -> str:
     rule = full_path(o.rule_name, p, "iRule")
     clone_pool = full_path(o.clone_pool_name, p, "pool")
     virtual = full_path(o.virtual, p, "virtual server")
+    shared_pool = o.clone and clone_pool == pool
+    if capture_node == node and capture != sensor:
+        raise F5ConfigError(f"the capture address {capture} needs its own node: the node name {node} is the "
+                            f"sensor's ({sensor})")
+    if shared_pool and capture != sensor:
+        raise F5ConfigError(f"one pool for keys and cloning ({pool}) needs the capture address to be the "
+                            f"sensor's: give --clone-pool-name another name, or drop --capture-ip")
+    if o.transport == "sideband" and sideband == virtual:
+        raise F5ConfigError(f"the sideband virtual server and the API's virtual server are both {virtual}")
     sensor_cert = _local_file(o.sensor_cert_file, "--sensor-cert-file")
     client_cert = _local_file(o.client_cert_file, "--client-cert-file")
     client_key = _local_file(o.client_key_file, "--client-key-file")
@@ -95,7 +110,7 @@ def render_tmsh(o: TmshOptions) -> str:
     if o.transport == "hsl" and (sensor_cert or client_cert):
         raise F5ConfigError("the hsl transport is plain TCP: it takes no certificates")
     irule = render_irule(IruleOptions(transport=o.transport, virtual=sideband, pool=pool, partition=p,
-                                      timeout_ms=o.timeout_ms))
+                                      timeout_ms=o.timeout_ms, tls12_only=o.tls12_only))
     sep = "." if sideband_ip.version == 6 else ":"
     L: list[str] = []
     add = L.append
@@ -118,9 +133,9 @@ def render_tmsh(o: TmshOptions) -> str:
         add("# 3. The server-ssl profile: the TLS client side of the sideband connections to the sensor.")
         extra = ""
         if sensor_cert:
-            add("#    Verify the sensor: its listener certificate (the self-signed keyserver-cert.pem")
-            add("#    from its state directory, or the CA that issued its certificate), copied to the")
-            add("#    BIG-IP first.")
+            add("#    Verify the sensor: its listener certificate (the self-signed listener.crt that")
+            add("#    install.sh made in /var/lib/tlsmirror, or the CA that issued its certificate), copied")
+            add("#    to the BIG-IP first.")
             add(f"tmsh install sys crypto cert /{p}/tlsmirror_sensor_ca.crt from-local-file {sensor_cert}")
             extra += f" ca-file /{p}/tlsmirror_sensor_ca.crt peer-cert-mode require"
         else:
@@ -158,7 +173,13 @@ def render_tmsh(o: TmshOptions) -> str:
     add(f"rm -f {merge}")
     add("")
     step += 1
-    if o.clone:
+    if shared_pool:
+        add(f"# {step}. The clone pool is the key listener's pool {pool} (created above): the BIG-IP copies")
+        add("#    every client-side packet of the virtual server to its member's MAC address (the port does")
+        add("#    not matter for cloning). The sensor captures them there (tlsmirror run, capture interface).")
+        add("")
+        step += 1
+    elif o.clone:
         add(f"# {step}. The clone pool: the BIG-IP copies every client-side packet of the virtual server to")
         add("#    this member (the sensor's capture interface, on a VLAN directly attached to the BIG-IP;")
         add("#    port 0 = any). The sensor captures them there (tlsmirror run, capture interface).")
@@ -181,4 +202,22 @@ def render_tmsh(o: TmshOptions) -> str:
     add("tmsh save sys config")
     check = "rules clone-pools" if o.clone else "rules"
     add(f"echo 'tlsmirror objects created; check with: tmsh list ltm virtual {virtual} {check}'")
+    _check_created_once(L)
     return "\n".join(L) + "\n"
+
+
+def _check_created_once(lines: list[str]) -> None:
+    """A last guard: no ``tmsh create``/``install`` of the same object twice (under ``set -e`` the
+    second would stop the script half way, before the iRule and the clone pool are attached)."""
+    seen: set[tuple[str, ...]] = set()
+    for line in lines:
+        words = line.split()
+        if words[:2] == ["tmsh", "create"] and len(words) > 4:
+            obj = tuple(words[2:6]) if words[3] == "profile" else tuple(words[2:5])
+        elif words[:4] == ["tmsh", "install", "sys", "crypto"] and len(words) > 5:
+            obj = tuple(words[2:6])
+        else:
+            continue
+        if obj in seen:
+            raise F5ConfigError(f"two objects named {obj[-1]} ({' '.join(obj[:-1])}): give them different names")
+        seen.add(obj)

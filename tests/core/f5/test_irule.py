@@ -154,7 +154,11 @@ proc SSL::cipher {what} {
     if {$what ne "version"} { error "unexpected SSL::cipher $what" }
     return $::version
 }
-proc SSL::tls13_secret {side kind} { return $::tls13($side,$kind) }
+proc SSL::tls13_secret {side kind} {
+    if {$::tls13_missing} { error {invalid command name "SSL::tls13_secret"} }
+    if {$side eq "client" && $kind eq "early"} { return $::early }
+    return $::tls13($side,$kind)
+}
 proc IP::client_addr {} { return 192.0.2.10 }
 proc TCP::client_port {} { return 50123 }
 proc log {facility msg} { lappend ::logs "$facility $msg" }
@@ -185,15 +189,19 @@ proc HSL::send {handle data} {
 """
 
 
-def run_irule_in_tclsh(text: str, version: str, fail: str, target: str) -> dict[str, str]:
+def run_irule_in_tclsh(text: str, version: str, fail: str, target: str, early: str = "",
+                       tls13_missing: bool = False) -> dict[str, str]:
     assert TCLSH is not None
     tls13 = " ".join(f"{side},{kind} {value}" for (side, kind), value in TLS13.items())
     driver = (_STUBS + f"set ::cr {CR}\nset ::ms {MS}\nset ::version {version}\nset ::fail {fail}\n"
-              f"set ::want_target {target}\narray set ::tls13 {{{tls13}}}\n"
+              f"set ::want_target {target}\narray set ::tls13 {{{tls13}}}\nset ::early {{{early}}}\n"
+              f"set ::tls13_missing {int(tls13_missing)}\n"
               "source $::rule\n"
               "eval $::events(RULE_INIT)\n"
-              "eval $::events(CLIENTSSL_HANDSHAKE)\n"
-              "foreach v {tlsmirror_keys tlsmirror_cr tlsmirror_conn tlsmirror_status tlsmirror_hsl} {\n"
+              # an event may end with `return` (code 2); an error (code 1) fails the run
+              "if {[catch {eval $::events(CLIENTSSL_HANDSHAKE)} err] == 1} { error $err }\n"
+              "foreach v {tlsmirror_keys tlsmirror_cr tlsmirror_early tlsmirror_conn tlsmirror_status "
+              "tlsmirror_hsl} {\n"
               "  if {[info exists $v]} { error \"$v left set\" }\n}\n"
               "puts \"SENT<$::sent>\"\nputs \"LOGS<[join $::logs |]>\"\nputs \"CALLS<$::calls>\"\n")
     with tempfile.TemporaryDirectory() as d:
@@ -244,6 +252,61 @@ def test_irule_failures_are_logged_without_secrets(transport: str, fail: str) ->
         assert value[:16] not in r["logs"]
     if transport == "sideband" and fail == "send":
         assert r["calls"].endswith("{close sb1}")  # the sideband connection is closed anyway
+
+
+EARLY = bytes(range(5, 53)).hex()
+
+
+@pytest.mark.skipif(TCLSH is None, reason="tclsh not installed")
+@pytest.mark.parametrize("transport", ["sideband", "hsl"])
+def test_irule_sends_the_0rtt_secret_when_there_is_one(transport: str) -> None:
+    text = render_irule(IruleOptions(transport=transport))
+    assert "[SSL::tls13_secret client early]" in text or "SSL::tls13_secret client early" in text
+    assert "CLIENT_EARLY_TRAFFIC_SECRET" in text
+    target = "/Common/tlsmirror_keys_vs" if transport == "sideband" else "/Common/tlsmirror_keys_pool"
+    r = run_irule_in_tclsh(text, "TLSv1.3", "none", target, early=EARLY)
+    secrets, problems = parse_keylog(r["sent"])
+    assert not problems
+    assert [s.label for s in secrets] == ["CLIENT_EARLY_TRAFFIC_SECRET", "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+                                          "SERVER_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0",
+                                          "SERVER_TRAFFIC_SECRET_0"]
+    assert secrets[0].value.hex() == EARLY and secrets[0].ident.hex() == CR
+    # without early data (the usual case) no empty early line is sent
+    r = run_irule_in_tclsh(text, "TLSv1.3", "none", target)
+    assert "CLIENT_EARLY_TRAFFIC_SECRET" not in r["sent"] and len(r["sent"].splitlines()) == 4
+
+
+@pytest.mark.skipif(TCLSH is None, reason="tclsh not installed")
+@pytest.mark.parametrize("transport", ["sideband", "hsl"])
+def test_tls12_only_variant(transport: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No SSL::tls13_secret anywhere (BIG-IP versions without it refuse to load such an iRule); TLS 1.2
+    keys are sent, a TLS 1.3 session is logged (without a secret) and sends nothing."""
+    assert main(["f5", "irule", "--tls12-only", "--transport", transport]) == 0
+    text = capsys.readouterr().out
+    assert text == render_irule(IruleOptions(transport=transport, tls12_only=True))
+    assert "SSL::tls13_secret" not in text.replace("without SSL::tls13_secret", "")
+    assert "tls13_secret" not in text.split("when RULE_INIT", 1)[1]
+    assert tcl_balance_problems(text) == []
+    target = "/Common/tlsmirror_keys_vs" if transport == "sideband" else "/Common/tlsmirror_keys_pool"
+    r = run_irule_in_tclsh(text, "TLSv1.2", "none", target, tls13_missing=True)
+    secrets, problems = parse_keylog(r["sent"])
+    assert not problems and [(s.label, s.value.hex()) for s in secrets] == [("CLIENT_RANDOM", MS)]
+    r = run_irule_in_tclsh(text, "TLSv1.3", "none", target, tls13_missing=True)
+    assert r["sent"] == "" and r["calls"] == ""
+    assert r["logs"].startswith("local0.warn tlsmirror: TLS 1.3 session of 192.0.2.10:50123")
+    assert MS[:16] not in r["logs"]
+    # the tmsh script loads the same variant
+    script = render_tmsh(TmshOptions(sensor="10.0.0.5", virtual="api_vs", transport=transport, tls12_only=True))
+    assert "SSL::tls13_secret client" not in script and "TLS 1.2-only variant" in script
+
+
+@pytest.mark.parametrize("facility", ["local0", "local3"])
+def test_log_facility_comment_names_the_facility(facility: str) -> None:
+    text = render_irule(IruleOptions(log_facility=facility))
+    note = next(line for line in text.splitlines() if line.startswith("# Failures are logged to"))
+    assert f"logged to {facility} " in note
+    assert ("/var/log/ltm" in note) == (facility == "local0")
+    assert f"log {facility}.warn" in text and ("local0" in text) == (facility == "local0")
 
 
 def test_names_are_checked() -> None:

@@ -33,6 +33,10 @@ def register(sub: Any) -> None:
                         "pool to")
     t.add_argument("--capture-ip", metavar="IP",
                    help="sensor address for the clone pool, when packets arrive on another interface")
+    t.add_argument("--node-name", default="tlsmirror_sensor", metavar="NAME",
+                   help="node of the sensor (default tlsmirror_sensor)")
+    t.add_argument("--capture-node-name", default="tlsmirror_sensor_capture", metavar="NAME",
+                   help="node of the capture address, with --capture-ip (default tlsmirror_sensor_capture)")
     t.add_argument("--pool-name", default="tlsmirror_keys_pool", metavar="NAME",
                    help="pool of the key listener (default tlsmirror_keys_pool)")
     t.add_argument("--sideband-name", default="tlsmirror_keys_vs", metavar="NAME",
@@ -43,7 +47,8 @@ def register(sub: Any) -> None:
     t.add_argument("--rule-name", default="tlsmirror_keys", metavar="NAME",
                    help="iRule (default tlsmirror_keys)")
     t.add_argument("--clone-pool-name", default="tlsmirror_clone_pool", metavar="NAME",
-                   help="clone pool (default tlsmirror_clone_pool)")
+                   help="clone pool (default tlsmirror_clone_pool); the --pool-name value makes one pool "
+                        "serve for keys and cloning")
     t.add_argument("--no-clone", action="store_true",
                    help="no clone pool (packets reach the sensor by a port mirror, TAP or cloud mirror)")
     t.add_argument("--sensor-cert-file", metavar="PATH",
@@ -57,7 +62,12 @@ def register(sub: Any) -> None:
                         "Logging")
     t.add_argument("--timeout-ms", type=int, default=1000, metavar="MS",
                    help="sideband connect/send timeout (default 1000)")
+    t.add_argument("--tls12-only", action="store_true", help=_TLS12_HELP)
     t.set_defaults(func=run_tmsh)
+
+
+_TLS12_HELP = ("the iRule without SSL::tls13_secret, for BIG-IP versions before 14.0 (no TLS 1.3): limit the "
+               "client-ssl profile to TLS 1.2")
 
 
 def _transport_options(r: argparse.ArgumentParser) -> None:
@@ -72,6 +82,7 @@ def _transport_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--timeout-ms", type=int, default=1000, metavar="MS",
                    help="sideband connect/send timeout (default 1000)")
     r.add_argument("--log-facility", default="local0", help="syslog facility for errors (default local0)")
+    r.add_argument("--tls12-only", action="store_true", help=_TLS12_HELP)
 
 
 def run_irule(args: argparse.Namespace) -> int:
@@ -80,7 +91,7 @@ def run_irule(args: argparse.Namespace) -> int:
     try:
         text = render_irule(IruleOptions(transport=args.transport, virtual=args.virtual, pool=args.pool,
                                          partition=args.partition, timeout_ms=args.timeout_ms,
-                                         log_facility=args.log_facility))
+                                         log_facility=args.log_facility, tls12_only=args.tls12_only))
     except F5ConfigError as exc:
         raise InputError(str(exc)) from None
     sys.stdout.write(text)
@@ -93,11 +104,12 @@ def run_tmsh(args: argparse.Namespace) -> int:
     try:
         text = render_tmsh(TmshOptions(
             sensor=args.sensor, virtual=args.virtual, port=args.port, partition=args.partition,
-            transport=args.transport, capture_ip=args.capture_ip, pool_name=args.pool_name,
+            transport=args.transport, capture_ip=args.capture_ip, node_name=args.node_name,
+            capture_node_name=args.capture_node_name, pool_name=args.pool_name,
             sideband_name=args.sideband_name, sideband_destination=args.sideband_destination,
             rule_name=args.rule_name, clone_pool_name=args.clone_pool_name, clone=not args.no_clone,
             sensor_cert_file=args.sensor_cert_file, client_cert_file=args.client_cert_file,
-            client_key_file=args.client_key_file, timeout_ms=args.timeout_ms,
+            client_key_file=args.client_key_file, timeout_ms=args.timeout_ms, tls12_only=args.tls12_only,
         ))
     except F5ConfigError as exc:
         raise InputError(str(exc)) from None

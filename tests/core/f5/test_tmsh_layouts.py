@@ -1,0 +1,116 @@
+"""The script of `tlsmirror f5 tmsh` run under `set -e` against a stand-in tmsh that keeps the BIG-IP's
+objects and refuses a duplicate or a reference to a missing object: the default layout, the layout
+of the reference guide (its own node name, one pool for keys and cloning), and names that would make
+two objects one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import tmsh_standin
+from tlsmirror.f5 import F5ConfigError, TmshOptions, render_tmsh
+from tlsmirror.shell.commands import main
+
+BASH = shutil.which("bash")
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash not installed")
+
+REFERENCE = ["--node-name", "traceable-agent", "--pool-name", "traceable-agent-ssl-pool",
+             "--clone-pool-name", "traceable-agent-ssl-pool", "--sideband-name", "traceable-agent-ssl-vs",
+             "--rule-name", "traceable-agent-keys"]
+
+
+def run_script(tmp_path: Path, script: str, virtual: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                   tmsh_standin.State]:
+    assert BASH is not None
+    state = tmp_path / "bigip.json"
+    env = tmsh_standin.install(tmp_path / "bin", state, virtual)
+    assert subprocess.run([BASH, "-n"], input=script, text=True, timeout=20).returncode == 0
+    proc = subprocess.run([BASH, "-e"], input=script, text=True, capture_output=True, env=env, timeout=60)
+    return proc, tmsh_standin.load(state)
+
+
+def cli_script(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(["f5", "tmsh", *argv]) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_standin_refuses_a_duplicate_and_a_missing_reference(tmp_path: Path) -> None:
+    proc, _ = run_script(tmp_path, "set -e\ntmsh create ltm node /Common/n address 10.0.0.1\n"
+                                   "tmsh create ltm node /Common/n address 10.0.0.1\necho reached\n", "/Common/api")
+    assert proc.returncode == 1 and "already exists" in proc.stderr and "reached" not in proc.stdout
+    proc, _ = run_script(tmp_path, "tmsh create ltm pool /Common/p members add { /Common/nope:80 } monitor tcp\n",
+                         "/Common/api")
+    assert proc.returncode == 1 and "node /Common/nope does not exist" in proc.stderr
+
+
+def test_default_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = tmp_path / "listener.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    script = cli_script(capsys, "--sensor", "10.1.2.3", "--virtual", "api_vs", "--sensor-cert-file", str(cert))
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {"/Common/tlsmirror_sensor": {"address": "10.1.2.3"}}
+    assert bigip["pool"]["/Common/tlsmirror_keys_pool"] == {"members": ["/Common/tlsmirror_sensor:8001"],
+                                                           "monitor": "tcp"}
+    assert bigip["pool"]["/Common/tlsmirror_clone_pool"] == {"members": ["/Common/tlsmirror_sensor:0"],
+                                                            "monitor": "gateway_icmp"}
+    profile = bigip["profile"]["/Common/tlsmirror_keys_serverssl"]
+    assert profile["ca-file"] == "/Common/tlsmirror_sensor_ca.crt" and profile["peer-cert-mode"] == "require"
+    assert bigip["cert"]["/Common/tlsmirror_sensor_ca.crt"] == {"file": str(cert)}
+    sideband = bigip["virtual"]["/Common/tlsmirror_keys_vs"]
+    assert sideband["pool"] == "/Common/tlsmirror_keys_pool"
+    assert sideband["profiles"] == ["/Common/tcp", "/Common/tlsmirror_keys_serverssl"]
+    assert "/Common/tlsmirror_keys" in bigip["rule"]
+    api = bigip["virtual"]["/Common/api_vs"]
+    assert api["rules"] == ["/Common/existing_rule_1", "/Common/other_rule", "/Common/tlsmirror_keys"]
+    assert api["clone-pools"] == ["/Common/tlsmirror_clone_pool"] and api["clone-context"] == ["context",
+                                                                                              "clientside"]
+    assert "saved" in bigip and "tlsmirror objects created" in proc.stdout
+
+
+def test_reference_guide_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One pool for keys and cloning, the guide's node name: every object once, everything attached."""
+    script = cli_script(capsys, "--sensor", "10.1.2.3", "--virtual", "/Common/api_vs", *REFERENCE)
+    assert script.count("tmsh create ltm pool ") == 1
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {"/Common/traceable-agent": {"address": "10.1.2.3"}}
+    assert bigip["pool"] == {"/Common/traceable-agent-ssl-pool": {"members": ["/Common/traceable-agent:8001"],
+                                                                 "monitor": "tcp"}}
+    assert bigip["virtual"]["/Common/traceable-agent-ssl-vs"]["pool"] == "/Common/traceable-agent-ssl-pool"
+    api = bigip["virtual"]["/Common/api_vs"]
+    assert api["rules"][-1] == "/Common/traceable-agent-keys"
+    assert api["clone-pools"] == ["/Common/traceable-agent-ssl-pool"]
+    assert 'set static::tlsmirror_keys_vs "/Common/traceable-agent-ssl-vs"' in bigip["rule"][
+        "/Common/traceable-agent-keys"]["text"]
+    assert "saved" in bigip
+    # the hsl transport with the shared pool: the iRule streams to the very pool that clones
+    script = cli_script(capsys, "--sensor", "10.1.2.3", "--virtual", "api_vs", "--transport", "hsl", *REFERENCE)
+    proc, bigip = run_script(tmp_path / "hsl", script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert list(bigip["pool"]) == ["/Common/traceable-agent-ssl-pool"]
+    assert bigip["virtual"]["/Common/api_vs"]["clone-pools"] == ["/Common/traceable-agent-ssl-pool"]
+
+
+def test_separate_capture_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = cli_script(capsys, "--sensor", "10.1.2.3", "--virtual", "api_vs", "--capture-ip", "10.9.9.9",
+                        "--node-name", "agent", "--capture-node-name", "agent-capture")
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {"/Common/agent": {"address": "10.1.2.3"},
+                             "/Common/agent-capture": {"address": "10.9.9.9"}}
+    assert bigip["pool"]["/Common/tlsmirror_clone_pool"]["members"] == ["/Common/agent-capture:0"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"capture_ip": "10.9.9.9", "capture_node_name": "tlsmirror_sensor"}, "needs its own node"),
+    ({"clone_pool_name": "tlsmirror_keys_pool", "capture_ip": "10.9.9.9"}, "one pool for keys and cloning"),
+    ({"sideband_name": "api_vs"}, "are both /Common/api_vs"),
+])
+def test_one_name_for_two_objects_is_refused(options: dict[str, str], message: str) -> None:
+    with pytest.raises(F5ConfigError, match=message):
+        render_tmsh(TmshOptions(sensor="10.1.2.3", virtual="api_vs", **options))  # type: ignore[arg-type]

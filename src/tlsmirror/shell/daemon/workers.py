@@ -423,6 +423,19 @@ class Worker:
                 handle(ev)
         self._count(len(frames), size, ts)
 
+    def file_frames(self, frames: list[tuple[float, int, bytes]]) -> None:
+        """Frames with their own capture times: (ts, linktype, data) (the capture ring stamps each)."""
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for fts, lt, data in frames:
+            size += len(data)
+            ev = feed(lt, data, fts)
+            if ev:
+                handle(ev)
+        if frames:
+            self._count(len(frames), size, frames[-1][0])
+
     def _count(self, n: int, size: int, ts: float) -> None:
         if n:
             self.packets += n

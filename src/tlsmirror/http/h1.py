@@ -560,7 +560,11 @@ class H1Connection(EventQueue):
         fields: list[tuple[str, str]] = []
         for k in range(1, len(lines)):
             name, _, value = lines[k].partition(":")
-            fields.append((name, value.lstrip(" \t")))
+            if value.startswith(" "):
+                value = value[1:]  # the usual one space (native; a method call with an argument is not)
+            if value.startswith(" ") or value.startswith("\t"):
+                value = value.lstrip(" \t")
+            fields.append((name, value))
         self.heads += 1
         msg = _Msg(ts)
         msg.headers = tuple(fields)

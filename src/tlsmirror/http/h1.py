@@ -33,16 +33,6 @@ _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
 SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two chunks
 
 _CRLF = b"\r\n"
-
-# The common message head, read without llhttp (one regular-expression match and a split instead of a
-# parser object and a callback per field: measured 5x cheaper). Only heads that llhttp accepts and
-# reads the same way take this path (tests/core/http/test_h1_fast.py checks that against llhttp):
-# ASCII, a common method with an origin-form target, token field names, no obs-fold, and framing
-# fields in their plain form. Everything else goes to llhttp, which validates it or says why not.
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELDS = r"(?:\r\n" + _TOKEN + r":[\t -~]*)*"
-_FAST_REQUEST = re.compile(r"(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) (/[!-~]*) HTTP/1\.([01])" + _FIELDS)
-_FAST_RESPONSE = re.compile(r"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t -~]*))?" + _FIELDS)
 # The fields this stage reads (framing, body decoding, the authority): only these are indexed.
 _INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
                       "upgrade", "sec-websocket-extensions", "sec-websocket-protocol"))
@@ -447,9 +437,6 @@ class H1Connection(EventQueue):
                 pos += 1
             if pos == n:
                 return pos
-            end = buf.find(b"\r\n\r\n", pos)
-            if end >= 0 and end - pos <= MAX_HEAD and self._fast_head(i, d, buf[pos:end], ts):
-                return end + 4
             d.proto = _Head()
             d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
                         else httptools.HttpResponseParser(d.proto))
@@ -535,51 +522,6 @@ class H1Connection(EventQueue):
             msg.reason = _text(proto.reason)
             self._response_head(d, msg, ts)
         return end
-
-    def _fast_head(self, i: int, d: _Dir, raw: bytes, ts: float) -> bool:
-        """Read a whole common message head (``raw``, without its final CRLF CRLF) without llhttp, or
-        return False to leave it to llhttp."""
-        if not raw.isascii():
-            return False
-        text = raw.decode("ascii")
-        m = (_FAST_REQUEST if i == 0 else _FAST_RESPONSE).fullmatch(text)
-        if m is None:
-            return False
-        low = text.lower()
-        if "\r\ntransfer-encoding:" in low or (i == 0 and "\r\nupgrade:" in low):
-            return False  # llhttp's framing checks (and its upgrade flag) decide these
-        at = low.find("\r\ncontent-length:")
-        if at >= 0:
-            if low.find("\r\ncontent-length:", at + 17) >= 0:
-                return False
-            stop = text.find("\r\n", at + 17)
-            value = text[at + 17:stop if stop >= 0 else len(text)].strip(" \t")
-            if not value.isdigit():
-                return False
-        lines = text.split("\r\n")
-        fields: list[tuple[str, str]] = []
-        for k in range(1, len(lines)):
-            name, _, value = lines[k].partition(":")
-            if value.startswith(" "):
-                value = value[1:]  # the usual one space (native; a method call with an argument is not)
-            if value.startswith(" ") or value.startswith("\t"):
-                value = value.lstrip(" \t")
-            fields.append((name, value))
-        self.heads += 1
-        msg = _Msg(ts)
-        msg.headers = tuple(fields)
-        if i == 0:
-            msg.method = m.group(1)
-            msg.target = m.group(2)
-            msg.version = "1.1" if m.group(3) == "1" else "1.0"
-            self._request_head(d, msg, ts)
-        else:
-            msg.version = "1.1" if m.group(1) == "1" else "1.0"
-            msg.status = int(m.group(2))
-            reason = m.group(3)
-            msg.reason = reason if reason is not None else ""
-            self._response_head(d, msg, ts)
-        return True
 
     @staticmethod
     def _feed_parser(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,

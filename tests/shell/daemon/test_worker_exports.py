@@ -63,7 +63,9 @@ class NoParentExport(Daemon):
 
 def test_workers_write_the_one_output_file_and_no_call_reaches_the_parent(tmp_path: Path) -> None:
     out = tmp_path / "calls.jsonl"
-    d = NoParentExport(config(**{"capture.pcap": SAMPLE, "output.jsonl": str(out)}), preload=load_preload([KEYLOG]))
+    # (the live inventory, on by default, is the one consumer of calls in the parent: off here)
+    d = NoParentExport(config(**{"capture.pcap": SAMPLE, "output.jsonl": str(out), "inventory.enabled": False}),
+                       preload=load_preload([KEYLOG]))
     Running(d).join(60)
     assert NoParentExport.through_parent == 0 and d.exporters == []
     got = _records(out)

@@ -1,5 +1,6 @@
-"""Two sensors' fabric links against a real redis-server: secrets cross, own ones are ignored, bad entries
-are counted, and a Redis that goes away or hangs costs errors and a resynchronisation, never a secret."""
+"""Two sensors' fabric links against a real redis-server: secrets and handshake facts cross, own ones are
+ignored, bad entries are counted, and a Redis that goes away or hangs costs errors and a resynchronisation,
+never a secret."""
 
 from __future__ import annotations
 
@@ -16,21 +17,43 @@ from tests.support.redis import RedisServer
 from tlsmirror.keys.events import CLIENT_RANDOM, Secret
 from tlsmirror.shell.fabric.client import Fabric
 from tlsmirror.shell.fabric.connect import FabricSettings
-from tlsmirror.shell.fabric.entries import CHANNEL, SENSOR_PREFIX, encode_message, secret_key, secret_line
+from tlsmirror.shell.fabric.entries import (
+    CHANNEL,
+    FACTS,
+    SENSOR_PREFIX,
+    encode_message,
+    facts_key,
+    facts_line,
+    flow_key,
+    secret_key,
+    secret_line,
+)
+from tlsmirror.tls.events import HandshakeFacts
 
 
 def _secrets(n: int) -> list[Secret]:
     return [Secret(CLIENT_RANDOM, os.urandom(32), os.urandom(48)) for _ in range(n)]
 
 
+def _facts(n: int, port: int = 40000, ts: float = 1000.0) -> list[HandshakeFacts]:
+    return [HandshakeFacts(bytes([10, 0, 0, 1]), port + i, bytes([10, 0, 0, 2]), 443, os.urandom(32), os.urandom(32),
+                           0x0303 if i % 2 else 0x0304, 0xC02F if i % 2 else 0x1301, True, False, None, ts + i)
+            for i in range(n)]
+
+
 class Sink:
     def __init__(self) -> None:
         self.got: list[Secret] = []
+        self.facts: list[HandshakeFacts] = []
         self.lock = threading.Lock()
 
     def __call__(self, secrets: list[Secret]) -> None:
         with self.lock:
             self.got.extend(secrets)
+
+    def take_facts(self, facts: list[HandshakeFacts]) -> None:
+        with self.lock:
+            self.facts.extend(facts)
 
     def keys(self) -> set[bytes]:
         with self.lock:
@@ -51,10 +74,11 @@ def fabrics(redis_server: RedisServer) -> Iterator[Callable[..., tuple[Fabric, S
     made: list[Fabric] = []
 
     def make(name: str, *, ttl: float = 60.0, timeout: float = 1.0, start: bool = True,
-             password: str | None = None) -> tuple[Fabric, Sink]:
+             password: str | None = None, facts: bool = False) -> tuple[Fabric, Sink]:
         sink = Sink()
         f = Fabric(FabricSettings(url=redis_server.url, sensor_id=name, key_ttl=ttl, timeout=timeout,
-                                  password=password), sink, log_every=0)
+                                  password=password), sink, deliver_facts=sink.take_facts if facts else None,
+                   log_every=0)
         made.append(f)
         if start:
             f.start(5.0)
@@ -189,3 +213,77 @@ def test_password_from_settings_and_a_wrong_one_is_an_error_without_the_password
         assert "password=" not in repr(good.settings)
     finally:
         server.stop()
+
+
+def test_handshake_facts_cross_with_their_index_entries_and_ttl(
+        redis_server: RedisServer, fabrics: Callable[..., tuple[Fabric, Sink]]) -> None:
+    a, got_a = fabrics("sensor-a", ttl=120.0, facts=True)
+    b, got_b = fabrics("sensor-b", facts=True)
+    old, _ = fabrics("sensor-v1")  # a sensor that takes no facts: ignores them, counts nothing
+    facts = _facts(600)  # more than one batch
+    secrets = _secrets(3)
+    a.publish_facts(facts)
+    a.publish(secrets)
+    _wait(lambda: len(got_b.facts) == 600 and len(got_b.got) == 3, 20, "sensor b to receive the facts")
+    assert set(got_b.facts) == set(facts) and got_b.got == secrets
+    time.sleep(0.3)
+    assert got_a.facts == [] and got_a.got == []  # its own publications are ignored
+    r = redis_server.client()
+    f = facts[0]
+    assert r.get(facts_key(f)) == facts_line(f).encode()
+    assert r.get(flow_key(f)) == f.client_random.hex().encode()
+    assert 110 <= r.ttl(facts_key(f)) <= 120 and 110 <= r.ttl(flow_key(f)) <= 120
+    sa, sb = a.snapshot(), b.snapshot()
+    assert (sa["facts_out"], sa["secrets_out"], sa["facts_in"]) == (600, 3, 0)
+    assert (sb["facts_in"], sb["facts_out"], sb["bad_entries"]) == (600, 0, 0)
+    assert old.snapshot()["bad_entries"] == 0 and old.snapshot()["facts_in"] == 0
+    b.publish_facts(facts[:5])  # known already everywhere: delivered nowhere twice
+    time.sleep(0.5)
+    assert len(got_b.facts) == 600 and got_a.facts == []
+    r.publish(CHANNEL, encode_message(FACTS, "sensor-x", ["{not json", facts_line(_facts(1, port=50000)[0])]))
+    _wait(lambda: len(got_b.facts) == 601, 10, "the good line of the message")
+    assert b.snapshot()["bad_entries"] == 1 and old.snapshot()["bad_entries"] == 0
+
+
+def test_a_standby_loads_the_facts_before_start_returns_newest_connection_of_a_4_tuple_last(
+        redis_server: RedisServer, fabrics: Callable[..., tuple[Fabric, Sink]]) -> None:
+    a, _ = fabrics("sensor-a", facts=True)
+    facts = _facts(1500)  # several SCAN pages
+    # the same 4-tuple again, a newer connection (its ts says it is older: the index entry decides)
+    again = HandshakeFacts(facts[7].client_addr, facts[7].client_port, facts[7].server_addr, facts[7].server_port,
+                           os.urandom(32), os.urandom(32), 0x0303, 0xC02F, True, False, None, 1.0)
+    a.publish_facts(facts)
+    a.publish_facts([again])
+    r = redis_server.client()
+    _wait(lambda: a.snapshot()["facts_out"] == 1501, 20, "the facts in Redis")
+    assert r.get(flow_key(again)) == again.client_random.hex().encode()
+    pipe = r.pipeline()
+    pipe.set("tlsmirror:facts:" + "00" * 32, facts_line(facts[0]))  # key of another client random
+    pipe.set("tlsmirror:facts:" + "11" * 32, "{}")
+    pipe.set("tlsmirror:flow:junk", "zz")  # an index entry that names nothing: harmless
+    pipe.execute()
+    a.stop()
+    b, got_b = fabrics("sensor-b", facts=True)
+    assert b.loaded
+    assert len(got_b.facts) == 1501 and set(got_b.facts) == set(facts) | {again}  # there when start() returned
+    order = {f.client_random: i for i, f in enumerate(got_b.facts)}
+    assert order[again.client_random] > order[facts[7].client_random]
+    st = b.snapshot()
+    assert st["bad_entries"] == 2 and st["snapshot_facts"] == 1501 and st["facts_in"] == 1501
+
+
+def test_facts_queued_while_redis_is_down_are_published_when_it_is_back(
+        redis_server: RedisServer, fabrics: Callable[..., tuple[Fabric, Sink]]) -> None:
+    a, _ = fabrics("sensor-a", facts=True)
+    _b, got_b = fabrics("sensor-b", facts=True)
+    before = _facts(4)
+    a.publish_facts(before)
+    _wait(lambda: len(got_b.facts) == 4, 10, "the first facts")
+    redis_server.stop()
+    during = _facts(6, port=41000)
+    a.publish_facts(during)
+    _wait(lambda: a.snapshot()["errors"] >= 1, 15, "errors counted")
+    redis_server.start()
+    _wait(lambda: len(got_b.facts) == 10, 30, "the facts published while Redis was down")
+    r = redis_server.client()
+    assert all(r.exists(facts_key(f)) and r.exists(flow_key(f)) for f in before + during)  # written again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import pytest
@@ -14,14 +15,22 @@ from tlsmirror.keys.keylog import parse_keylog_line
 from tlsmirror.shell.errors import FabricEntryError
 from tlsmirror.shell.fabric.entries import (
     CHANNEL,
+    FACTS,
     SECRETS,
     decode_message,
     encode_message,
+    facts_key,
+    facts_line,
+    flow_key,
     parse_entry,
+    parse_facts_entry,
+    parse_facts_lines,
     parse_secret_lines,
     secret_key,
     secret_line,
 )
+from tlsmirror.shell.offline.facts import facts_from_dict, facts_to_dict
+from tlsmirror.tls.events import HandshakeFacts
 
 
 def _secret(label: str) -> Secret:
@@ -81,3 +90,54 @@ def test_fuzzed_values_under_a_real_key(label: str, value: bytes) -> None:
     s = _secret(label)
     with contextlib.suppress(FabricEntryError):
         assert parse_entry(secret_key(s), value) == s
+
+
+# ---------------------------------------------------------------------- handshake facts
+def _facts(v6: bool = False, version: int = 0x0303, suite: int = 0xC02F) -> HandshakeFacts:
+    if v6:
+        ca, sa = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002")
+    else:
+        ca, sa = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    return HandshakeFacts(ca, 40001, sa, 443, os.urandom(32), os.urandom(32), version, suite, True, False,
+                          "http/1.1", 1714564800.25)
+
+
+def test_facts_round_trip_through_key_value_and_message_lines_with_the_files_codec() -> None:
+    f12, f13, f6 = _facts(), _facts(version=0x0304, suite=0x1301), _facts(v6=True)
+    for f in (f12, f13, f6):
+        key, line = facts_key(f), facts_line(f)
+        assert key == f"tlsmirror:facts:{f.client_random.hex()}"
+        assert json.loads(line) == facts_to_dict(f)  # the --facts-out object: one codec for both
+        assert facts_from_dict(json.loads(line)) == f
+        assert parse_facts_entry(key.encode(), line.encode()) == f
+        assert line.isascii() and "\n" not in line
+    assert flow_key(f12) == "tlsmirror:flow:10.0.0.1:40001:10.0.0.2:443"
+    assert flow_key(f6) == "tlsmirror:flow:[2001:db8::1]:40001:[2001:db8::2]:443"
+    m = decode_message(encode_message(FACTS, "sensor-a", [facts_line(f12), "{\"nope\": 1}", "", facts_line(f13)]))
+    assert (m.kind, m.sender) == (FACTS, "sensor-a")
+    assert parse_facts_lines(m.body) == ([f12, f13], 1)
+
+
+def test_a_facts_value_that_does_not_match_its_key_or_parse_is_refused() -> None:
+    a, b = _facts(), _facts()
+    with pytest.raises(FabricEntryError, match="does not match"):
+        parse_facts_entry(facts_key(a), facts_line(b))
+    bad_suite = facts_line(a).replace("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_NOPE")
+    for key, value in ((facts_key(a), "not json"), (facts_key(a), "[1, 2]"), (facts_key(a), bad_suite),
+                       (facts_key(a), b"\xff"), (secret_key(_secret(CLIENT_RANDOM)), facts_line(a))):
+        with pytest.raises(FabricEntryError) as err:
+            parse_facts_entry(key, value)
+        assert a.server_random.hex() not in str(err.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzzed_facts_entries_and_lines_only_raise_the_entry_error(value: bytes) -> None:
+    f = _facts()
+    with contextlib.suppress(FabricEntryError):
+        parse_facts_entry(facts_key(f), value)
+    text = value.decode("latin-1")
+    with contextlib.suppress(FabricEntryError):
+        parse_facts_entry(facts_key(f), facts_line(f)[:len(text)] + text)
+    parse_facts_lines(text)
+    parse_facts_lines(facts_line(f).replace("443", text.replace("\n", "")))

@@ -1,10 +1,11 @@
 """The messages between the daemon's processes, one slotted class each (pickled across the boundary).
 
-Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`Reopen`, :class:`StopRequest`.
-Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`, :class:`CallBatch` (only when the
-exporters are the parent's), :class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`,
-:class:`WorkerFailed`. Readers dispatch on ``type(msg) is X``. Frames never cross: live, each worker has
-its sockets; with a capture file, each worker reads its flow share of it (:mod:`.pcapfeed`).
+Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`FactsGiven`, :class:`Reopen`,
+:class:`StopRequest`. Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`,
+:class:`CallBatch` (only when the exporters are the parent's), :class:`FactsSeen` (only with the key fabric),
+:class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`, :class:`WorkerFailed`. Readers dispatch on
+``type(msg) is X``. Frames never cross: live, each worker has its sockets; with a capture file, each worker
+reads its flow share of it (:mod:`.pcapfeed`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 from ...calls import ApiCall
 from ...keys.events import Secret
+from ...tls.events import HandshakeFacts
+
+FactsRow = tuple[bytes, int, bytes, int, bytes, bytes, int, int, bool, bool, "str | None", float]
 
 
 @dataclass(slots=True)
@@ -21,6 +25,24 @@ class KeysGiven:
     """Secrets from the key listener: they take effect now (the worker's clock)."""
 
     secrets: list[Secret]
+
+
+def facts_rows(facts: list[HandshakeFacts]) -> list[FactsRow]:
+    """Facts as plain tuples to cross the process boundary (a compiled HandshakeFacts does not pickle)."""
+    return [(f.client_addr, f.client_port, f.server_addr, f.server_port, f.client_random, f.server_random,
+             f.version, f.suite, f.extended_master_secret, f.encrypt_then_mac, f.alpn, f.ts) for f in facts]
+
+
+def facts_of(rows: list[FactsRow]) -> list[HandshakeFacts]:
+    return [HandshakeFacts(*r) for r in rows]
+
+
+@dataclass(slots=True)
+class FactsGiven:
+    """Handshake facts of connections another sensor saw (the key fabric): picked up from mid-stream here
+    (rows of :func:`facts_rows`)."""
+
+    facts: list[FactsRow]
 
 
 @dataclass(slots=True)
@@ -50,6 +72,15 @@ class CallBatch:
 
     worker: int
     calls: list[ApiCall]
+
+
+@dataclass(slots=True)
+class FactsSeen:
+    """The handshake facts of the connections whose handshakes the worker saw (for the key fabric; rows of
+    :func:`facts_rows`)."""
+
+    worker: int
+    facts: list[FactsRow]
 
 
 @dataclass(slots=True)
@@ -83,5 +114,5 @@ class WorkerFailed:
     message: str
 
 
-ToWorker = KeysGiven | Reopen | StopRequest
-FromWorker = WorkerReady | CallBatch | WorkerStats | CaptureRead | WorkerDone | WorkerFailed
+ToWorker = KeysGiven | FactsGiven | Reopen | StopRequest
+FromWorker = WorkerReady | CallBatch | FactsSeen | WorkerStats | CaptureRead | WorkerDone | WorkerFailed

@@ -266,17 +266,23 @@ def _fabric_metrics(f: dict[str, int]) -> Iterator[Metric]:
     fam.add_metric(["in"], f.get("secrets_in", 0))
     fam.add_metric(["out"], f.get("secrets_out", 0))
     yield fam
+    fam = CounterMetricFamily(P + "fabric_facts", "Connections' handshake facts through the key fabric: out, seen "
+                              "here and published; in, new facts taken from the other sensors", labels=["direction"])
+    fam.add_metric(["in"], f.get("facts_in", 0))
+    fam.add_metric(["out"], f.get("facts_out", 0))
+    yield fam
     for name, key, doc in (
             ("fabric_errors", "errors", "Fabric operations that failed: Redis unreachable, refusing, or slower "
                                         "than keys.fabric_timeout"),
-            ("fabric_bad_entries", "bad_entries", "Fabric entries and message lines skipped: not key log lines"),
+            ("fabric_bad_entries", "bad_entries", "Fabric entries and message lines skipped: not key log lines or "
+                                                  "handshake facts (of their key)"),
             ("fabric_reconnects", "reconnects", "Connections to the fabric made again after a failure"),
-            ("fabric_dropped", "dropped", "Secrets never published: the queue overflowed while the fabric was "
-                                          "unreachable")):
+            ("fabric_dropped", "dropped", "Secrets and facts never published: the queue overflowed while the "
+                                          "fabric was unreachable")):
         yield CounterMetricFamily(P + name, doc, value=f.get(key, 0))
     yield GaugeMetricFamily(P + "fabric_connected", "1 while the key fabric (Redis) is connected",
                             value=f.get("connected", 0))
-    yield GaugeMetricFamily(P + "fabric_pending", "Secrets waiting to be published to the fabric",
+    yield GaugeMetricFamily(P + "fabric_pending", "Secrets and facts waiting to be published to the fabric",
                             value=f.get("pending", 0))
 
 

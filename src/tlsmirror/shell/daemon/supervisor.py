@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from ...keys.events import Secret
+from ...tls.events import HandshakeFacts
 from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
@@ -44,6 +45,8 @@ from ..logs import get_logger
 from .messages import (
     CallBatch,
     CaptureRead,
+    FactsGiven,
+    FactsSeen,
     FromWorker,
     KeysGiven,
     Reopen,
@@ -52,6 +55,8 @@ from .messages import (
     WorkerFailed,
     WorkerReady,
     WorkerStats,
+    facts_of,
+    facts_rows,
 )
 from .metrics import MetricsServer, MetricsState, make_registry
 from .outputs import jsonl_path, stats_of
@@ -109,6 +114,8 @@ class Daemon:
         self._pending_restart: dict[int, float] = {}
         self._replay: collections.deque[Secret] = collections.deque(maxlen=cfg.keys.replay or None)
         self._replay_lock = threading.Lock()
+        # with the key fabric: the handshake facts seen and taken in, for a restarted worker's pickup
+        self._facts: collections.deque[HandshakeFacts] = collections.deque(maxlen=cfg.keys.replay or None)
         lossless = self.mode == "pcap"
         self.lossless = lossless
         self._export_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.output.queue_size)
@@ -209,7 +216,8 @@ class Daemon:
         if self.cfg.keys.fabric and self.fabric is None:  # the fabric's secrets first, then ready
             from ..fabric.client import join_fabric
 
-            self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload)
+            self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload,
+                                      self._on_facts)
             self.state.fabric = self.fabric.snapshot
         if self.cfg.keys.enabled and self.keyserver is None:
             self._start_keyserver()
@@ -281,6 +289,7 @@ class Daemon:
             pcap=cfg.capture.pcap, pcap_speed=cfg.capture.pcap_speed,
             resume=self._positions.get(index, 0) if self.mode == "pcap" else 0,
             config=cfg if self.worker_exporters else None, drain_timeout=cfg.output.drain_timeout,
+            share_facts=bool(cfg.keys.fabric),
             # default, live capture: a 16 MiB ring absorbs the parent's pauses (calls are dropped when
             # it is full); a capture file waits instead of dropping, so a small ring keeps the pipe
             # busy and a backlog does not sit in the workers' memory
@@ -296,6 +305,10 @@ class Daemon:
                            name=f"tlsmirror-worker{index}", daemon=True)
         proc.start()
         w.close()  # the worker holds the only write end: its death shows as EOF here
+        with self._replay_lock:
+            facts = list(self._facts)
+        if facts:  # a restarted worker picks its connections up again from the facts known here
+            ctl.put(FactsGiven(facts_rows(facts)))
         h = _Handle(index, proc, ctl, r, time.monotonic())
         self.state.alive[index] = True
         return h
@@ -366,6 +379,18 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     h.ctl.put(msg)
         self.state.counters["keys_to_workers"] += len(secrets)
+
+    def _on_facts(self, facts: list[HandshakeFacts]) -> None:
+        """Other sensors' handshake facts (the fabric's thread): to every worker, for mid-stream pickup."""
+        with self._replay_lock:
+            self._facts.extend(facts)
+        msg = FactsGiven(facts_rows(facts))
+        with self._handles_lock:
+            handles = list(self.handles)
+        for h in handles:
+            if not h.done:
+                with contextlib.suppress(Exception):
+                    h.ctl.put(msg)
 
     # ------------------------------------------------------------------ exporters
     def _export_loop(self) -> None:
@@ -468,6 +493,12 @@ class Daemon:
     def _message(self, h: _Handle, msg: FromWorker) -> None:
         if type(msg) is CallBatch:
             self._export(msg.calls)
+        elif type(msg) is FactsSeen:
+            facts = facts_of(msg.facts)
+            with self._replay_lock:
+                self._facts.extend(facts)
+            if self.fabric is not None:
+                self.fabric.publish_facts(facts)
         elif type(msg) is WorkerStats:
             self.state.update(h.index, msg.stats)
             if self.mode == "pcap":

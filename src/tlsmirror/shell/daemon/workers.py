@@ -11,15 +11,18 @@ the parent. It sends the parent
 - :class:`~.messages.CaptureRead` at the end of a capture file, :class:`~.messages.WorkerDone` after
   ``engine.finish()`` and the exporters' flush on stop, :class:`~.messages.WorkerFailed` on a start-up
   error,
+- :class:`~.messages.FactsSeen` with the key fabric (``WorkerSpec.share_facts``): the handshake facts of
+  the connections whose handshakes it saw, a batch per timer tick, for the parent to publish,
 - :class:`~.messages.CallBatch` only when the exporters are the parent's (``WorkerSpec.config`` is None:
   exporters given to :class:`~.supervisor.Daemon`), through a bounded outbox (pickled at once into a fixed
   ring of ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted,
   capture never waits; in lossless mode, used for capture files, it waits instead).
 
-Secrets and commands reach it on its control queue (:class:`~.messages.KeysGiven`,
-:class:`~.messages.Reopen`, :class:`~.messages.StopRequest`); every message is one of the classes of
-:mod:`.messages`. Results travel over a pipe whose only writer is the worker (a killed worker cannot leave
-a lock held for anyone else; the JSON lines file's ``flock`` dies with it too).
+Secrets, other sensors' handshake facts and commands reach it on its control queue
+(:class:`~.messages.KeysGiven`, :class:`~.messages.FactsGiven`, :class:`~.messages.Reopen`,
+:class:`~.messages.StopRequest`); every message is one of the classes of :mod:`.messages`. Results travel
+over a pipe whose only writer is the worker (a killed worker cannot leave a lock held for anyone else; the
+JSON lines file's ``flock`` dies with it too).
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from typing import Any
 from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
 from ...pipeline import Engine, EngineConfig
-from ...tls.events import DECRYPTED, OUTCOMES, TlsOutcome
+from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, TlsOutcome
 from ..logs import get_logger
 from .messages import (
     CallBatch,
     CaptureRead,
+    FactsGiven,
+    FactsSeen,
     KeysGiven,
     Reopen,
     StopRequest,
@@ -54,6 +59,8 @@ from .messages import (
     WorkerFailed,
     WorkerReady,
     WorkerStats,
+    facts_of,
+    facts_rows,
 )
 
 log = get_logger("worker")
@@ -122,6 +129,7 @@ class WorkerSpec:
     resume: int = 0  # file position up to which a predecessor exported: read again silently
     config: Any = None  # the Config its exporters are built from; None: calls go to the parent
     drain_timeout: float = 30.0
+    share_facts: bool = False  # the key fabric is on: send the parent the handshake facts seen (FactsSeen)
 
 
 class MessageBuffer:
@@ -335,6 +343,7 @@ class Worker:
         self.stop = False
         self.eof = spec.mode != "pcap"
         self.calls: list[ApiCall] = []
+        self.facts: list[HandshakeFacts] = []  # seen since the last FactsSeen (share_facts)
         self.packets = 0
         self.bytes = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
@@ -384,6 +393,14 @@ class Worker:
                              extra={"outcome": ev.outcome})
             elif cls is HttpIssue:
                 self.http_issues += 1
+            elif cls is HandshakeFacts and self.spec.share_facts and not self.silent:
+                self.facts.append(ev)
+
+    def flush_facts(self) -> None:
+        """The facts seen to the parent (the key fabric); an outbox that stays full loses them."""
+        if self.facts:
+            batch, self.facts = self.facts, []
+            self.out.put(FactsSeen(self.spec.index, facts_rows(batch)), block=True, timeout=0.2)
 
     def flush_calls(self) -> None:
         if not self.calls:
@@ -459,6 +476,8 @@ class Worker:
     def control(self, msg: Any) -> None:
         if type(msg) is KeysGiven:
             self.secrets(msg.secrets)
+        elif type(msg) is FactsGiven:
+            self.engine.add_facts(facts_of(msg.facts))
         elif type(msg) is StopRequest:
             self.stop = True
             self.deadline = msg.deadline
@@ -480,6 +499,8 @@ class Worker:
                 if self.engine.keys.ttl:
                     self.engine.keys.expire(now)
         due = force_stats or mono >= self._next_stats
+        if self.facts:
+            self.flush_facts()
         share = self.share
         if share is None:  # live: calls out at once, stats every stats_interval
             self.flush_calls()
@@ -537,6 +558,7 @@ class Worker:
             return
         self.handle(self.engine.finish())
         self.flush_calls()
+        self.flush_facts()
         deadline = self.deadline or time.monotonic() + self.spec.drain_timeout
         for ex in self.exporters:
             close_within(ex, deadline - time.monotonic() - 0.5)  # the rest: stats, done, exit

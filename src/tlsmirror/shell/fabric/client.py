@@ -1,14 +1,18 @@
-"""The sensor's side of the fabric: publish the secrets it is given, take in the others', keep going.
+"""The sensor's side of the fabric: publish the secrets and handshake facts it is given, take in the
+others', keep going.
 
 A :class:`Fabric` runs an asyncio loop in a thread of the daemon's parent process. It
 
 - writes each secret it is given (key listener, key log files) as an entry with a TTL of
-  ``engine.key_ttl`` and publishes it on the channel, in batches;
+  ``engine.key_ttl`` and publishes it on the channel, in batches; the same for the handshake facts of
+  the connections its workers saw (an entry per client random, the 4-tuple index entry), so a sensor
+  that takes over decrypts those connections from mid-stream;
 - subscribes to the channel and, once subscribed, reads every entry already there (the snapshot), so no
   secret published meanwhile is missed; the daemon reports ready only after that first snapshot (or after
   ``keys.fabric_timeout`` when the fabric cannot be reached);
-- hands every secret it has not seen yet to ``deliver`` (the daemon's path to its workers), ignoring its
-  own publications (by sensor id) and skipping and counting entries that do not parse;
+- hands every secret it has not seen yet to ``deliver`` (the daemon's path to its workers), and every
+  connection's facts to ``deliver_facts``, ignoring its own publications (by sensor id) and skipping
+  and counting entries that do not parse;
 - when Redis goes away or stops answering within ``keys.fabric_timeout``: counts the error, logs it
   (rate-limited), keeps what it was given to publish (bounded: the oldest are dropped and counted),
   reconnects with exponential backoff and then resynchronises: the snapshot again, its own recent secrets
@@ -26,22 +30,31 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ...keys.events import Secret
+from ...tls.events import HandshakeFacts
 from ..config import Config
 from ..errors import FabricEntryError
 from ..logs import RateLimit, get_logger
 from .connect import FabricSettings, make_client
 from .entries import (
     CHANNEL,
+    FACTS,
+    FACTS_PATTERN,
+    FLOW_PATTERN,
     SECRET_PATTERN,
     SECRETS,
     SENSOR_PREFIX,
     decode_message,
     encode_message,
+    facts_key,
+    facts_line,
+    flow_key,
     parse_entry,
+    parse_facts_entry,
+    parse_facts_lines,
     parse_secret_lines,
     secret_key,
     secret_line,
@@ -50,30 +63,50 @@ from .entries import (
 log = get_logger("fabric")
 
 STATS = ("secrets_out", "secrets_in", "snapshot_entries", "bad_entries", "errors", "reconnects", "dropped",
-         "messages_in")
-BATCH = 512  # secrets per write (one pipeline: SET each, one PUBLISH)
+         "messages_in", "facts_out", "facts_in", "snapshot_facts")
+BATCH = 512  # secrets or facts per write (one pipeline: SET each, one PUBLISH per kind)
 SCAN_COUNT = 1000
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 BEAT = 5.0  # seconds between presence refreshes (they also find a Redis that stopped answering)
 PRESENCE_TTL = 30
 
+Item = Secret | HandshakeFacts  # what the fabric carries: a secret, or a connection's handshake facts
+
+
+def _seen_key(item: Item) -> int:
+    if type(item) is Secret:
+        return hash((item.label, item.ident))
+    assert type(item) is HandshakeFacts
+    return hash((FACTS, item.client_random))
+
+
+def _entries(item: Item) -> list[tuple[str, str]]:
+    """The Redis entries (key, value) of an item: one for a secret, the facts and the 4-tuple's index."""
+    if type(item) is Secret:
+        return [(secret_key(item), secret_line(item))]
+    assert type(item) is HandshakeFacts
+    return [(facts_key(item), facts_line(item)), (flow_key(item), item.client_random.hex())]
+
 
 class Fabric:
     """One sensor's link to the fabric. :meth:`publish` and :meth:`snapshot` are thread-safe."""
 
     def __init__(self, settings: FabricSettings, deliver: Callable[[list[Secret]], None], *,
+                 deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None,
                  max_pending: int = 100_000, max_seen: int = 200_000, log_every: float = 10.0) -> None:
         self.settings = settings
         self.deliver = deliver
+        self.deliver_facts = deliver_facts  # None: facts from the fabric are not read (nor counted)
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self.connected = False
         self.max_pending = max_pending
         self.max_seen = max_seen
-        self._pending: collections.deque[Secret] = collections.deque()
-        self._recent: collections.deque[tuple[float, Secret]] = collections.deque(maxlen=max_pending)
-        # hash of (label, ident) -> when it expires (monotonic): the secrets delivered or published (a hash
-        # keeps 200,000 of them in ~20 MB; a collision, about 1e-9 at that size, would only skip one secret)
+        self._pending: collections.deque[Item] = collections.deque()
+        self._recent: collections.deque[tuple[float, Item]] = collections.deque(maxlen=max_pending)
+        # hash of (label, ident) or ("facts", client random) -> when it expires (monotonic): the secrets and
+        # facts delivered or published (a hash keeps 200,000 of them in ~20 MB; a collision, about 1e-9 at
+        # that size, would only skip one)
         self._seen: dict[int, float] = {}
         self._lock = threading.Lock()
         self._limit = RateLimit(1.0 / log_every if log_every > 0 else 0.0, 1.0)
@@ -86,13 +119,19 @@ class Fabric:
         self.loaded = False
 
     @classmethod
-    def from_config(cls, cfg: Config, deliver: Callable[[list[Secret]], None]) -> Fabric:
-        return cls(FabricSettings.from_config(cfg), deliver, max_pending=max(1000, cfg.keys.replay or 0))
+    def from_config(cls, cfg: Config, deliver: Callable[[list[Secret]], None],
+                    deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None) -> Fabric:
+        return cls(FabricSettings.from_config(cfg), deliver, deliver_facts=deliver_facts,
+                   max_pending=max(1000, cfg.keys.replay or 0))
 
     # ------------------------------------------------------------------ any thread
     def start(self, wait: float | None = None) -> bool:
         """Start the loop (once); wait (default ``timeout``) for the first snapshot. True once it was loaded."""
         if self._thread is None:
+            # imported here, before the wait: the wait is for Redis (on a loaded host, importing the client
+            # library alone took 2.6 s of wall clock, 0.6 s of CPU)
+            import redis.asyncio  # noqa: F401
+
             self._thread = threading.Thread(target=self._thread_main, name="fabric", daemon=True)
             self._thread.start()
         self._first.wait(self.settings.timeout if wait is None else wait)
@@ -100,13 +139,20 @@ class Fabric:
 
     def publish(self, secrets: list[Secret]) -> None:
         """Queue *secrets* to be written and published (the oldest queued are dropped beyond the bound)."""
-        if not secrets:
+        self._queue(secrets)
+
+    def publish_facts(self, facts: list[HandshakeFacts]) -> None:
+        """Queue the handshake facts of connections seen here, like :meth:`publish`."""
+        self._queue(facts)
+
+    def _queue(self, items: list[Secret] | list[HandshakeFacts]) -> None:
+        if not items:
             return
         expiry = time.monotonic() + self.settings.key_ttl
         with self._lock:
-            for s in secrets:
-                self._seen[hash((s.label, s.ident))] = expiry
-            self._pending.extend(secrets)
+            for s in items:
+                self._seen[_seen_key(s)] = expiry
+            self._pending.extend(items)
             over = len(self._pending) - self.max_pending
             for _ in range(max(0, over)):
                 self._pending.popleft()
@@ -118,8 +164,8 @@ class Fabric:
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 loop.call_soon_threadsafe(wake.set)
         if over > 0:
-            self._warn("queue", "%d secrets not published: the fabric is unreachable and the queue is full",
-                       over)
+            self._warn("queue", "%d secrets or facts not published: the fabric is unreachable and the queue "
+                       "is full", over)
 
     def snapshot(self) -> dict[str, int]:
         """Counters and the ``connected`` gauge (for /metrics)."""
@@ -169,14 +215,14 @@ class Fabric:
         self._warn("error", "%s: %s (%s); decrypting with the secrets held, reconnecting", where, text,
                    self.settings.where)
 
-    def _take_new(self, secrets: list[Secret]) -> list[Secret]:
-        """The secrets not delivered nor published yet (and remember them)."""
+    def _take_new(self, items: list[Any]) -> list[Any]:
+        """The secrets (or facts) not delivered nor published yet (and remember them)."""
         now = time.monotonic()
         expiry = now + self.settings.key_ttl
         new = []
         with self._lock:
-            for s in secrets:
-                k = hash((s.label, s.ident))
+            for s in items:
+                k = _seen_key(s)
                 t = self._seen.get(k)
                 if t is not None and t > now:
                     continue
@@ -195,6 +241,19 @@ class Fabric:
             self.deliver(new)
         except Exception as exc:  # the daemon's side must not stop the fabric
             self._warn("deliver", "handing %d secrets on failed: %s", len(new), exc)
+
+    def _give_facts(self, facts: list[HandshakeFacts]) -> None:
+        if self.deliver_facts is None:
+            return
+        new = self._take_new(facts)
+        if not new:
+            return
+        with self._lock:
+            self.stats["facts_in"] += len(new)
+        try:
+            self.deliver_facts(new)
+        except Exception as exc:  # the daemon's side must not stop the fabric
+            self._warn("deliver", "handing the facts of %d connections on failed: %s", len(new), exc)
 
     def _bad(self, n: int, why: str) -> None:
         if n <= 0:
@@ -275,8 +334,50 @@ class Fabric:
             for i in range(0, len(recent), BATCH):
                 pipe = client.pipeline(transaction=False)
                 for left, s in recent[i:i + BATCH]:
-                    pipe.set(secret_key(s), secret_line(s), px=int(left * 1000))
+                    for key, value in _entries(s):
+                        pipe.set(key, value, px=int(left * 1000))
                 await self._with_timeout(pipe.execute())
+        await self._load_secrets(client)
+        if self.deliver_facts is not None:
+            await self._load_facts(client)
+
+    async def _scan(self, client: Any, pattern: str) -> AsyncIterator[tuple[list[Any], list[Any]]]:
+        """(keys, values) of every entry matching *pattern*, a SCAN page at a time."""
+        cursor = 0
+        while True:
+            cursor, keys = await self._with_timeout(client.scan(cursor, match=pattern, count=SCAN_COUNT))
+            if keys:
+                yield keys, await self._with_timeout(client.mget(keys))
+            if not cursor:
+                return
+
+    async def _load_facts(self, client: Any) -> None:
+        """The facts entries, handed on oldest first; where two connections' facts share a 4-tuple, the
+        one its index entry names last (it is the newer connection)."""
+        current: set[bytes] = set()
+        async for _keys, values in self._scan(client, FLOW_PATTERN):
+            for v in values:
+                if v is not None:
+                    with contextlib.suppress(ValueError, TypeError):
+                        current.add(bytes.fromhex(v.decode("ascii") if isinstance(v, bytes) else v))
+        found: list[HandshakeFacts] = []
+        bad = 0
+        async for keys, values in self._scan(client, FACTS_PATTERN):
+            for k, v in zip(keys, values, strict=True):
+                if v is None:  # expired between SCAN and MGET
+                    continue
+                try:
+                    found.append(parse_facts_entry(k, v))
+                except FabricEntryError:
+                    bad += 1
+        found.sort(key=lambda f: (f.client_random in current, f.ts))
+        with self._lock:
+            self.stats["snapshot_facts"] += len(found)
+        self._bad(bad, "facts entries in the fabric that do not parse or do not match their key")
+        for i in range(0, len(found), BATCH * 8):
+            self._give_facts(found[i:i + BATCH * 8])
+
+    async def _load_secrets(self, client: Any) -> None:
         cursor = 0
         while True:
             cursor, keys = await self._with_timeout(client.scan(cursor, match=SECRET_PATTERN, count=SCAN_COUNT))
@@ -330,26 +431,40 @@ class Fabric:
         except FabricEntryError as exc:
             self._bad(1, f"a message on {CHANNEL}: {exc}")
             return
-        if m.sender == self.settings.sensor_id or m.kind != SECRETS:
-            return  # our own, or a kind this version does not use (docs/fabric.md)
+        if m.sender == self.settings.sensor_id:
+            return  # our own
+        if m.kind == FACTS and self.deliver_facts is not None:
+            with self._lock:
+                self.stats["messages_in"] += 1
+            facts, bad = parse_facts_lines(m.body)
+            self._bad(bad, f"lines of a message from {m.sender} are not handshake facts")
+            self._give_facts(facts)
+            return
+        if m.kind != SECRETS:
+            return  # a kind this version does not use (docs/fabric.md)
         with self._lock:
             self.stats["messages_in"] += 1
         secrets, bad = parse_secret_lines(m.body)
         self._bad(bad, f"lines of a message from {m.sender} are not key log lines")
         self._give(secrets)
 
-    def _take_batch(self) -> list[Secret]:
+    def _take_batch(self) -> list[Item]:
         with self._lock:
             n = min(BATCH, len(self._pending))
             return [self._pending.popleft() for _ in range(n)]
 
-    async def _write(self, client: Any, batch: list[Secret]) -> None:
+    async def _write(self, client: Any, batch: list[Item]) -> None:
         ex = max(1, int(self.settings.key_ttl + 0.5))
-        lines = [secret_line(s) for s in batch]
+        lines: dict[str, list[str]] = {SECRETS: [], FACTS: []}
         pipe = client.pipeline(transaction=False)
-        for s, line in zip(batch, lines, strict=True):
-            pipe.set(secret_key(s), line, ex=ex)
-        pipe.publish(CHANNEL, encode_message(SECRETS, self.settings.sensor_id, lines))
+        for s in batch:
+            entries = _entries(s)
+            for key, value in entries:
+                pipe.set(key, value, ex=ex)
+            lines[SECRETS if type(s) is Secret else FACTS].append(entries[0][1])
+        for kind, body in lines.items():
+            if body:
+                pipe.publish(CHANNEL, encode_message(kind, self.settings.sensor_id, body))
         try:
             await self._with_timeout(pipe.execute())
         except BaseException:
@@ -358,7 +473,8 @@ class Fabric:
             raise
         expiry = time.monotonic() + self.settings.key_ttl
         with self._lock:
-            self.stats["secrets_out"] += len(batch)
+            self.stats["secrets_out"] += len(lines[SECRETS])
+            self.stats["facts_out"] += len(lines[FACTS])
             self._recent.extend((expiry, s) for s in batch)
 
     async def _pump(self, client: Any) -> None:
@@ -390,14 +506,16 @@ class Fabric:
                 await asyncio.wait_for(self._stop.wait(), BEAT)
 
 
-def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: list[Secret]) -> Fabric:
-    """The daemon's fabric: publish the key log files' secrets, load the others' (bounded wait), go on."""
-    fabric = Fabric.from_config(cfg, deliver)
+def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: list[Secret],
+                deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None) -> Fabric:
+    """The daemon's fabric: publish the key log files' secrets, load the others' secrets and facts
+    (bounded wait), go on."""
+    fabric = Fabric.from_config(cfg, deliver, deliver_facts)
     fabric.publish(preload)
     if fabric.start():
         st = fabric.snapshot()
-        log.info("fabric: %d secrets loaded from %s (%d entries), %d to publish", st["secrets_in"],
-                 fabric.settings.where, st["snapshot_entries"], len(preload))
+        log.info("fabric: %d secrets loaded from %s (%d entries), the facts of %d connections, %d to publish",
+                 st["secrets_in"], fabric.settings.where, st["snapshot_entries"], st["facts_in"], len(preload))
     elif fabric.connected:
         log.warning("fabric: %s is slow to give its snapshot; ready now, its secrets follow",
                     fabric.settings.where)

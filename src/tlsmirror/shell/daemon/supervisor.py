@@ -115,7 +115,7 @@ class Daemon:
         self._replay: collections.deque[Secret] = collections.deque(maxlen=cfg.keys.replay or None)
         self._replay_lock = threading.Lock()
         # with the key fabric: the handshake facts seen and taken in, for a restarted worker's pickup
-        self._facts: collections.deque[HandshakeFacts] = collections.deque(maxlen=cfg.keys.replay or None)
+        self._facts: collections.deque[HandshakeFacts] = collections.deque(maxlen=cfg.keys.replay)
         lossless = self.mode == "pcap"
         self.lossless = lossless
         self._export_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.output.queue_size)

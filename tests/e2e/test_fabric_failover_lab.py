@@ -131,3 +131,59 @@ def test_a_standby_takes_over_the_open_connections_of_a_killed_sensor(lab: Lab, 
     assert not any("-a-" in str(rec["target"]) for rec in out_b)  # B never saw A's requests
     versions = {str(rec["tls"]["version"]) + "/" + str(rec["tls"]["suite"]) for rec in out_b}  # type: ignore[index]
     assert len(versions) == 3, versions
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The sensor's worker processes (spawned children; not multiprocessing's resource tracker)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
+            out.append(int(pid))
+    return out
+
+
+def test_a_restarted_worker_picks_the_open_connections_up_again_from_the_facts(lab: Lab, tmp_path: Path) -> None:
+    """One sensor: its worker is killed while connections are open; the new worker never saw their
+    handshakes and decrypts their next requests from the facts the parent kept (and its secrets)."""
+    redis = RedisServer(tmp_path / "redis").start()
+    keylog = tmp_path / "keys.log"
+    s = LiveSensor(lab, "r", redis.url, keys=True)
+    conns: list[tuple[http.client.HTTPSConnection, int]] = []
+    try:
+        _wait_for(s.ready, 60, "the sensor ready on the fabric")
+        for version, cipher in KINDS:
+            conn, port = tls_client(lab, keylog, version=version, cipher=cipher)
+            conn.connect = lambda: None  # type: ignore[method-assign]
+            conns.append((conn, port))
+        s.send_keys(keylog.read_bytes())
+        for conn, port in conns:
+            _get(conn, f"/hello.txt?qid={TAG}-r-{port}-0", 200)
+        _wait_for(lambda: s.metric("exported") == len(conns) and s.metric("fabric_facts", direction="out")
+                  == len(conns), 60, "the first calls and the facts published")
+        (worker,) = _worker_pids(s.proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        _wait_for(lambda: s.metric("worker_restarts") == 1 and len(_worker_pids(s.proc.pid)) == 1
+                  and s.ready(), 60, "the worker restarted")
+        _wait_for(lambda: s.metric("memory_rss_bytes", process="worker0") > 0, 30, "the new worker's stats")
+        for conn, port in conns:
+            _get(conn, f"/hello.txt?qid={TAG}-r-{port}-1", 200)
+        _wait_for(lambda: s.metric("exported") >= 2 * len(conns), 60, "the calls after the restart",
+                  lambda: f"(exported {s.metric('exported')})")
+        time.sleep(0.5)
+        out = s.stop()
+    finally:
+        for conn, _port in conns:
+            conn.close()
+        s.kill()
+        redis.stop()
+    after = [r for r in out if str(r["target"]).endswith("-1")]
+    assert sorted(r["client"]["port"] for r in after) == sorted(p for _c, p in conns)  # type: ignore[index]
+    assert all(r["status"] == 200 and "picked_up" in r["flags"] for r in after)  # type: ignore[operator]

@@ -2,11 +2,11 @@
 
 :func:`install` writes an executable ``tmsh`` into a directory (put it first on PATH); it keeps the
 BIG-IP's objects in a JSON state file and exits 1, with a message on stderr, on what a real BIG-IP
-refuses: creating an object that exists, referring to one that does not (a pool member's node, a
-virtual server's pool or profiles, a profile's certificates, an iRule's sideband virtual server or
-pool, the rules and clone pools attached to a virtual server), a file that is not there, or a command
-it does not know. The API's virtual server (with two iRules of its own) and BIG-IP's built-in
-profiles and monitors exist from the start.
+refuses: creating an object that exists (or a second node for one address), referring to one that
+does not (a pool member's node, a virtual server's pool or profiles, a profile's certificates, an
+iRule's sideband virtual server or pool, the rules and clone pools attached to a virtual server), a
+file that is not there, or a command it does not know. The API's virtual server (with two iRules of
+its own) and BIG-IP's built-in profiles and monitors exist from the start.
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ def run(state: State, argv: list[str]) -> str:
     if w[:3] == ["create", "ltm", "node"]:
         if len(w) != 6 or w[4] != "address":
             raise Refused(f"syntax: {' '.join(w)}")
+        taken = [n for n, attrs in state["node"].items() if attrs["address"] == w[5] and n != w[3]]
+        if taken:  # BIG-IP keeps one node per address
+            raise Refused(f"01020066:3: The requested node address ({w[5]}) already exists: node {taken[0]}")
         _create(state, "node", w[3], {"address": w[5]})
     elif w[:3] == ["create", "ltm", "pool"]:
         name, rest = w[3], w[4:]

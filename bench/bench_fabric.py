@@ -18,6 +18,12 @@ parent, which reaps its workers), and for the fabric runs also redis-server's CP
 /proc/PID/stat); wall time is printed but means little on a loaded machine. Medians of the runs; the ratio
 fabric/no fabric of the sensor's CPU time is the figure (target: within 10%).
 --check: exit 1 unless that ratio is at most 1.10 and every run exported every call.
+
+CPU time moves by tens of percent between runs on a shared machine. ``--callgrind SLICE`` counts
+instructions instead, which do not move: each variant once on a slice of the capture (default
+bench/data/small.pcap, ``tcpdump -r CAP -c 12000 -w SLICE``) under ``valgrind --tool=callgrind``, every
+process of the sensor counted (parent and workers: one callgrind file each), with Python from
+``sys.executable`` (run the script with the real interpreter, not a pyenv shim).
 """
 
 from __future__ import annotations
@@ -37,7 +43,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_replay import tshark_exchanges
-from common import CONNS, REPO, REQS, Timing, print_table, require_capture, timed_run, tlsmirror_cmd, warm_bytecode
+from common import (
+    CONNS,
+    DATA,
+    REPO,
+    REQS,
+    Timing,
+    child_env,
+    print_table,
+    require_capture,
+    timed_run,
+    tlsmirror_cmd,
+    warm_bytecode,
+)
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -117,14 +135,68 @@ class Redis:
             self.proc.wait(5)
 
 
+def callgrind_instructions(cmd: list[str], outdir: Path) -> tuple[int, list[int], str]:
+    """Run ``cmd`` under callgrind; the instructions of all its processes, of each, and its stderr."""
+    outdir.mkdir(parents=True)
+    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+          f"--callgrind-out-file={outdir}/cg.%p.out"]
+    r = subprocess.run([*vg, *cmd], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       check=False)
+    counts = []
+    for f in sorted(outdir.glob("cg.*.out")):
+        m = re.search(r"^(?:summary|totals): (\d+)", f.read_text(errors="replace"), re.M)
+        if m:
+            counts.append(int(m.group(1)))
+    return sum(counts), counts, r.stderr.decode(errors="replace")
+
+
+def callgrind_main(a: argparse.Namespace, keylog: Path) -> int:
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed")
+    sl = Path(a.callgrind)
+    if not sl.exists():
+        sys.exit(f"{sl} not found: tcpdump -r bench/data/https-600x50.pcap -c 12000 -w {sl}")
+    tmp = Path(tempfile.mkdtemp(prefix="tlsmirror-bench-"))
+    redis = Redis(tmp)
+    base = [sys.executable, "-m", "tlsmirror", "run", "--pcap", str(sl), "--no-keys", "--no-metrics",
+            "-o", os.devnull, "--workers", str(a.workers), "--log-format", "text"]
+    cmds = {NO_FABRIC: [*base, "--keylog", str(keylog)],
+            FABRIC: [*base, "--set", f"keys.fabric={redis.url}", "--set", "keys.fabric_timeout=600"]}
+    warm_bytecode("replay")
+    totals: dict[str, int] = {}
+    rc = 0
+    try:
+        for i, (tool, cmd) in enumerate(cmds.items()):
+            if tool == FABRIC:
+                redis.seed(keylog, ttl=7200)
+            print("$ valgrind --tool=callgrind --trace-children=yes " + " ".join(cmd), flush=True)
+            total, each, err = callgrind_instructions(cmd, tmp / f"cg{i}")
+            m = re.search(r"stopped: .*", err)
+            print(f"  {tool}: {total / 1e6:,.1f} M instructions ({' + '.join(f'{c / 1e6:,.1f}' for c in each)} "
+                  f"M by process); {m.group(0) if m else 'no stop line: ' + err[-300:]}", flush=True)
+            if not m:
+                rc = 1
+            totals[tool] = total
+    finally:
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if totals.get(NO_FABRIC):
+        print(f"fabric / no fabric, instructions: {totals[FABRIC] / totals[NO_FABRIC]:.3f}")
+    return rc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="sensor workers (default 2)")
     ap.add_argument("--no-tshark", action="store_true", help="skip tshark")
     ap.add_argument("--check", action="store_true", help=f"exit 1 unless fabric/no fabric CPU <= {TARGET:g}")
+    ap.add_argument("--callgrind", nargs="?", const=str(DATA / "small.pcap"), metavar="SLICE",
+                    help="count instructions on a slice of the capture instead (default bench/data/small.pcap)")
     a = ap.parse_args()
     cap, keylog = require_capture()
+    if a.callgrind:
+        return callgrind_main(a, keylog)
     expected = CONNS * REQS
     tmp = Path(tempfile.mkdtemp(prefix="tlsmirror-bench-"))
     redis = Redis(tmp)

@@ -98,11 +98,28 @@ def run(state: State, argv: list[str]) -> str:
     elif w[:3] == ["create", "ltm", "pool"]:
         name, rest = w[3], w[4:]
         members: list[str] = []
+        priority: dict[str, int] = {}
         monitor = None
+        extra: dict[str, Any] = {}
         i = 0
         while i < len(rest):
             if rest[i:i + 2] == ["members", "add"]:
-                members, i = _braced(rest, i + 2)
+                inner, i = _braced(rest, i + 2)
+                j = 0
+                while j < len(inner):  # NAME:PORT, optionally followed by { priority-group N }
+                    members.append(inner[j])
+                    if inner[j + 1:j + 2] == ["{"]:
+                        attrs, j = _braced(inner, j + 1)
+                        if len(attrs) != 2 or attrs[0] != "priority-group" or not attrs[1].isdigit():
+                            raise Refused(f"syntax: member {members[-1]} {{ {' '.join(attrs)} }}")
+                        priority[members[-1]] = int(attrs[1])
+                    else:
+                        j += 1
+            elif rest[i] == "min-active-members":
+                if not rest[i + 1].isdigit():
+                    raise Refused(f"syntax: min-active-members {rest[i + 1]}")
+                extra["min-active-members"] = int(rest[i + 1])
+                i += 2
             elif rest[i] == "monitor":
                 monitor = rest[i + 1]
                 i += 2
@@ -112,7 +129,9 @@ def run(state: State, argv: list[str]) -> str:
             _need(state, "node", _node_of(m), f"pool {name} member {m}")
         if monitor:
             _need(state, "monitor", monitor, f"pool {name}")
-        _create(state, "pool", name, {"members": members, "monitor": monitor})
+        if priority:
+            extra["priority-groups"] = priority
+        _create(state, "pool", name, {"members": members, "monitor": monitor, **extra})
     elif w[:4] == ["create", "ltm", "profile", "server-ssl"]:
         name, rest = w[4], w[5:]
         attrs = dict(zip(rest[::2], rest[1::2], strict=True))

@@ -18,6 +18,8 @@ pool. The BIG-IP load balances both per connection: each client connection is cl
 and each session's keys reach one sensor (sideband: the internal virtual server's pool; hsl: the HSL
 pool), not necessarily the same one, so the sensors must share their secrets through the key fabric
 (``keys.fabric``). The script says so in a comment; it cannot check the sensors' configuration.
+With ``active_passive`` the members get priority groups (the first sensor highest, ``min-active-members
+1``): the BIG-IP sends everything to the first sensor while its members are up, then to the next.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class TmshOptions:
     rule_name: str = "tlsmirror_keys"
     clone_pool_name: str = "tlsmirror_clone_pool"
     clone: bool = True
+    # several sensors: the first is active, the others stand by (priority groups in both pools); without
+    # it, all are active (active-active, connections and keys spread over them)
+    active_passive: bool = False
     sensor_cert_file: str | None = None  # path on the BIG-IP of the listener's certificate or its CA
     client_cert_file: str | None = None  # paths on the BIG-IP of a client certificate/key (mTLS)
     client_key_file: str | None = None
@@ -162,6 +167,19 @@ def render_tmsh(o: TmshOptions) -> str:
     check_partition(o.partition)
     sensors = _sensors(o)
     several = len(sensors) > 1
+    if o.active_passive and not several:
+        raise F5ConfigError("active/passive needs at least two sensors (--sensor ACTIVE --sensor STANDBY)")
+    standby = o.active_passive
+    n = len(sensors)
+
+    def members(port: int, capture: bool) -> str:
+        out = []
+        for i, x in enumerate(sensors):
+            m = _member(x.capture_node, x.capture, port) if capture else _member(x.node, x.address, port)
+            out.append(f"{m} {{ priority-group {n - i} }}" if standby else m)
+        return " ".join(out)
+
+    pool_opts = " min-active-members 1" if standby else ""
     sideband_ip = _ip(o.sideband_destination, "the sideband virtual server's destination")
     p = o.partition
     pool = full_path(o.pool_name, p, "pool")
@@ -195,7 +213,13 @@ def render_tmsh(o: TmshOptions) -> str:
     add("# administrator, or type the tmsh lines one by one into tmsh (without the leading 'tmsh').")
     add("# Read docs/f5.md first. Nothing here changes traffic until the last step attaches the iRule")
     add(f"# and the clone pool to {virtual}.")
-    if several:
+    if standby:
+        add("#")
+        add(f"# Active/passive: {n} sensors in priority groups. The BIG-IP sends every connection and every")
+        add(f"# session's keys to the first sensor ({sensors[0].address}) while its members are up, and to the")
+        add("# next one when they are down. The key fabric is optional: with it (the same keys.fabric on")
+        add("# every sensor, docs/fabric.md) the standby already holds every secret when it takes over.")
+    elif several:
         add("#")
         add(f"# Active-active: {len(sensors)} sensors. The BIG-IP load balances per connection: each client")
         add("# connection is cloned to one sensor, and each session's keys go to one sensor of the key pool,")
@@ -211,15 +235,19 @@ def render_tmsh(o: TmshOptions) -> str:
     for x in sensors:
         add(f"tmsh create ltm node {x.node} address {x.address}")
     add("")
-    key_members = " ".join(_member(x.node, x.address, o.port) for x in sensors)
-    if several:
+    if standby:
+        add(f"# 2. The pool of the sensors' key listeners, TCP {o.port}, one member per sensor, in priority groups")
+        add("#    (the first sensor highest; min-active-members 1: only the highest group with a member up")
+        add("#    is used). The tcp monitor only opens and closes a connection; the listener counts it as a")
+        add("#    probe, not an error.")
+    elif several:
         add(f"# 2. The pool of the sensors' key listeners, TCP {o.port}, one member per sensor (round robin: any")
         add("#    member may receive any session's keys; the fabric hands them to the others). The tcp monitor")
         add("#    only opens and closes a connection; the listener counts it as a probe, not an error.")
     else:
         add(f"# 2. The pool of the sensor's key listener, TCP {o.port}. The tcp monitor only opens and closes a")
         add("#    connection; the listener counts it as a probe, not an error.")
-    add(f"tmsh create ltm pool {pool} members add {{ {key_members} }} monitor tcp")
+    add(f"tmsh create ltm pool {pool}{pool_opts} members add {{ {members(o.port, False)} }} monitor tcp")
     add("")
     if o.transport == "sideband":
         add("# 3. The server-ssl profile: the TLS client side of the sideband connections to the sensor.")
@@ -249,7 +277,9 @@ def render_tmsh(o: TmshOptions) -> str:
         add("#    VLAN (vlans-enabled with an empty list), so nothing outside the BIG-IP reaches it. Its")
         add("#    server-ssl profile wraps each connection in TLS; SNAT automap makes the sensor answer the")
         add("#    BIG-IP's self IP.")
-        if several:
+        if standby:
+            add("#    Its pool holds every sensor; the priority groups send the connections to the active one.")
+        elif several:
             add("#    Its pool holds every sensor: each connection (one per TLS session) goes to one of them.")
         add(f"tmsh create ltm virtual {sideband} destination {sideband_ip}{sep}{o.port} ip-protocol tcp"
             f" profiles add {{ /Common/tcp {{ }} {serverssl} {{ context serverside }} }} pool {pool}"
@@ -259,7 +289,7 @@ def render_tmsh(o: TmshOptions) -> str:
     else:
         add("# 3. (hsl transport: no server-ssl profile and no sideband virtual server. The iRule streams")
         add("#    PLAIN TCP to the pool above; run the sensor's listener with plain TCP and an allow list.)")
-        if several:
+        if several and not standby:
             add("#    HSL spreads its few long-lived connections over the pool's members: each sensor gets")
             add("#    some sessions' keys, whatever connections it captures.")
         add("")
@@ -273,7 +303,13 @@ def render_tmsh(o: TmshOptions) -> str:
     add(f"rm -f {merge}")
     add("")
     step += 1
-    if shared_pool and several:
+    if shared_pool and standby:
+        add(f"# {step}. The clone pool is the key listeners' pool {pool} (created above): the BIG-IP copies")
+        add("#    every client-side packet to the MAC address of the active sensor's member, by the same")
+        add("#    priority groups (the port does not matter for cloning).")
+        add("")
+        step += 1
+    elif shared_pool and several:
         add(f"# {step}. The clone pool is the key listeners' pool {pool} (created above): the BIG-IP copies")
         add("#    every client-side packet of a connection to the MAC address of one member, chosen per")
         add("#    connection (the port does not matter for cloning). Each sensor captures its share there.")
@@ -286,7 +322,11 @@ def render_tmsh(o: TmshOptions) -> str:
         add("")
         step += 1
     elif o.clone:
-        if several:
+        if standby:
+            add(f"# {step}. The clone pool, one member per sensor (its capture interface, on a VLAN directly")
+            add("#    attached to the BIG-IP; port 0 = any), in the same priority groups: the BIG-IP copies every")
+            add("#    client-side packet to the active sensor, to the next one when it is down.")
+        elif several:
             add(f"# {step}. The clone pool, one member per sensor (its capture interface, on a VLAN directly")
             add("#    attached to the BIG-IP; port 0 = any): the BIG-IP copies every client-side packet of a")
             add("#    connection to one member, chosen per connection. Each sensor captures its share.")
@@ -297,8 +337,8 @@ def render_tmsh(o: TmshOptions) -> str:
         for x in sensors:
             if x.capture_node != x.node:
                 add(f"tmsh create ltm node {x.capture_node} address {x.capture}")
-        clone_members = " ".join(_member(x.capture_node, x.capture, 0) for x in sensors)
-        add(f"tmsh create ltm pool {clone_pool} members add {{ {clone_members} }} monitor gateway_icmp")
+        add(f"tmsh create ltm pool {clone_pool}{pool_opts} members add {{ {members(0, True)} }}"
+            " monitor gateway_icmp")
         add("")
         step += 1
     add(f"# {step}. Attach to the API's virtual server {virtual} (it must have a client-ssl profile).")

@@ -225,3 +225,35 @@ def test_several_sensors_impossible_layouts_are_refused(options: dict[str, objec
 def test_several_sensors_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["f5", "tmsh", *THREE, "--virtual", "api_vs", "--capture-ip", "10.9.9.9"]) == 1
     assert "--capture-ip given once for 3 sensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_active_passive_priority_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str], reference: bool) -> None:
+    """--active-passive: both sensors in both pools, the first in the higher priority group, with
+    min-active-members 1 (the standby gets traffic only when the active sensor's members are down); the
+    fabric is optional, and the script says so instead of requiring it."""
+    names = ["--node-name", "active", "--node-name", "standby"]
+    extra = [x for x in REFERENCE if x not in ("--node-name", "traceable-agent")] if reference else []
+    script = cli_script(capsys, "--sensor", "10.1.2.1", "--sensor", "10.1.2.2", "--virtual", "api_vs",
+                        "--active-passive", *names, *extra)
+    assert FABRIC_NOTE not in script and "Active/passive: 2 sensors" in script and "keys.fabric" in script
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    key_pool = "/Common/traceable-agent-ssl-pool" if reference else "/Common/tlsmirror_keys_pool"
+    expected = {key_pool: {"members": ["/Common/active:8001", "/Common/standby:8001"], "monitor": "tcp",
+                           "min-active-members": 1,
+                           "priority-groups": {"/Common/active:8001": 2, "/Common/standby:8001": 1}}}
+    if not reference:
+        expected["/Common/tlsmirror_clone_pool"] = {
+            "members": ["/Common/active:0", "/Common/standby:0"], "monitor": "gateway_icmp",
+            "min-active-members": 1, "priority-groups": {"/Common/active:0": 2, "/Common/standby:0": 1}}
+    assert bigip["pool"] == expected
+    clone = key_pool if reference else "/Common/tlsmirror_clone_pool"
+    assert bigip["virtual"]["/Common/api_vs"]["clone-pools"] == [clone]
+    sideband = "/Common/traceable-agent-ssl-vs" if reference else "/Common/tlsmirror_keys_vs"
+    assert bigip["virtual"][sideband]["pool"] == key_pool
+
+
+def test_active_passive_needs_two_sensors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["f5", "tmsh", "--sensor", "10.1.2.1", "--virtual", "api_vs", "--active-passive"]) == 1
+    assert "active/passive needs at least two sensors" in capsys.readouterr().err

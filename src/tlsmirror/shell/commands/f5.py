@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
     t.add_argument("--clone-pool-name", default="tlsmirror_clone_pool", metavar="NAME",
                    help="clone pool (default tlsmirror_clone_pool); the --pool-name value makes one pool "
                         "serve for keys and cloning")
+    t.add_argument("--active-passive", action="store_true",
+                   help="with several --sensor: the first is active, the others stand by (priority groups in "
+                        "both pools); default: all active, connections spread over them")
     t.add_argument("--no-clone", action="store_true",
                    help="no clone pool (packets reach the sensor by a port mirror, TAP or cloud mirror)")
     t.add_argument("--sensor-cert-file", metavar="PATH",
@@ -114,6 +117,7 @@ def run_tmsh(args: argparse.Namespace) -> int:
             capture_node_name=tuple(args.capture_node_name or ("tlsmirror_sensor_capture",)), pool_name=args.pool_name,
             sideband_name=args.sideband_name, sideband_destination=args.sideband_destination,
             rule_name=args.rule_name, clone_pool_name=args.clone_pool_name, clone=not args.no_clone,
+            active_passive=args.active_passive,
             sensor_cert_file=args.sensor_cert_file, client_cert_file=args.client_cert_file,
             client_key_file=args.client_key_file, timeout_ms=args.timeout_ms, tls12_only=args.tls12_only,
         ))

@@ -2,11 +2,11 @@
 
 :func:`install` writes an executable ``tmsh`` into a directory (put it first on PATH); it keeps the
 BIG-IP's objects in a JSON state file and exits 1, with a message on stderr, on what a real BIG-IP
-refuses: creating an object that exists, referring to one that does not (a pool member's node, a
-virtual server's pool or profiles, a profile's certificates, an iRule's sideband virtual server or
-pool, the rules and clone pools attached to a virtual server), a file that is not there, or a command
-it does not know. The API's virtual server (with two iRules of its own) and BIG-IP's built-in
-profiles and monitors exist from the start.
+refuses: creating an object that exists (or a second node for one address), referring to one that
+does not (a pool member's node, a virtual server's pool or profiles, a profile's certificates, an
+iRule's sideband virtual server or pool, the rules and clone pools attached to a virtual server), a
+file that is not there, or a command it does not know. The API's virtual server (with two iRules of
+its own) and BIG-IP's built-in profiles and monitors exist from the start.
 """
 
 from __future__ import annotations
@@ -91,15 +91,35 @@ def run(state: State, argv: list[str]) -> str:
     if w[:3] == ["create", "ltm", "node"]:
         if len(w) != 6 or w[4] != "address":
             raise Refused(f"syntax: {' '.join(w)}")
+        taken = [n for n, attrs in state["node"].items() if attrs["address"] == w[5] and n != w[3]]
+        if taken:  # BIG-IP keeps one node per address
+            raise Refused(f"01020066:3: The requested node address ({w[5]}) already exists: node {taken[0]}")
         _create(state, "node", w[3], {"address": w[5]})
     elif w[:3] == ["create", "ltm", "pool"]:
         name, rest = w[3], w[4:]
         members: list[str] = []
+        priority: dict[str, int] = {}
         monitor = None
+        extra: dict[str, Any] = {}
         i = 0
         while i < len(rest):
             if rest[i:i + 2] == ["members", "add"]:
-                members, i = _braced(rest, i + 2)
+                inner, i = _braced(rest, i + 2)
+                j = 0
+                while j < len(inner):  # NAME:PORT, optionally followed by { priority-group N }
+                    members.append(inner[j])
+                    if inner[j + 1:j + 2] == ["{"]:
+                        attrs, j = _braced(inner, j + 1)
+                        if len(attrs) != 2 or attrs[0] != "priority-group" or not attrs[1].isdigit():
+                            raise Refused(f"syntax: member {members[-1]} {{ {' '.join(attrs)} }}")
+                        priority[members[-1]] = int(attrs[1])
+                    else:
+                        j += 1
+            elif rest[i] == "min-active-members":
+                if not rest[i + 1].isdigit():
+                    raise Refused(f"syntax: min-active-members {rest[i + 1]}")
+                extra["min-active-members"] = int(rest[i + 1])
+                i += 2
             elif rest[i] == "monitor":
                 monitor = rest[i + 1]
                 i += 2
@@ -109,7 +129,9 @@ def run(state: State, argv: list[str]) -> str:
             _need(state, "node", _node_of(m), f"pool {name} member {m}")
         if monitor:
             _need(state, "monitor", monitor, f"pool {name}")
-        _create(state, "pool", name, {"members": members, "monitor": monitor})
+        if priority:
+            extra["priority-groups"] = priority
+        _create(state, "pool", name, {"members": members, "monitor": monitor, **extra})
     elif w[:4] == ["create", "ltm", "profile", "server-ssl"]:
         name, rest = w[4], w[5:]
         attrs = dict(zip(rest[::2], rest[1::2], strict=True))

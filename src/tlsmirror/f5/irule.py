@@ -69,7 +69,8 @@ _TLS12_ONLY_NOTE = """\
 _SIDEBAND_NOTE = """\
 # Transport: one sideband connection per handshake (connect, send, close) to the internal virtual
 # server @TARGET@, whose server-ssl profile wraps it in TLS and whose pool is the
-# sensor's key listener (TCP 8001).
+# sensor's key listener (TCP 8001). With several sensors in that pool (active-active), each
+# connection goes to one of them: the sensors must share their secrets (keys.fabric).
 # Failures are logged to @FACILITY@@LOGFILE@ without any secret
 # and never affect the client.
 """
@@ -78,6 +79,8 @@ _HSL_NOTE = """\
 # Transport: High Speed Logging (HSL::open -proto TCP) to the pool @TARGET@: long-lived
 # PLAIN TCP connections, no TLS. The sensor's listener must run with plain TCP; use this only on an
 # isolated management network. HSL drops lines when its buffer is full or the pool is down.
+# With several sensors in the pool (active-active), each line reaches one of them: the sensors must
+# share their secrets (keys.fabric).
 # Failures are logged to @FACILITY@@LOGFILE@ without any secret
 # and never affect the client.
 """

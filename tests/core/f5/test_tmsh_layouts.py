@@ -114,3 +114,146 @@ def test_separate_capture_node(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_one_name_for_two_objects_is_refused(options: dict[str, str], message: str) -> None:
     with pytest.raises(F5ConfigError, match=message):
         render_tmsh(TmshOptions(sensor="10.1.2.3", virtual="api_vs", **options))  # type: ignore[arg-type]
+
+
+THREE = ["--sensor", "10.1.2.1", "--sensor", "10.1.2.2", "--sensor", "10.1.2.3"]
+FABRIC_NOTE = "THE SENSORS MUST SHARE THEIR SECRETS THROUGH THE KEY FABRIC"
+
+
+def test_one_sensor_has_no_active_active_note(capsys: pytest.CaptureFixture[str]) -> None:
+    script = cli_script(capsys, "--sensor", "10.1.2.3", "--virtual", "api_vs")
+    assert FABRIC_NOTE not in script and "Active-active" not in script
+
+
+def test_three_sensors_hsl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Active-active with HSL: a node per sensor, every key listener in the HSL pool, every sensor in the
+    clone pool, the iRule streaming to that pool, and the note that the sensors need the fabric."""
+    script = cli_script(capsys, *THREE, "--virtual", "api_vs", "--transport", "hsl")
+    assert FABRIC_NOTE in script and "keys.fabric" in script
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {f"/Common/tlsmirror_sensor_{i}": {"address": f"10.1.2.{i}"} for i in (1, 2, 3)}
+    assert bigip["pool"] == {
+        "/Common/tlsmirror_keys_pool": {"members": [f"/Common/tlsmirror_sensor_{i}:8001" for i in (1, 2, 3)],
+                                        "monitor": "tcp"},
+        "/Common/tlsmirror_clone_pool": {"members": [f"/Common/tlsmirror_sensor_{i}:0" for i in (1, 2, 3)],
+                                         "monitor": "gateway_icmp"},
+    }
+    assert "/Common/tlsmirror_keys_vs" not in bigip["virtual"]
+    rule = bigip["rule"]["/Common/tlsmirror_keys"]["text"]
+    assert 'set static::tlsmirror_keys_pool "/Common/tlsmirror_keys_pool"' in rule and "keys.fabric" in rule
+    api = bigip["virtual"]["/Common/api_vs"]
+    assert api["rules"][-1] == "/Common/tlsmirror_keys" and api["clone-pools"] == ["/Common/tlsmirror_clone_pool"]
+    assert "saved" in bigip
+
+
+def test_three_sensors_sideband_with_capture_interfaces(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Sideband: the internal virtual server's pool load balances over all three listeners; each sensor's
+    capture interface is its own node in the clone pool (IPv6 members included)."""
+    cert = tmp_path / "listener.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    script = cli_script(capsys, *THREE, "--virtual", "api_vs", "--sensor-cert-file", str(cert),
+                        "--capture-ip", "10.9.9.1", "--capture-ip", "10.1.2.2", "--capture-ip", "2001:db8::3")
+    assert FABRIC_NOTE in script
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {"/Common/tlsmirror_sensor_1": {"address": "10.1.2.1"},
+                             "/Common/tlsmirror_sensor_2": {"address": "10.1.2.2"},
+                             "/Common/tlsmirror_sensor_3": {"address": "10.1.2.3"},
+                             "/Common/tlsmirror_sensor_capture_1": {"address": "10.9.9.1"},
+                             "/Common/tlsmirror_sensor_capture_3": {"address": "2001:db8::3"}}
+    assert bigip["pool"]["/Common/tlsmirror_keys_pool"]["members"] == [
+        f"/Common/tlsmirror_sensor_{i}:8001" for i in (1, 2, 3)]
+    assert bigip["pool"]["/Common/tlsmirror_clone_pool"]["members"] == [
+        "/Common/tlsmirror_sensor_capture_1:0", "/Common/tlsmirror_sensor_2:0", "/Common/tlsmirror_sensor_capture_3.0"]
+    assert bigip["virtual"]["/Common/tlsmirror_keys_vs"]["pool"] == "/Common/tlsmirror_keys_pool"
+    assert bigip["profile"]["/Common/tlsmirror_keys_serverssl"]["peer-cert-mode"] == "require"
+    assert 'set static::tlsmirror_keys_vs "/Common/tlsmirror_keys_vs"' in bigip["rule"]["/Common/tlsmirror_keys"][
+        "text"]
+    assert bigip["virtual"]["/Common/api_vs"]["clone-pools"] == ["/Common/tlsmirror_clone_pool"]
+
+
+@pytest.mark.parametrize("transport", ["sideband", "hsl"])
+def test_three_sensors_reference_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str], transport: str) -> None:
+    """The reference guide's one pool for keys and cloning, with three sensors and their node names given
+    one per sensor: one pool of three members, created once, attached as the clone pool."""
+    names = ["agent-a", "agent-b", "agent-c"]
+    ref = [x for x in REFERENCE if x not in ("--node-name", "traceable-agent")]
+    script = cli_script(capsys, *THREE, "--virtual", "api_vs", "--transport", transport, *ref,
+                        *(w for n in names for w in ("--node-name", n)))
+    assert script.count("tmsh create ltm pool ") == 1 and FABRIC_NOTE in script
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    assert bigip["node"] == {f"/Common/{n}": {"address": f"10.1.2.{i}"} for i, n in enumerate(names, 1)}
+    assert bigip["pool"] == {"/Common/traceable-agent-ssl-pool": {
+        "members": [f"/Common/{n}:8001" for n in names], "monitor": "tcp"}}
+    assert bigip["virtual"]["/Common/api_vs"]["clone-pools"] == ["/Common/traceable-agent-ssl-pool"]
+    if transport == "sideband":
+        assert bigip["virtual"]["/Common/traceable-agent-ssl-vs"]["pool"] == "/Common/traceable-agent-ssl-pool"
+
+
+def test_standin_refuses_a_second_node_for_one_address(tmp_path: Path) -> None:
+    proc, _ = run_script(tmp_path, "tmsh create ltm node /Common/a address 10.0.0.1\n"
+                                   "tmsh create ltm node /Common/b address 10.0.0.1\n", "/Common/api")
+    assert proc.returncode == 1 and "node address (10.0.0.1) already exists" in proc.stderr
+
+
+S3 = ("10.1.2.1", "10.1.2.2", "10.1.2.3")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"sensor": ()}, "no sensor address"),
+    ({"capture_ip": ("10.9.9.1",)}, "--capture-ip given once for 3 sensors"),
+    ({"node_name": ("a", "b")}, "--node-name given 2 times for 3 sensors"),
+    ({"capture_ip": ("10.9.9.1", "10.9.9.2", "10.9.9.3"), "capture_node_name": ("c", "d")},
+     "--capture-node-name given 2 times"),
+    ({"sensor": ("10.1.2.1", "10.1.2.1")}, "the address 10.1.2.1 is given twice"),
+    ({"capture_ip": ("10.9.9.1", "10.1.2.1", "10.9.9.3")}, "the address 10.1.2.1 is given twice"),
+    ({"capture_ip": ("10.9.9.1", "10.9.9.1", "10.9.9.3")}, "the address 10.9.9.1 is given twice"),
+    ({"node_name": ("a", "b", "a")}, "two nodes named /Common/a"),
+    ({"capture_ip": ("10.9.9.1", "10.9.9.2", "10.9.9.3"), "capture_node_name": ("c", "tlsmirror_sensor_1", "e")},
+     "two nodes named /Common/tlsmirror_sensor_1"),
+    ({"clone_pool_name": "tlsmirror_keys_pool", "capture_ip": ("10.9.9.1", "10.1.2.2", "10.1.2.3")},
+     "one pool for keys and cloning"),
+])
+def test_several_sensors_impossible_layouts_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(F5ConfigError, match=message):
+        render_tmsh(TmshOptions(**{"sensor": S3, "virtual": "api_vs", **options}))  # type: ignore[arg-type]
+
+
+def test_several_sensors_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["f5", "tmsh", *THREE, "--virtual", "api_vs", "--capture-ip", "10.9.9.9"]) == 1
+    assert "--capture-ip given once for 3 sensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_active_passive_priority_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str], reference: bool) -> None:
+    """--active-passive: both sensors in both pools, the first in the higher priority group, with
+    min-active-members 1 (the standby gets traffic only when the active sensor's members are down); the
+    fabric is optional, and the script says so instead of requiring it."""
+    names = ["--node-name", "active", "--node-name", "standby"]
+    extra = [x for x in REFERENCE if x not in ("--node-name", "traceable-agent")] if reference else []
+    script = cli_script(capsys, "--sensor", "10.1.2.1", "--sensor", "10.1.2.2", "--virtual", "api_vs",
+                        "--active-passive", *names, *extra)
+    assert FABRIC_NOTE not in script and "Active/passive: 2 sensors" in script and "keys.fabric" in script
+    proc, bigip = run_script(tmp_path, script, "/Common/api_vs")
+    assert proc.returncode == 0, proc.stderr
+    key_pool = "/Common/traceable-agent-ssl-pool" if reference else "/Common/tlsmirror_keys_pool"
+    expected = {key_pool: {"members": ["/Common/active:8001", "/Common/standby:8001"], "monitor": "tcp",
+                           "min-active-members": 1,
+                           "priority-groups": {"/Common/active:8001": 2, "/Common/standby:8001": 1}}}
+    if not reference:
+        expected["/Common/tlsmirror_clone_pool"] = {
+            "members": ["/Common/active:0", "/Common/standby:0"], "monitor": "gateway_icmp",
+            "min-active-members": 1, "priority-groups": {"/Common/active:0": 2, "/Common/standby:0": 1}}
+    assert bigip["pool"] == expected
+    clone = key_pool if reference else "/Common/tlsmirror_clone_pool"
+    assert bigip["virtual"]["/Common/api_vs"]["clone-pools"] == [clone]
+    sideband = "/Common/traceable-agent-ssl-vs" if reference else "/Common/tlsmirror_keys_vs"
+    assert bigip["virtual"][sideband]["pool"] == key_pool
+
+
+def test_active_passive_needs_two_sensors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["f5", "tmsh", "--sensor", "10.1.2.1", "--virtual", "api_vs", "--active-passive"]) == 1
+    assert "active/passive needs at least two sensors" in capsys.readouterr().err

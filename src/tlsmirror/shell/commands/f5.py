@@ -26,17 +26,22 @@ def register(sub: Any) -> None:
                         description="Print a bash script of tmsh commands creating the sensor node, the key "
                                     "listener pool, the sideband virtual server with its server-ssl profile, "
                                     "the iRule and the clone pool, and attaching them to a virtual server.")
-    t.add_argument("--sensor", required=True, metavar="IP", help="address of the sensor's key listener")
+    t.add_argument("--sensor", required=True, action="append", metavar="IP",
+                   help="address of the sensor's key listener; repeat it for several active sensors (one "
+                        "clone pool and key pool member each; they must share keys.fabric)")
     t.add_argument("--port", type=port, default=8001, help="key listener port (default 8001)")
     t.add_argument("--virtual", required=True, metavar="NAME",
                    help="the API's virtual server (with a client-ssl profile) to attach the iRule and clone "
                         "pool to")
-    t.add_argument("--capture-ip", metavar="IP",
-                   help="sensor address for the clone pool, when packets arrive on another interface")
-    t.add_argument("--node-name", default="tlsmirror_sensor", metavar="NAME",
-                   help="node of the sensor (default tlsmirror_sensor)")
-    t.add_argument("--capture-node-name", default="tlsmirror_sensor_capture", metavar="NAME",
-                   help="node of the capture address, with --capture-ip (default tlsmirror_sensor_capture)")
+    t.add_argument("--capture-ip", action="append", metavar="IP",
+                   help="sensor address for the clone pool, when packets arrive on another interface (with "
+                        "several sensors: once per --sensor, in the same order)")
+    t.add_argument("--node-name", action="append", metavar="NAME",
+                   help="node of the sensor (default tlsmirror_sensor); with several sensors NAME_1, NAME_2, "
+                        "..., or repeat it once per --sensor to use the names as given")
+    t.add_argument("--capture-node-name", action="append", metavar="NAME",
+                   help="node of the capture address, with --capture-ip (default tlsmirror_sensor_capture; "
+                        "numbered or repeated like --node-name)")
     t.add_argument("--pool-name", default="tlsmirror_keys_pool", metavar="NAME",
                    help="pool of the key listener (default tlsmirror_keys_pool)")
     t.add_argument("--sideband-name", default="tlsmirror_keys_vs", metavar="NAME",
@@ -49,6 +54,9 @@ def register(sub: Any) -> None:
     t.add_argument("--clone-pool-name", default="tlsmirror_clone_pool", metavar="NAME",
                    help="clone pool (default tlsmirror_clone_pool); the --pool-name value makes one pool "
                         "serve for keys and cloning")
+    t.add_argument("--active-passive", action="store_true",
+                   help="with several --sensor: the first is active, the others stand by (priority groups in "
+                        "both pools); default: all active, connections spread over them")
     t.add_argument("--no-clone", action="store_true",
                    help="no clone pool (packets reach the sensor by a port mirror, TAP or cloud mirror)")
     t.add_argument("--sensor-cert-file", metavar="PATH",
@@ -103,11 +111,13 @@ def run_tmsh(args: argparse.Namespace) -> int:
 
     try:
         text = render_tmsh(TmshOptions(
-            sensor=args.sensor, virtual=args.virtual, port=args.port, partition=args.partition,
-            transport=args.transport, capture_ip=args.capture_ip, node_name=args.node_name,
-            capture_node_name=args.capture_node_name, pool_name=args.pool_name,
+            sensor=tuple(args.sensor), virtual=args.virtual, port=args.port, partition=args.partition,
+            transport=args.transport, capture_ip=tuple(args.capture_ip or ()),
+            node_name=tuple(args.node_name or ("tlsmirror_sensor",)),
+            capture_node_name=tuple(args.capture_node_name or ("tlsmirror_sensor_capture",)), pool_name=args.pool_name,
             sideband_name=args.sideband_name, sideband_destination=args.sideband_destination,
             rule_name=args.rule_name, clone_pool_name=args.clone_pool_name, clone=not args.no_clone,
+            active_passive=args.active_passive,
             sensor_cert_file=args.sensor_cert_file, client_cert_file=args.client_cert_file,
             client_key_file=args.client_key_file, timeout_ms=args.timeout_ms, tls12_only=args.tls12_only,
         ))

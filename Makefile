@@ -1,5 +1,7 @@
+# make bundle [PYTHONS="3.11 3.12"] [BUNDLE_FLAGS=--all-compiled]
+PYTHONS ?= 3.10 3.11 3.12 3.13
 bundle:
-	scripts/build_bundle.sh
+	scripts/build_bundle.sh --pythons "$(PYTHONS)" $(BUNDLE_FLAGS)
 
 compiled:
 	TLSMIRROR_COMPILE=1 python3 -m pip install -e .

@@ -9,9 +9,11 @@ can be stopped and started again on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +62,7 @@ class Received:
     headers: dict[str, str]  # lowercase names
     body: bytes  # the serialized ExportTraceServiceRequest as received (decompressed)
     request: trace_service_pb2.ExportTraceServiceRequest
+    client_port: int | None = None  # OTLP/HTTP: the TCP connection it came on
 
     def spans(self) -> list[trace_pb2.Span]:
         return [s for rs in self.request.resource_spans for ss in rs.scope_spans for s in ss.spans]
@@ -86,6 +89,8 @@ class _Receiver:
         self.partials: list[tuple[int, str]] = []
         self.lock = threading.Condition()
         self.running = False
+        self.connections: list[int] = []  # OTLP/HTTP: the client port of every TCP connection accepted
+        self.open_connections: set[Any] = set()
 
     # ---- behaviour
     def fail_next(self, n: int, *, retry_after: float | None = None, code: str = "unavailable") -> None:
@@ -107,10 +112,10 @@ class _Receiver:
                 return "partial", self.partials.pop(0)
             return "ok", None
 
-    def _record(self, headers: dict[str, str], body: bytes) -> None:
+    def _record(self, headers: dict[str, str], body: bytes, client_port: int | None = None) -> None:
         req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
         with self.lock:
-            self.requests.append(Received(headers, body, req))
+            self.requests.append(Received(headers, body, req, client_port))
             self.lock.notify_all()
 
     # ---- results
@@ -234,6 +239,18 @@ class HttpReceiver(_Receiver):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.connections.append(self.client_address[1])
+                    receiver.open_connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver.lock:
+                    receiver.open_connections.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -249,7 +266,7 @@ class HttpReceiver(_Receiver):
                     extra = {} if retry_after is None else {"Retry-After": str(int(retry_after))}
                     self._reply(status, b"", extra)
                     return
-                receiver._record({k.lower(): v for k, v in self.headers.items()}, body)
+                receiver._record({k.lower(): v for k, v in self.headers.items()}, body, self.client_address[1])
                 resp = trace_service_pb2.ExportTraceServiceResponse()
                 if what == "partial":
                     resp.partial_success.rejected_spans, resp.partial_success.error_message = arg
@@ -288,6 +305,10 @@ class HttpReceiver(_Receiver):
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self.lock:  # kept-alive connections end too: a stopped receiver answers nobody
+            for conn in list(self.open_connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         if self.thread is not None:
             self.thread.join(5)
             self.thread = None

@@ -19,7 +19,6 @@ one delivery state machine; the spool itself is :mod:`.spool`, the span mapping 
 from __future__ import annotations
 
 import collections
-import contextlib
 import gzip
 import logging
 import random
@@ -27,13 +26,12 @@ import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import grpc
+import urllib3
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -292,7 +290,13 @@ def _grpc_retry_hint(err: grpc.RpcError) -> float | None:
 
 
 class HttpTransport:
-    """OTLP/HTTP with protobuf bodies (POST .../v1/traces), on urllib."""
+    """OTLP/HTTP with protobuf bodies (POST .../v1/traces) on one kept-alive urllib3 connection.
+
+    The pool holds one connection (one sender thread): batches after the first reuse it, with no new TCP
+    or TLS handshake, until the receiver closes it. A request that fails on a connection the receiver
+    dropped while it was idle is sent once more at once on a new one; every other failure goes back to
+    the exporter's retry and backoff, as before.
+    """
 
     def __init__(self, cfg: OtlpConfig, headers: list[tuple[str, str]]) -> None:
         scheme, rest = _split_endpoint(cfg.endpoint)
@@ -302,6 +306,7 @@ class HttpTransport:
         if not slash or not path:
             path = "v1/traces"
         self.url = f"{scheme}://{host}/{path}"
+        self.path = f"/{path}"
         self.context: ssl.SSLContext | None = None
         if scheme == "https":
             ctx = ssl.create_default_context(cadata=None)
@@ -319,36 +324,46 @@ class HttpTransport:
         base = {"Content-Type": "application/x-protobuf", "User-Agent": f"tlsmirror/{__version__}"}
         if self.gzip:
             base["Content-Encoding"] = "gzip"
-        self.headers = [*base.items(), *headers]
+        self.headers = dict([*base.items(), *headers])
         self.timeout = cfg.timeout
+        pool_kw: dict[str, Any] = {"maxsize": 1, "block": False, "retries": False,
+                                   "timeout": urllib3.Timeout(connect=cfg.timeout, read=cfg.timeout)}
+        if self.context is not None:
+            pool_kw["ssl_context"] = self.context  # verification (CA, hostname) and client certificate
+        try:
+            self.pool: urllib3.HTTPConnectionPool = urllib3.connection_from_url(self.url, **pool_kw)
+        except (ValueError, urllib3.exceptions.LocationValueError) as exc:
+            raise InputError(f"otlp.endpoint {cfg.endpoint!r}: not a usable URL ({exc})") from None
 
     def send(self, payload: bytes) -> _Outcome:
         body = gzip.compress(payload, compresslevel=5) if self.gzip else payload
-        req = urllib.request.Request(self.url, data=body, method="POST")
-        for k, v in self.headers:
-            req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
-                data = resp.read()
-        except urllib.error.HTTPError as err:
-            hint = _retry_after(err.headers.get("Retry-After") if err.headers else None)
-            with contextlib.suppress(Exception):
-                err.close()
-            return _Outcome(False, err.code in _RETRY_HTTP, hint, message=f"HTTP {err.code}")
-        except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return _Outcome(False, True, None, message=f"{type(reason).__name__}: {reason}")
-        rejected, message = 0, ""
-        if data:
             try:
-                ps = trace_service_pb2.ExportTraceServiceResponse.FromString(data).partial_success
+                resp = self._post(body)
+            except urllib3.exceptions.ProtocolError:
+                resp = self._post(body)  # the kept connection was closed by the receiver: once more, anew
+        except (urllib3.exceptions.HTTPError, OSError, ssl.SSLError) as exc:
+            reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+            return _Outcome(False, True, None, message=f"{type(reason).__name__}: {reason}")
+        if not 200 <= resp.status < 300:
+            hint = _retry_after(resp.headers.get("Retry-After"))
+            return _Outcome(False, resp.status in _RETRY_HTTP, hint, message=f"HTTP {resp.status}")
+        rejected, message = 0, ""
+        if resp.data:
+            try:
+                ps = trace_service_pb2.ExportTraceServiceResponse.FromString(resp.data).partial_success
                 rejected, message = ps.rejected_spans, ps.error_message
             except Exception:  # a 2xx with a body we cannot read: the batch was taken
                 pass
         return _Outcome(True, rejected=rejected, message=message)
 
+    def _post(self, body: bytes) -> urllib3.BaseHTTPResponse:
+        # preload_content (the default): the body is read whole and the connection goes back to the pool
+        return self.pool.urlopen("POST", self.path, body=body, headers=self.headers, redirect=False,
+                                 assert_same_host=False)
+
     def close(self) -> None:
-        pass
+        self.pool.close()
 
 
 def _retry_after(value: str | None) -> float | None:

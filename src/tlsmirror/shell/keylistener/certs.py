@@ -73,7 +73,7 @@ def host_addresses() -> list[str]:
             with contextlib.suppress(OSError):
                 req = struct.pack("256s", name.encode()[:15])
                 found.add(ipaddress.IPv4Address(fcntl.ioctl(s.fileno(), siocgifaddr, req)[20:24]))
-    with contextlib.suppress(OSError, ValueError), open("/proc/net/if_inet6", encoding="ascii") as f:
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/net/if_inet6", encoding="ascii") as f:
         for line in f:
             fields = line.split()
             if len(fields) >= 4:

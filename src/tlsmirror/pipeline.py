@@ -342,6 +342,9 @@ class Engine:
             if isinstance(app, TlsSession):
                 if app.blocked and self.config.key_wait > 0:
                     self._deferred[app] = ev.ts  # its keys may still come: decide later
+                    app.ended()
+                    if self.tls.charge > self.tls.max_hold_bytes_total:
+                        self._evict(out)
                 else:
                     self._close_tls(app, ev.ts, out)
             elif isinstance(app, _Cleartext) and app.http is not None and app.conn is not None:
@@ -369,6 +372,8 @@ class Engine:
                 self._register_wait(app)
             if app.held_since is not None and app not in self._holding:
                 self._holding[app] = app.held_since
+            if self.tls.charge > self.tls.max_hold_bytes_total:
+                self._evict(out)
 
     # ------------------------------------------------------------------ http
     def _drain(self, sess: TlsSession, out: list[EngineEvent]) -> None:
@@ -469,6 +474,34 @@ class Engine:
         self._holding.pop(sess, None)
         self._deferred.pop(sess, None)
         self._drain(sess, out)
+
+    def _evict(self, out: list[EngineEvent]) -> None:
+        """Over the total hold budget: give up the held records of the oldest sessions until within it,
+        those whose flow ended first (in the order they ended: reported now), then the oldest holders.
+        Each is counted (``tls.evicted_sessions``, ``tls.evicted_bytes``) and its outcome says
+        ``held="evicted"`` and how many bytes it lost."""
+        ctx = self.tls
+        limit = ctx.max_hold_bytes_total
+        why = "total hold budget exceeded"
+        deferred = self._deferred
+        while ctx.charge > limit and deferred:
+            sess, ended = next(iter(deferred.items()))
+            ctx.evicted_sessions += 1
+            ctx.evicted_bytes += sess.give_up(why, evicted=True)
+            self._close_tls(sess, ended, out)
+        holding = self._holding
+        tries = len(holding)
+        while ctx.charge > limit and holding and tries > 0:
+            tries -= 1
+            sess = next(iter(holding))
+            del holding[sess]
+            if sess.held_since is None:
+                continue
+            ctx.evicted_sessions += 1
+            ctx.evicted_bytes += sess.give_up(why, evicted=True)
+            self._drain(sess, out)
+            if sess.held_since is not None:
+                holding[sess] = sess.held_since  # what it still holds (a run of records given up)
 
     def _expire(self, now: float, out: list[EngineEvent]) -> None:
         for ev in self.tcp.expire(now):

@@ -209,6 +209,17 @@ class TlsSession:
     the events appended to ``out`` (the engine takes them after each call).
     """
 
+    # slotted: one per connection, tens of thousands of them may wait for keys at once
+    __slots__ = (
+        "_dir_fixed", "_ended", "_pickup_alts", "_pickup_opts", "_queued_plain", "_sink", "alpn", "ch", "charge",
+        "client_dir", "closed", "ctx", "dirs", "drop_reasons", "enc_pms", "failure", "flow", "had_gap",
+        "held_bytes", "held_dropped_bytes", "held_since", "hold_state", "key_lag", "keys_ready", "late_key",
+        "master", "no_handshake", "out", "picked_up", "pickup_budget", "pickup_done", "pickup_tries", "queue",
+        "records_decrypted", "records_failed", "records_skipped", "registered", "renegotiations", "resumed",
+        "resyncs", "session_hash", "settled", "sh", "suite", "ticket", "tls13", "transcript", "ts_first",
+        "ts_hello", "unsupported", "user", "version", "wait_idents",
+    )
+
     def __init__(self, flow: Flow, ctx: TlsContext, ts: float) -> None:
         self.flow = flow
         self.ctx = ctx

@@ -32,6 +32,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,6 +44,7 @@ from tlsmirror.keys.events import Secret
 from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
+from tlsmirror.tls.events import TlsOutcome
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -189,11 +191,22 @@ def no_keys(conns_wanted: int, http: bool, top: int = 0) -> int:
     passes = -(-conns_wanted // conns)
     print(f"{cap.name}: {len(frames)} frames, {conns} TLS sessions x {passes} passes, no keys; "
           f"RSS {rss0:.1f} MiB before the capture, +{copy:.1f} MiB for it; hold budget {budget:.0f} MiB")
-    print(f"{'pass':>4} {'conns':>7} {'RSS MiB':>8} {'peak-copy':>9} {'held MiB':>8} {'tcp MiB':>7} "
-          f"{'open flows':>10} {'s':>5}")
-    started = time.perf_counter()
+    print(f"{'pass':>4} {'conns':>7} {'RSS MiB':>8} {'peak-copy':>9} {'held MiB':>8} {'charged':>7} "
+          f"{'tcp MiB':>7} {'open flows':>10} {'cpu s':>6}")
+    started = time.process_time()
     outcomes: dict[str, int] = {}
+    reported = dropped = 0
     peak = 0.0
+
+    def count(events: list[Any]) -> None:
+        nonlocal reported, dropped
+        for ev in events:
+            if type(ev) is TlsOutcome:
+                reported += 1
+                dropped += ev.held_dropped_bytes
+                if ev.held:
+                    outcomes[ev.held] = outcomes.get(ev.held, 0) + 1
+
     for p in range(passes):
         shift = p * 0.1
         feed = engine.feed_frame
@@ -202,28 +215,31 @@ def no_keys(conns_wanted: int, http: bool, top: int = 0) -> int:
             if off >= 0:
                 data = data[:off] + bytes([(data[off] + third) & 0xFF, (data[off + 1] + p) & 0xFF]) + data[off + 2:]
             out = feed(linktype, data, ts + shift)
-            for ev in out:
-                held = getattr(ev, "held", None)
-                if held:
-                    outcomes[held] = outcomes.get(held, 0) + 1
+            if out:
+                count(out)
         rss = rss_mib()
         peak = max(peak, hwm_mib() - copy)
         if p % 8 == 7 or p == passes - 1:
             print(f"{p + 1:>4} {(p + 1) * conns:>7} {rss:>8.1f} {peak:>9.1f} "
-                  f"{engine.tls.held_bytes / (1 << 20):>8.1f} {engine.tcp.buffered_bytes / (1 << 20):>7.1f} "
-                  f"{engine.tcp.open_flows:>10} {time.perf_counter() - started:>5.0f}", flush=True)
+                  f"{engine.tls.held_bytes / (1 << 20):>8.1f} {engine.tls.charge / (1 << 20):>7.1f} "
+                  f"{engine.tcp.buffered_bytes / (1 << 20):>7.1f} {engine.tcp.open_flows:>10} "
+                  f"{time.process_time() - started:>6.0f}", flush=True)
     if top:
         breakdown(top)
-    for ev in engine.finish():
-        held = getattr(ev, "held", None)
-        if held:
-            outcomes[held] = outcomes.get(held, 0) + 1
+    count(engine.finish())
     limit = 1.3 * budget + 64
+    total = passes * conns
     ok = peak <= limit
-    st = engine.tls.stats if hasattr(engine.tls, "stats") else {}
     print(f"peak RSS less the capture copy: {peak:.1f} MiB (limit 1.3 x {budget:.0f} + 64 = {limit:.0f} MiB): "
           + ("within" if ok else "OVER"))
-    print(f"hold outcomes at the end: {dict(sorted(outcomes.items()))}; tcp {engine.tcp.stats}; tls {st}")
+    tls, tcp = engine.tls, engine.tcp.stats
+    print(f"connections reported: {reported} of {total}; by how the wait ended: {dict(sorted(outcomes.items()))}; "
+          f"ciphertext dropped {dropped / (1 << 20):.1f} MiB; hold budget evictions {tls.evicted_sessions} "
+          f"({tls.evicted_bytes / (1 << 20):.1f} MiB); tcp budget_dropped_bytes {tcp['budget_dropped_bytes']}, "
+          f"flows_evicted {tcp['flows_evicted']} (budget {tcp['flows_evicted_budget']})")
+    if reported != total or sum(outcomes.values()) != total:
+        print("NOT every connection was reported with how its wait ended")
+        ok = False
     return 0 if ok else 1
 
 

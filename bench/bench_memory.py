@@ -2,6 +2,7 @@
 """Memory check: one in-process Engine fed the benchmark capture N times over; RSS must stay flat.
 
     python3 bench/bench_memory.py [--passes 10] [--http] [--fresh-secrets] [--tolerance-mib 8]
+    python3 bench/bench_memory.py --no-keys [--conns 50000]
 
 Each pass replays every frame of the capture with its timestamps moved past the previous pass and the
 client port of every connection remapped, so each pass brings new TCP connections (the same TLS sessions,
@@ -13,6 +14,13 @@ After each pass: gc, then RSS (/proc/self/statm), open flows and the engine's st
 secrets as the capture has connections (what a real feed brings for sessions the sensor never sees), to
 show whether the key store is bounded in time. Exit 1 when RSS grows by more than --tolerance-mib between
 the second pass and the last (the first pass warms up allocators and caches).
+
+--no-keys: the budgets instead. The capture is fed until --conns TLS connections (50,000) have been seen,
+each pass on new connections (the client address moved per pass), 0.1 s of packet time after the
+previous one, so that every connection is still within engine.key_wait of its records; no secret is
+ever given. Prints the peak RSS (VmHWM) less what the script's copy of the capture takes, the held and
+buffered bytes, and the hold drops by outcome; exit 1 when that peak exceeds 1.3 x max_hold_bytes_total +
+64 MiB (the budget target of issue 13).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +44,7 @@ from tlsmirror.keys.events import Secret
 from tlsmirror.keys.keylog import parse_keylog
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
+from tlsmirror.tls.events import TlsOutcome
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -51,7 +61,13 @@ def main() -> int:
     ap.add_argument("--fresh-secrets", action="store_true",
                     help="add unmatched secrets each pass, like a real key feed")
     ap.add_argument("--tolerance-mib", type=float, default=8.0)
+    ap.add_argument("--no-keys", action="store_true", help="connections whose keys never arrive: the budgets")
+    ap.add_argument("--conns", type=int, default=50_000, help="--no-keys: connections to feed")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="N",
+                    help="--no-keys: trace allocations, print the N biggest holders by file:line at the end")
     a = ap.parse_args()
+    if a.no_keys:
+        return no_keys(a.conns, a.http, a.breakdown)
     cap, keylog = require_capture()
     secrets, _ = parse_keylog(keylog.read_bytes())
     frames: list[tuple[int, bytes, float, int]] = []
@@ -121,6 +137,109 @@ def main() -> int:
     if keys_seen[-1] > keys_seen[1]:
         print(f"note: the key store grew from {keys_seen[1]} to {keys_seen[-1]} secrets: "
               "it is bounded only by entry count, not by age")
+    return 0 if ok else 1
+
+
+def hwm_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def client_ip_offset(data: bytes) -> int:
+    """Offset of the third byte of the client's IPv4 address in an Ethernet frame to port 443, or -1."""
+    off = client_port_offset(data)
+    if off < 0 or struct.unpack_from("!H", data, 12)[0] != 0x0800:
+        return -1
+    tcp = 14 + (data[14] & 0x0F) * 4
+    return 26 + 2 if off == tcp else 30 + 2
+
+
+def breakdown(top: int) -> None:
+    """The allocations alive now (traced since the engine was made), grouped by file:line."""
+    import tracemalloc
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*tlsmirror*")])
+    stats = snap.statistics("lineno")
+    total = sum(st.size for st in stats)
+    print(f"traced in tlsmirror: {total / (1 << 20):.1f} MiB in {sum(st.count for st in stats)} blocks")
+    for st in stats[:top]:
+        fr = st.traceback[0]
+        print(f"{st.size / (1 << 20):>8.2f} MiB {st.count:>9} blocks {st.size / max(st.count, 1):>7.0f} B  "
+              f"{'/'.join(Path(fr.filename).parts[-2:])}:{fr.lineno}")
+
+
+def no_keys(conns_wanted: int, http: bool, top: int = 0) -> int:
+    cap, keylog = require_capture()
+    secrets, _ = parse_keylog(keylog.read_bytes())
+    conns = len({s.ident for s in secrets})
+    gc.collect()
+    rss0 = rss_mib()
+    frames: list[tuple[int, bytes, float, int]] = []
+    for item in read_capture(str(cap)):
+        if type(item) is CapturedFrame:
+            off = client_ip_offset(item.data) if item.linktype == 1 else -1
+            frames.append((item.linktype, item.data, item.ts, off))
+    gc.collect()
+    copy = rss_mib() - rss0  # the script's copy of the capture: not the engine's
+    if top:
+        import tracemalloc
+        tracemalloc.start()
+    engine = Engine(EngineConfig(http=http))
+    budget = engine.tls.max_hold_bytes_total / (1 << 20)
+    passes = -(-conns_wanted // conns)
+    print(f"{cap.name}: {len(frames)} frames, {conns} TLS sessions x {passes} passes, no keys; "
+          f"RSS {rss0:.1f} MiB before the capture, +{copy:.1f} MiB for it; hold budget {budget:.0f} MiB")
+    print(f"{'pass':>4} {'conns':>7} {'RSS MiB':>8} {'peak-copy':>9} {'held MiB':>8} {'charged':>7} "
+          f"{'tcp MiB':>7} {'open flows':>10} {'cpu s':>6}")
+    started = time.process_time()
+    outcomes: dict[str, int] = {}
+    reported = dropped = 0
+    peak = 0.0
+
+    def count(events: list[Any]) -> None:
+        nonlocal reported, dropped
+        for ev in events:
+            if type(ev) is TlsOutcome:
+                reported += 1
+                dropped += ev.held_dropped_bytes
+                if ev.held:
+                    outcomes[ev.held] = outcomes.get(ev.held, 0) + 1
+
+    for p in range(passes):
+        shift = p * 0.1
+        feed = engine.feed_frame
+        third = p // 256 + 1
+        for linktype, data, ts, off in frames:
+            if off >= 0:
+                data = data[:off] + bytes([(data[off] + third) & 0xFF, (data[off + 1] + p) & 0xFF]) + data[off + 2:]
+            out = feed(linktype, data, ts + shift)
+            if out:
+                count(out)
+        rss = rss_mib()
+        peak = max(peak, hwm_mib() - copy)
+        if p % 8 == 7 or p == passes - 1:
+            print(f"{p + 1:>4} {(p + 1) * conns:>7} {rss:>8.1f} {peak:>9.1f} "
+                  f"{engine.tls.held_bytes / (1 << 20):>8.1f} {engine.tls.charge / (1 << 20):>7.1f} "
+                  f"{engine.tcp.buffered_bytes / (1 << 20):>7.1f} {engine.tcp.open_flows:>10} "
+                  f"{time.process_time() - started:>6.0f}", flush=True)
+    if top:
+        breakdown(top)
+    count(engine.finish())
+    limit = 1.3 * budget + 64
+    total = passes * conns
+    ok = peak <= limit
+    print(f"peak RSS less the capture copy: {peak:.1f} MiB (limit 1.3 x {budget:.0f} + 64 = {limit:.0f} MiB): "
+          + ("within" if ok else "OVER"))
+    tls, tcp = engine.tls, engine.tcp.stats
+    print(f"connections reported: {reported} of {total}; by how the wait ended: {dict(sorted(outcomes.items()))}; "
+          f"ciphertext dropped {dropped / (1 << 20):.1f} MiB; hold budget evictions {tls.evicted_sessions} "
+          f"({tls.evicted_bytes / (1 << 20):.1f} MiB); tcp budget_dropped_bytes {tcp['budget_dropped_bytes']}, "
+          f"flows_evicted {tcp['flows_evicted']} (budget {tcp['flows_evicted_budget']})")
+    if reported != total or sum(outcomes.values()) != total:
+        print("NOT every connection was reported with how its wait ended")
+        ok = False
     return 0 if ok else 1
 
 

@@ -24,6 +24,7 @@ from tlsmirror.frames.events import TcpSegment
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.shell.offline.decrypt import DecryptRun
 from tlsmirror.tls.events import TlsGap, TlsOutcome, TlsPlaintext
+from tlsmirror.tls.session import ENDED_SESSION_OVERHEAD, HELD_RECORD_OVERHEAD
 
 CASES = {
     "tls12-gcm": ("1.2", "ECDHE-RSA-AES128-GCM-SHA256"),
@@ -198,29 +199,81 @@ def test_key_wait_bookkeeping_is_per_waiting_session() -> None:
 # ============================================================================ hold budgets
 
 
-def test_total_hold_budget() -> None:
+def _charge(engine: Engine) -> int:
+    """What the hold budgets should count now, recomputed from the sessions (records, ended sessions)."""
+    records = ended = 0
+    sessions = set(engine._holding) | set(engine._deferred)
+    for sess in sessions:
+        records += sum(1 for d in sess.dirs for h in d.pending + d.parked if h.size)
+        ended += sess._ended
+    return engine.tls.held_bytes + records * HELD_RECORD_OVERHEAD + ended * ENDED_SESSION_OVERHEAD
+
+
+def test_total_hold_budget_gives_up_the_oldest_ended_sessions_first() -> None:
     names = ["tls12-gcm", "tls12-cbc", "tls13"]
-    budget = 50_000  # one session holds ~43 kB: the first fits, the second only in part
+    budget = 80_000  # one session is charged ~50 kB (its ciphertext, its records, having ended): one fits
     run = Run.new(EngineConfig(max_hold_bytes_total=budget))
     peak = 0
     for i, name in enumerate(names):
         for s in segments(transcript(name), client=("10.0.2.1", 30000 + i), ts=1.0 + i):
             run.segments([s])
-            peak = max(peak, run.engine.tls.held_bytes)
-    assert 0 < peak <= budget
+            engine = run.engine
+            assert engine.tls.charge == _charge(engine)
+            peak = max(peak, engine.tls.charge)
+    assert budget // 2 < peak <= budget
+    # The two older connections (ended, waiting for keys) were given up to make room, and reported at
+    # once: counted, each saying what it lost and why.
+    evicted = {o.flow.port[0] - 30000: o for o in run.outcomes}
+    assert sorted(evicted) == [0, 1]
+    for o in evicted.values():
+        assert (o.outcome, o.held) == ("no_key", "evicted") and "total hold budget exceeded" in o.reason
+        assert o.held_dropped_bytes > 0
+    tls = run.engine.tls
+    assert tls.evicted_sessions == 2 and tls.evicted_bytes == sum(o.held_dropped_bytes for o in evicted.values())
+    # The newest one, within the budget, lost nothing: its late keys decrypt all of it.
     run.keys("".join(transcript(n).keylog for n in names), ts=10.0).finish()
-    outs = {o.flow.port[0] - 30000: o for o in run.outcomes}
-    assert len(outs) == 3
-    first = outs[0]
-    assert_decrypted(run, transcript("tls12-gcm"), flow_id=first.flow.id, late_key=True)
-    # The later connections found the budget used up: they lost records, and say so.
-    for i in (1, 2):
-        o = outs[i]
-        assert o.outcome == "gap" and "total hold budget exceeded" in o.reason and o.held_dropped_bytes > 0
-        c2s, s2c = run.plaintext(o.flow.id)
-        t = transcript(names[i])
-        assert len(c2s) + len(s2c) < len(t.app_c2s) + len(t.app_s2c)
-    assert run.engine.tls.held_bytes == 0
+    last = run.outcomes[-1]
+    assert last.flow.port[0] == 30002
+    assert_decrypted(run, transcript("tls13"), flow_id=last.flow.id, late_key=True)
+    assert len(run.outcomes) == 3
+    assert tls.held_bytes == 0 and tls.charge == 0 and run.engine.sessions_waiting == 0
+
+
+def test_total_hold_budget_gives_up_the_oldest_open_session() -> None:
+    """Two open connections hold (neither ended): over the budget, the one holding longest loses its
+    held records, counted; later records of both are held again and the younger one loses nothing."""
+    t = transcript("tls12-gcm")
+    a = segments(t, client=("10.0.3.1", 31000), ts=1.0)
+    b = segments(t, client=("10.0.3.2", 31001), ts=1.5)
+    a_open, b_open = a[:-3], b[:-3]  # without the FIN exchange: both stay open
+    budget = 60_000
+    run = Run.new(EngineConfig(max_hold_bytes_total=budget))
+    run.segments(a_open)
+    held_a = run.engine.tls.held_bytes
+    assert held_a > 0 and run.engine.tls.charge <= budget
+    run.segments(b_open)
+    tls = run.engine.tls
+    assert tls.charge <= budget and tls.evicted_sessions == 1 and 0 < tls.evicted_bytes <= held_a
+    run.keys(t.keylog, ts=3.0)
+    run.segments(a[-3:]).segments(b[-3:]).finish()
+    outs = {o.flow.port[0]: o for o in run.outcomes}
+    older, younger = outs[31000], outs[31001]
+    assert older.held == "evicted" and older.held_dropped_bytes == tls.evicted_bytes
+    assert "total hold budget exceeded" in older.reason
+    assert_decrypted(run, t, flow_id=younger.flow.id, late_key=True)
+    assert tls.held_bytes == 0 and tls.charge == 0
+
+
+def test_an_ended_session_is_charged_until_it_is_reported() -> None:
+    t = transcript("tls13")
+    run = Run.new().segments(segments(t))
+    engine = run.engine
+    (sess,) = engine._deferred
+    assert sess._ended and engine.tls.charge == _charge(engine) > engine.tls.held_bytes + ENDED_SESSION_OVERHEAD
+    assert all(not d.buf for d in sess.dirs)
+    run.keys(t.keylog, ts=5.0)
+    assert_decrypted(run, t, late_key=True)
+    assert engine.tls.charge == 0 and not engine._deferred
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -137,13 +137,15 @@ class EngineSection:
                                                       "that have not started yet", minimum=1))
     max_keys: int = field(default=500_000, metadata=_k("secrets kept per worker (oldest evicted)", minimum=1))
     max_flow_buffer: int = field(default=4 << 20, metadata=_k(
-        "out-of-order bytes held per flow", "size", minimum=0))
+        "out-of-order bytes held per flow (each piece counted with its overhead)", "size", minimum=0))
     max_total_buffer: int = field(default=256 << 20, metadata=_k(
-        "out-of-order bytes held per worker", "size", minimum=0))
+        "TCP reassembly memory per worker: out-of-order bytes and each open flow's state (oldest "
+        "flows evicted)", "size", minimum=0))
     max_hold_bytes_per_session: int = field(default=4 << 20, metadata=_k(
         "ciphertext held per TLS session while its secrets are missing", "size", minimum=0))
     max_hold_bytes_total: int = field(default=256 << 20, metadata=_k(
-        "ciphertext held per worker while secrets are missing", "size", minimum=0))
+        "ciphertext held per worker while secrets are missing, with each record's and ended connection's "
+        "overhead (oldest given up first)", "size", minimum=0))
     body_limit: int = field(default=128 * 1024, metadata=_k("body bytes kept per message", "size",
                                                             minimum=0))
     ports: list[int] = field(default_factory=list, metadata=_k(

@@ -109,4 +109,10 @@ class TlsContext:
         self.picked_up = 0  # connections decrypted from mid-stream (their handshake not seen)
         self.max_hold_bytes_per_session = max_hold_bytes_per_session
         self.max_hold_bytes_total = max_hold_bytes_total
-        self.held_bytes = 0  # ciphertext held by all sessions now
+        self.held_bytes = 0  # ciphertext held (and plaintext queued behind it) by all sessions now
+        # what the hold budgets count: held_bytes plus the per-record and per-ended-session overheads
+        # (tls.session.HELD_RECORD_OVERHEAD, ENDED_SESSION_OVERHEAD); the engine keeps it within
+        # max_hold_bytes_total by giving up the oldest sessions' records
+        self.charge = 0
+        self.evicted_sessions = 0  # sessions whose held records the total budget gave up
+        self.evicted_bytes = 0  # the ciphertext bytes they lost

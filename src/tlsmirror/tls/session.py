@@ -83,6 +83,19 @@ PICKUP_KEY_UPDATES = 3  # TLS 1.3: KeyUpdates before the pickup that a trial cov
 _SUITES13 = {32: (0x1301, 0x1303, 0x1304, 0x1305), 48: (0x1302,)}  # TLS 1.3 suites by secret length
 
 
+# Memory the hold budgets charge beyond the bytes themselves (measured with bench/bench_memory.py
+# --no-keys --breakdown, pure-Python build, CPython 3.11+; the compiled build needs less):
+# - a held record: its _Held (120 B with the GC header), the bytes object's header (33 B), its size as
+#   an int object (32 B) and its places in ``queue`` and ``pending`` (16 B), rounded up for the allocator;
+# - a session that ended while it holds (kept for its keys until key_wait): the session, its two
+#   directions, the handshake messages it parsed, its flow and its key-wait entries.
+HELD_RECORD_OVERHEAD = 224
+ENDED_SESSION_OVERHEAD = 6144
+# What an open connection's session costs (its handshake, decryptors, buffers: 5.0 kB traced with its
+# keys); the engine counts it, per flow, in the reassembly budget (tcp FLOW_OVERHEAD is the TCP part).
+OPEN_SESSION_OVERHEAD = 5120
+_VERSIONS = {v: v for v in range(0x0300, 0x0305)}  # one int object per record version (held records)
+
 REFRAME_KEEP = 2 * (MAX_RECORD + 5)  # bytes kept while looking for the record framing mid-stream
 
 
@@ -155,7 +168,14 @@ class _Held:
         self.lost = lost  # a run: their ciphertext bytes
         self.bound = -1  # parked: the epoch it is known to precede (-1: pending, its epoch unknown)
         self.done = False
-        self.events: list[Any] = []
+        self.events: list[Any] | None = None  # made when there is one (most records never yield one here)
+
+    def sink(self) -> list[Any]:
+        """Where what this record yields goes (made on first use)."""
+        ev = self.events
+        if ev is None:
+            ev = self.events = []
+        return ev
 
 
 class _Direction:
@@ -192,6 +212,17 @@ class TlsSession:
     the events appended to ``out`` (the engine takes them after each call).
     """
 
+    # slotted: one per connection, tens of thousands of them may wait for keys at once
+    __slots__ = (
+        "_dir_fixed", "_ended", "_pickup_alts", "_pickup_opts", "_queued_plain", "_sink", "alpn", "ch", "charge",
+        "client_dir", "closed", "ctx", "dirs", "drop_reasons", "enc_pms", "failure", "flow", "had_gap",
+        "held_bytes", "held_dropped_bytes", "held_since", "hold_state", "key_lag", "keys_ready", "late_key",
+        "master", "no_handshake", "out", "picked_up", "pickup_budget", "pickup_done", "pickup_tries", "queue",
+        "records_decrypted", "records_failed", "records_skipped", "registered", "renegotiations", "resumed",
+        "resyncs", "session_hash", "settled", "sh", "suite", "ticket", "tls13", "transcript", "ts_first",
+        "ts_hello", "unsupported", "user", "version", "wait_idents",
+    )
+
     def __init__(self, flow: Flow, ctx: TlsContext, ts: float) -> None:
         self.flow = flow
         self.ctx = ctx
@@ -227,6 +258,10 @@ class TlsSession:
         self.renegotiations = 0
         self.resyncs = 0  # times a side found its records again after a TCP gap
         self.held_bytes = 0  # ciphertext held and plaintext queued by this session (the budgets count both)
+        # what the hold budgets charge this session: held_bytes plus the overhead of each held record and,
+        # once its flow ended while it holds, of the session itself (HELD_RECORD_OVERHEAD, ENDED_SESSION_...)
+        self.charge = 0
+        self._ended = False
         self.held_dropped_bytes = 0
         self.held_since: float | None = None  # packet time of the oldest thing held now (None: none)
         self.drop_reasons: list[str] = []  # why held ciphertext was given up (budget, key wait)
@@ -273,11 +308,38 @@ class TlsSession:
 
     def _add_held(self, n: int) -> None:
         self.held_bytes += n
-        self.ctx.held_bytes += n
+        self.charge += n
+        ctx = self.ctx
+        ctx.held_bytes += n
+        ctx.charge += n
 
     def _unhold(self, n: int) -> None:
         self.held_bytes -= n
-        self.ctx.held_bytes -= n
+        self.charge -= n
+        ctx = self.ctx
+        ctx.held_bytes -= n
+        ctx.charge -= n
+
+    def _unhold_record(self, h: _Held) -> None:
+        """A held record's bytes are no longer kept: uncharge them and the record's overhead."""
+        n = h.size
+        if n:
+            self._unhold(n)
+            self.charge -= HELD_RECORD_OVERHEAD
+            self.ctx.charge -= HELD_RECORD_OVERHEAD
+            h.size = 0
+        h.frag = b""
+
+    def ended(self) -> None:
+        """The TCP flow ended while this session holds records for its keys: it is kept until they come
+        (or the key wait or a budget gives them up). Free what no more input needs, charge the rest."""
+        if self.closed or self._ended:
+            return
+        self._ended = True
+        self.charge += ENDED_SESSION_OVERHEAD
+        self.ctx.charge += ENDED_SESSION_OVERHEAD
+        for st in self.dirs:
+            st.buf = bytearray()  # a record cut off by the end of the stream never completes
 
     def _flush(self) -> None:
         """Pass on what is decided at the head of the queue; note the time of the oldest thing held."""
@@ -292,11 +354,13 @@ class TlsSession:
                 if type(item) is _Held:
                     if not item.done:
                         break
-                    for ev in item.events:
-                        out.append(ev)
-                        if type(ev) is TlsPlaintext:
-                            freed += len(ev.data)
-                    item.events = []
+                    evs = item.events
+                    if evs is not None:
+                        for ev in evs:
+                            out.append(ev)
+                            if type(ev) is TlsPlaintext:
+                                freed += len(ev.data)
+                        item.events = None
                 else:
                     out.append(item)
                     if type(item) is TlsPlaintext:
@@ -545,15 +609,15 @@ class TlsSession:
                     if before is not None and h.ts > before:
                         keep.append(h)
                         continue
-                    self._unhold(h.size)
+                    size = h.size
+                    self._unhold_record(h)
                     if h.done:
                         self.records_skipped += 1  # a handshake record whose key never came
                     else:  # early data
                         gave = True
-                        dropped += h.size
-                        h.events.append(TlsGap(self.flow, d, h.ts, h.size))
+                        dropped += size
+                        h.sink().append(TlsGap(self.flow, d, h.ts, size))
                         h.done = True
-                    h.size = 0
                 st.parked = keep
             pend = st.pending
             n = 0
@@ -571,11 +635,9 @@ class TlsSession:
                     count += 1
                     lost += h.size
                     dropped += h.size
-                    self._unhold(h.size)
-                    h.size = 0
-                    h.frag = b""
+                    self._unhold_record(h)
                 h.done = True
-            pend[0].events.append(TlsGap(self.flow, d, pend[0].ts, lost))
+            pend[0].sink().append(TlsGap(self.flow, d, pend[0].ts, lost))
             del pend[:n]
             if self.tls13:
                 st.resync += count
@@ -599,6 +661,10 @@ class TlsSession:
             return
         self.closed = True
         self.give_up("connection ended before the key arrived")
+        if self._ended:
+            self._ended = False
+            self.charge -= ENDED_SESSION_OVERHEAD
+            self.ctx.charge -= ENDED_SESSION_OVERHEAD
         self.out.append(self.outcome(ts))
 
     def missing_secrets(self) -> list[str]:
@@ -713,26 +779,28 @@ class TlsSession:
                 self._pickup(d, ver, frag, ts)
 
     def _hold(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float) -> None:
-        """Keep a record whose key may still come, in order; over a budget, give up instead."""
+        """Keep a record whose key may still come, in order; over the per-session budget, give up instead.
+
+        The total budget is the engine's: over it, it gives up the oldest sessions' records
+        (:meth:`give_up` with ``evicted``), ended ones first, and counts them."""
         ctx = self.ctx
         size = len(frag) + 5
-        if self.held_bytes + size > ctx.max_hold_bytes_per_session:
-            why = "hold budget per session exceeded"
-        elif ctx.held_bytes + size > ctx.max_hold_bytes_total:
-            why = "total hold budget exceeded"
-        else:
-            h = _Held(d, ctype, ver, frag, ts)
+        limit = ctx.max_hold_bytes_per_session
+        if self.charge + size + HELD_RECORD_OVERHEAD <= limit:
+            h = _Held(d, ctype, _VERSIONS.get(ver, ver), frag, ts)
             st.pending.append(h)
             self.queue.append(h)
             self._add_held(size)
+            self.charge += HELD_RECORD_OVERHEAD
+            ctx.charge += HELD_RECORD_OVERHEAD
             if self.held_since is None:
                 self.held_since = ts
             return
+        why = "hold budget per session exceeded"
         if self._queued_plain:
             # Decrypted data of this connection waits behind what is held: give that up, not the data.
             self.give_up(why, evicted=True)
-            if self.held_bytes + size <= ctx.max_hold_bytes_per_session and \
-                    ctx.held_bytes + size <= ctx.max_hold_bytes_total:
+            if self.charge + size + HELD_RECORD_OVERHEAD <= limit:
                 if self.tls13:
                     self._record13(d, st, ctype, ver, frag, ts, None)
                 else:
@@ -757,10 +825,7 @@ class TlsSession:
     def _decided(self, h: _Held) -> None:
         """A held record has been used (or found to need nothing more)."""
         h.done = True
-        if h.size:
-            self._unhold(h.size)
-            h.size = 0
-        h.frag = b""
+        self._unhold_record(h)
 
     # ---- TLS <= 1.2
     def _record12(self, d: int, st: _Direction, ctype: int, ver: int, frag: bytes, ts: float,
@@ -774,7 +839,7 @@ class TlsSession:
             return
         if h is not None:
             self.late_key = True
-            self._sink = h.events
+            self._sink = h.sink()
         try:
             try:
                 itype, pt = dec.decrypt(ctype, ver, frag)
@@ -845,7 +910,7 @@ class TlsSession:
         self.records_decrypted += 1
         if h is not None:
             self.late_key = True
-            self._sink = h.events
+            self._sink = h.sink()
         try:
             self._inner13(d, st, epoch, itype, pt, ts)
         finally:
@@ -891,7 +956,7 @@ class TlsSession:
         may_come = any(st.keys[e] is None and self._applies13(d, e) for e in range(st.init, bound))
         for h in st.pending:
             if h.count:  # records given up: their place in the output is a gap
-                h.events.append(TlsGap(self.flow, d, h.ts, h.lost))
+                h.sink().append(TlsGap(self.flow, d, h.ts, h.lost))
                 h.done = True
                 continue
             if not may_come:
@@ -934,7 +999,7 @@ class TlsSession:
             self.records_decrypted += 1
             self.late_key = True
             if not h.done:
-                self._sink = h.events
+                self._sink = h.sink()
             try:
                 self._inner13(d, st, e, itype, pt, h.ts)
             except UnsupportedError as exc:
@@ -999,7 +1064,7 @@ class TlsSession:
                 st.pending.append(h)
                 return
             st.dec.seq += h.count
-        h.events.append(TlsGap(self.flow, d, h.ts, h.lost))
+        h.sink().append(TlsGap(self.flow, d, h.ts, h.lost))
         h.done = True
     # ------------------------------------------------------------------ handshake
     def _handshake_bytes(self, d: int, st: _Direction, data: bytes, ts: float, buf: bytearray, epoch: int) -> None:

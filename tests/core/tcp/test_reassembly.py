@@ -22,7 +22,7 @@ from tlsmirror.tcp.events import (
     StreamGap,
     TcpEvent,
 )
-from tlsmirror.tcp.reassembly import TcpReassembler
+from tlsmirror.tcp.reassembly import FLOW_OVERHEAD, PIECE_OVERHEAD, TcpReassembler
 
 M = 0xFFFFFFFF
 CADDR = bytes([10, 0, 0, 1])
@@ -152,6 +152,9 @@ def held_total(r: TcpReassembler) -> int:
             assert all(e <= a for e, a in zip(ends, h.hstart[1:], strict=False)), "overlap or unsorted"
             assert all(a > h.off for a in h.hstart)
             total += h.held
+    pieces = sum(len(h.hstart) for conn in r._lru for h in conn.halves)
+    assert r._pieces == pieces
+    assert r.charge == r.buffered_bytes + pieces * r.piece_overhead + r.open_flows * r.flow_overhead
     return total
 
 
@@ -411,8 +414,11 @@ def test_fin_straddling_held_piece_is_truncated() -> None:
     assert held_total(r) == r.buffered_bytes == 0
 
 
+BYTES_ONLY = {"flow_overhead": 0, "piece_overhead": 0}  # budgets of bytes alone, for exact figures
+
+
 def test_budget_per_flow() -> None:
-    r = TcpReassembler(max_flow_buffer=100)
+    r = TcpReassembler(max_flow_buffer=100, **BYTES_ONLY)
     cv = Conv()
     st_ = run(r, cv.handshake())
     fid = st_.opened[0]
@@ -430,8 +436,45 @@ def test_budget_per_flow() -> None:
     assert r.buffered_bytes == 100
 
 
+def test_budget_counts_held_pieces() -> None:
+    """Many small pieces cost more than their bytes: the per-flow budget counts each one's overhead."""
+    r = TcpReassembler(max_flow_buffer=10 * PIECE_OVERHEAD, flow_overhead=0)
+    cv = Conv()
+    st_ = run(r, cv.handshake())
+    fid = st_.opened[0]
+    for off in range(2, 40, 2):  # 1-byte pieces behind 1-byte holes: 19 bytes, 19 pieces
+        run(r, [cv.c(off, b"p")], st_)
+        assert held_total(r) == r.buffered_bytes
+        conn = next(iter(r._lru))
+        assert r._flow_charge(conn.halves[0]) <= 10 * PIECE_OVERHEAD
+    assert 0 < r.buffered_bytes < 19 and r.stats["budget_dropped_bytes"] > 0
+    assert st_.items[(fid, CLIENT)][0] == ("budget", 2)
+
+
+def test_total_budget_counts_open_flows_and_evicts_the_least_recently_active() -> None:
+    r = TcpReassembler(max_total_buffer=3 * FLOW_OVERHEAD + 300)
+    convs = [Conv(cport=40000 + i) for i in range(1, 5)]
+    st_ = Streams()
+    for cv in convs[:3]:
+        run(r, [cv.c(0, b"x")], st_)
+    assert r.charge == 3 * FLOW_OVERHEAD and not st_.closed
+    run(r, [convs[0].c(1, b"y")], st_)  # flow 1 active again: flow 2 is now the oldest
+    run(r, [convs[3].c(0, b"z")], st_)  # no room for a fourth flow: the oldest makes room
+    assert st_.closed == {st_.opened[1]: "evicted"}
+    assert r.open_flows == 3 and r.charge <= r.max_total_buffer
+    s = r.stats
+    assert s["flows_evicted"] == s["flows_evicted_budget"] == s["flows_closed_evicted"] == 1
+    # held bytes are given up before a flow is evicted
+    run(r, [convs[0].c(10, b"h" * 50)], st_)
+    assert r.buffered_bytes == 50 and r.charge == 3 * FLOW_OVERHEAD + 50 + PIECE_OVERHEAD
+    run(r, [Conv(cport=40010).c(0, b"n")], st_)
+    assert r.buffered_bytes == 0 and r.stats["budget_dropped_bytes"] == 8
+    assert r.stats["flows_evicted_budget"] == 2  # the held bytes did not make room enough
+    assert held_total(r) == 0
+
+
 def test_budget_total_takes_from_largest_holder() -> None:
-    r = TcpReassembler(max_total_buffer=100)
+    r = TcpReassembler(max_total_buffer=100, **BYTES_ONLY)
     small, big = Conv(cport=40001), Conv(cport=40002)
     st_ = run(r, small.handshake() + big.handshake())
     fsmall, fbig = st_.opened
@@ -685,7 +728,8 @@ def test_property_losses_are_accounted_by_gaps(dd: st.DataObject) -> None:
     feed = draw(st.permutations(feed))
     fin_at = draw(st.one_of(st.just(len(feed)), st.integers(0, len(feed))))
     feed.insert(fin_at, cv.c(len(data), flags=FIN | ACK, ack=None))
-    r = TcpReassembler(max_flow_buffer=draw(st.sampled_from([1 << 20, 500, 50, 0])))
+    r = TcpReassembler(max_flow_buffer=draw(st.sampled_from([1 << 20, 500, 50, 0])),
+                       piece_overhead=draw(st.sampled_from([0, PIECE_OVERHEAD])))
     st_ = run(r, cv.handshake()[:2] + feed)
     fid = st_.opened[0]
     assert held_total(r) == r.buffered_bytes
@@ -715,10 +759,11 @@ def _random_segment(draw: st.DrawFn) -> TcpSegment:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_random_segment(), max_size=60), st.sampled_from([0, 30, 1 << 20]))
-def test_fuzz_random_segments_never_raise(segs: list[TcpSegment], budget: int) -> None:
+@given(st.lists(_random_segment(), max_size=60), st.sampled_from([0, 30, 1 << 20]), st.booleans())
+def test_fuzz_random_segments_never_raise(segs: list[TcpSegment], budget: int, overheads: bool) -> None:
+    extra = {} if overheads else BYTES_ONLY
     r = TcpReassembler(idle_timeout=100.0, max_flow_buffer=budget, max_total_buffer=max(budget, 40),
-                       max_flows=2)
+                       max_flows=2, **extra)
     st_ = Streams()
     for i, s in enumerate(segs):
         st_.add(r.feed(s))

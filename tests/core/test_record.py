@@ -208,3 +208,54 @@ def test_iso_time_from_several_threads() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+# ---------------------------------------------------------------- GraphQL pre-check (start-up, speed)
+_GQL_TARGETS = st.one_of(st.none(), st.sampled_from(["/graphql", "/graphql?x=1", "/api/graphql", "/q?query=%7Ba%7D",
+                                                     "/items?limit=2", "/query=1", "/", "*"]), st.text(max_size=20))
+_GQL_BODIES = st.one_of(st.none(), st.sampled_from([b"", b'{"query":"{a}"}', b'  [{"query":"{a}"}]',
+                                                    b'{"extensions":{"persistedQuery":{}}}', b'x"query"',
+                                                    b'{"a":1}', b' ' * 20 + b'{"query":1}']),
+                        st.binary(max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "POST"]), target=_GQL_TARGETS, body=_GQL_BODIES,
+       paths=st.sampled_from([None, ("/graphql",), ("/api/graphql", "/gql"), ()]))
+def test_record_graphql_precheck_is_the_readers(method: str, target: str | None, body: bytes | None,
+                                                paths: tuple[str, ...] | None) -> None:
+    """record.maybe_graphql (no import of the reader) answers as http.graphql.maybe_graphql does."""
+    from tlsmirror.http import graphql
+    from tlsmirror.record import GRAPHQL_PATHS, maybe_graphql
+
+    assert GRAPHQL_PATHS == graphql.GRAPHQL_PATHS
+    ex = exchange(method=method, path=target,
+                  request_body=None if body is None else Body(body, len(body), len(body), False))
+    options = None if paths is None else graphql.GraphqlOptions(paths=paths)
+    want = graphql.maybe_graphql(ex, graphql.GRAPHQL_PATHS if options is None else options.paths)
+    assert maybe_graphql(ex, split_target(target)[0], options) == want
+
+
+# ---------------------------------------------------------------- JSON line with the connection part cached
+@pytest.mark.parametrize("conn", [
+    CONN,
+    Connection(8, "2001:db8::1", 5000, "2001:db8::2", 8443, False),
+    Connection(9, "10.0.0.1", 40001, "10.0.0.2", 443, True, None, None, None, None),
+    Connection(10, "10.0.0.1", 40002, "10.0.0.2", 443, True, "TLS1.2", "x", "caf\u00e9.test\udcff", "h2"),
+])
+@pytest.mark.parametrize("body_mode", ["auto", "base64", "none"])
+def test_call_to_json_line_is_the_record_line(conn: Connection, body_mode: str) -> None:
+    """call_to_json_line (connection part serialised once per connection) gives the bytes of
+    to_json_line(call_to_dict(...)), for every call of the connection, the surrogate fallback included."""
+    from tlsmirror.record import call_to_json_line, to_json_line
+
+    for ex in (exchange(), exchange(method="POST", path="/graphql",
+                                    request_body=Body(b'{"query":"{a}"}', 15, 15, False)),
+               exchange(path="/x\udcff")):
+        call = ApiCall(conn, ex, "/v1/items")
+        want = to_json_line(call_to_dict(call, body_mode=body_mode))
+        assert call_to_json_line(call, body_mode=body_mode) == want
+        assert call_to_json_line(call, body_mode=body_mode) == want  # cached now
+    changed = replace(conn, sni="other.test")  # a new connection object: its own part
+    call = ApiCall(changed, exchange())
+    assert call_to_json_line(call) == to_json_line(call_to_dict(call))

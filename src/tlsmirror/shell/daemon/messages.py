@@ -2,7 +2,7 @@
 
 Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`Reopen`, :class:`StopRequest`.
 Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`, :class:`CallBatch` (only when the
-exporters are the parent's), :class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`,
+exporters are the parent's), :class:`InventoryPart`, :class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`,
 :class:`WorkerFailed`. Readers dispatch on ``type(msg) is X``. Frames never cross: live, each worker has
 its sockets; with a capture file, each worker reads its flow share of it (:mod:`.pcapfeed`).
 """
@@ -53,6 +53,15 @@ class CallBatch:
 
 
 @dataclass(slots=True)
+class InventoryPart:
+    """The calls the worker folded into its share of the live inventory since its last part (an
+    ``Inventory``, shell/inventory/live.py), sent just before a :class:`WorkerStats`."""
+
+    worker: int
+    part: Any
+
+
+@dataclass(slots=True)
 class WorkerStats:
     """Cumulative counters and current gauges (see ``Worker.stats``)."""
 
@@ -84,4 +93,4 @@ class WorkerFailed:
 
 
 ToWorker = KeysGiven | Reopen | StopRequest
-FromWorker = WorkerReady | CallBatch | WorkerStats | CaptureRead | WorkerDone | WorkerFailed
+FromWorker = WorkerReady | CallBatch | InventoryPart | WorkerStats | CaptureRead | WorkerDone | WorkerFailed

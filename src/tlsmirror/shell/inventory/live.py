@@ -2,8 +2,15 @@
 an :class:`~tlsmirror.inventory.inventory.Inventory`, bounded in memory, read at any time by the metrics
 server's ``/inventory`` (JSON, the document ``tlsmirror inventory`` writes) and ``/inventory.html``.
 
-Thread-safe: calls come from the export thread, reads from the metrics server's threads. Several live
-inventories (one per worker, say) are folded into one with :meth:`LiveInventory.merged`.
+Thread-safe: calls come from the export thread (or parts from the workers, :meth:`LiveInventory.fold`),
+reads from the metrics server's threads. Several live inventories are folded into one with
+:meth:`LiveInventory.merged`.
+
+In the daemon each worker folds its own calls (:class:`InventoryFeed`, bounded by ``max_endpoints``) and
+hands the parent the part it folded since the last one, with its statistics (every ``stats_interval``
+live; with a capture file, with each file position it reports, so that the parent's inventory covers
+exactly the calls up to the positions it knows: a worker killed and restarted neither loses nor repeats
+what it had reported). The parent folds the parts into its :class:`LiveInventory`; no call crosses.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from ...calls import ApiCall
 from ...inventory.inventory import Inventory
 from ...inventory.report import render
 from ...inventory.routes import RouteTable
+from ...inventory.sensitive import SensitiveRules
 from ...record import call_to_dict
 
 TITLE = "API inventory (live)"
@@ -41,6 +49,12 @@ class LiveInventory:
         with self._lock:
             self.inventory.add(rec)
         self.stats["exported"] += 1
+
+    def fold(self, part: Inventory) -> None:
+        """Fold a worker's part (:meth:`InventoryFeed.take`): the calls it folded since its last part."""
+        with self._lock:
+            self.inventory.merge(part)
+        self.stats["exported"] += part.calls + part.skipped
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -80,3 +94,47 @@ class LiveInventory:
             return render(self.document(), None, TITLE).encode(), "text/html; charset=utf-8"
 
         return {"/inventory": as_json, "/inventory.html": as_html}
+
+
+_NO_RULES = SensitiveRules(())  # a part travels without the rules (the parent does not scan again)
+
+
+class InventoryFeed:
+    """A worker's share of the live inventory: the calls it exported since its last part, folded into an
+    :class:`~tlsmirror.inventory.inventory.Inventory` of at most ``max_endpoints`` endpoints, whose route
+    table starts from the seeds of ``routes`` (the run's starting table as data: the parent has its
+    paths already). :meth:`take` hands the part over and starts an empty one. One thread only."""
+
+    def __init__(self, routes: dict[str, Any] | None = None, *, max_endpoints: int = 20000,
+                 bucket_seconds: int = 300) -> None:
+        base = RouteTable.from_dict(routes) if routes else RouteTable()
+        self._config = base.config
+        self._seeds = base.seeds
+        self.max_endpoints = max_endpoints
+        self.bucket_seconds = bucket_seconds
+        self.rules = SensitiveRules()
+        self.current = self._new()
+
+    def _new(self) -> Inventory:
+        table = RouteTable(self._config, seeds={h: list(ts) for h, ts in self._seeds.items()})
+        return Inventory(table, self.rules, bucket_seconds=self.bucket_seconds, max_keys=self.max_endpoints)
+
+    def add(self, call: ApiCall) -> None:
+        self.current.add(call_to_dict(call))
+
+    def add_record(self, rec: dict[str, Any]) -> None:
+        """The record of a call, as the JSON lines carry it (built once for both)."""
+        self.current.add(rec)
+
+    def take(self) -> Inventory | None:
+        """The part folded since the last one (None: no call since), ready to pickle; an empty one
+        starts."""
+        part = self.current
+        if not part.calls and not part.skipped:
+            return None
+        self.current = self._new()
+        part.rules = _NO_RULES
+        part.routes.seeds = {}  # the parent's table has them
+        for svc in part.routes.services.values():  # what the parent does not need: rebuilt from paths
+            svc.root, svc.routes, svc.dirty = None, [], True
+        return part

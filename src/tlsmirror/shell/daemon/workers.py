@@ -330,6 +330,7 @@ class Worker:
         self.exporters: list[Any] = list(exporters or ())  # its own; none: calls go to the parent
         self.inventory = inventory  # its share of the live inventory: parts go to the parent, calls do not
         self._inventory_unsent: Any = None  # a part the full outbox did not take
+        self._inventory_direct = inventory is not None and not self._record_hook(inventory)
         self.calls_to_parent = not self.exporters
         self.exported = 0  # API calls handed to the exporters (or the parent), including a catch-up's
         self.export_errors = 0
@@ -361,6 +362,9 @@ class Worker:
         # A capture file read again from its start gives the same flow ids: the same connection ids
         self._id_base = (spec.incarnation << 32) if spec.mode == "live" else 0
         self._id_mul = max(1, spec.workers)
+        self._renumber = self._id_mul != 1 or self._id_base != 0
+        # the engine keeps one Connection per connection (a new one when its ALPN comes late): its copy
+        self._conns: dict[int, tuple[Any, Any]] = {}  # engine's connection id -> (engine's, renumbered)
         self._next_expire = time.monotonic() + spec.expire_interval
 
     # ------------------------------------------------------------------ events
@@ -368,9 +372,15 @@ class Worker:
         for ev in events:
             cls = type(ev)
             if cls is ApiCall:
-                conn = ev.connection
-                ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
-                                                 + self.spec.index), ev.exchange, ev.route)
+                if self._renumber:  # connection ids unique over workers and incarnations
+                    conn = ev.connection
+                    known = self._conns.get(conn.id)
+                    if known is None or known[0] is not conn:  # one copy per connection, not per call
+                        if len(self._conns) >= 4096:
+                            self._conns.clear()
+                        known = self._conns[conn.id] = (conn, dataclasses.replace(
+                            conn, id=(conn.id + self._id_base) * self._id_mul + self.spec.index))
+                    ev = ApiCall(known[1], ev.exchange, ev.route)
                 if not self.silent:
                     self.calls.append(ev)
                 self.exported += 1
@@ -393,12 +403,23 @@ class Worker:
             elif cls is HttpIssue:
                 self.http_issues += 1
 
+    def _record_hook(self, inventory: InventoryFeed) -> bool:
+        """Let the JSON lines exporter hand the inventory each record it builds (one record per call, not
+        two); False when there is none that can (the inventory builds its own)."""
+        from ..export.sharedjsonl import SharedJsonlExporter
+
+        for ex in self.exporters:
+            if type(ex) is SharedJsonlExporter and not ex.per_message:
+                ex.on_record = inventory.add_record
+                return True
+        return False
+
     def flush_calls(self) -> None:
         if not self.calls:
             return
         batch, self.calls = self.calls, []
         inv = self.inventory
-        if inv is not None:
+        if self._inventory_direct and inv is not None:
             try:
                 for c in batch:
                     inv.add(c)

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.daemon import ENV, KEYLOG, SAMPLE, config, free_port, scrape, value, wait_for
 from tlsmirror.calls import ApiCall
 from tlsmirror.inventory.inventory import Inventory
 from tlsmirror.inventory.routes import RouteTable
+from tlsmirror.inventory.sensitive import SensitiveRules
 from tlsmirror.pipeline import Engine, EngineConfig
 from tlsmirror.shell.daemon.messages import InventoryPart, WorkerStats
 from tlsmirror.shell.daemon.supervisor import Daemon, _Handle, load_preload
-from tlsmirror.shell.inventory.live import InventoryFeed, LiveInventory
+from tlsmirror.shell.inventory.live import InventoryFeed, LiveInventory, QuickRules
 from tlsmirror.shell.offline.inventory import inventory_main
 from tlsmirror.shell.offline.pcapfile import CapturedFrame, read_capture
 
@@ -168,3 +171,21 @@ def test_live_parts_are_taken_in_at_once() -> None:
     assert p is not None
     d._message(_Handle(0, None, None, None, 0.0), InventoryPart(0, p))
     assert d.inventory.document()["calls"] == 5
+
+
+_PIECES = ["alice@example.com", "4111 1111 1111 1111", "4111111111111112", "DE89370400440532013000", "+44 20 7946 0958",
+           "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlX2hlcmU", "AKIAIOSFODNN7EXAMPLE", "078-05-1120",
+           "AWS secret = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYab", "QQ 12 34 56 C", "12345678Z", "ghp_" + "a" * 36,
+           "-----BEGIN RSA PRIVATE KEY-----", "xoxb-1234567890", "id-42", "", " ", "@", "-", "2024-01-01"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=12)), max_size=6))
+def test_quick_rules_find_what_the_rules_find(parts: list[str]) -> None:
+    text = " ".join(parts)
+    extra = {"ticket": r"TK-(\d{4})", "order": r"(?i)order-[0-9]{3}"}  # a group of its own; a flag
+    configured = SensitiveRules.configured(extra=extra)
+    for quick, plain in ((QuickRules(), SensitiveRules()), (QuickRules(configured.rules), configured)):
+        assert quick.types_in(text) == plain.types_in(text)
+        assert quick.types_in(text) == plain.types_in(text)  # from its memory when short
+        assert quick.types_in(text + " TK-1234 ORDER-123") == plain.types_in(text + " TK-1234 ORDER-123")

@@ -69,7 +69,7 @@ GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_sto
                     "last_packet_wall", "fragments_pending", "wall", "alive", "position", "queue_depth",
                     "spool_bytes"})
 
-FILE_BATCH = 256  # API calls of a capture file written (and their position reported) together
+FILE_BATCH = 1024  # API calls of a capture file written (their position, inventory part reported) together
 
 # Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
 # a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.

@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--capture", help="another capture (default: the benchmark capture)")
     ap.add_argument("--keylog", help="its key log")
     ap.add_argument("--exchanges", type=int, default=CONNS * REQS, help="exchanges in the capture")
+    ap.add_argument("--no-inventory", action="store_true",
+                    help="also each worker count with inventory.enabled=false (the live inventory's share)")
     a = ap.parse_args()
     if a.capture:
         cap, keylog = Path(a.capture), Path(a.keylog) if a.keylog else None
@@ -52,9 +54,11 @@ def main() -> int:
     warm_bytecode("replay")
     cmds: dict[str, list[str]] = {"replay": [*tlsmirror_cmd(), "replay", str(cap), *keys, "-o", os.devnull]}
     for n in workers:
-        cmds[f"run --pcap, {n} worker{'s' if n > 1 else ''}"] = [
-            *tlsmirror_cmd(), "run", "--pcap", str(cap), *keys, "--no-keys", "--workers", str(n),
-            "-o", os.devnull, "--pcap-linger", "0", "--log-level", "warning", "--metrics-port", "PORT"]
+        for inventory in (True, False) if a.no_inventory else (True,):
+            name = f"run --pcap, {n} worker{'s' if n > 1 else ''}" + ("" if inventory else ", no inventory")
+            cmds[name] = [*tlsmirror_cmd(), "run", "--pcap", str(cap), *keys, "--no-keys", "--workers", str(n),
+                          "-o", os.devnull, "--pcap-linger", "0", "--log-level", "warning", "--metrics-port",
+                          "PORT", *(() if inventory else ("--set", "inventory.enabled=false"))]
     cpu: dict[str, list[float]] = {k: [] for k in cmds}
     wall: dict[str, list[float]] = {k: [] for k in cmds}
     loads: list[float] = []

@@ -753,7 +753,7 @@ def worker_main(spec: WorkerSpec, ctl: Any, results: Connection, preload: list[A
         exporters: list[Any] = []
         inventory: InventoryFeed | None = None
         if spec.config is not None:
-            from ..inventory.seeds import inventory_feed
+            from ..inventory.live import inventory_feed
             from .outputs import build_worker_exporters
 
             exporters = build_worker_exporters(spec.config, spec.index, spec.workers)

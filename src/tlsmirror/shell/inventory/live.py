@@ -21,14 +21,16 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
 from ...inventory.inventory import Inventory
-from ...inventory.report import render
 from ...inventory.routes import RouteTable
 from ...inventory.sensitive import SCAN_LIMIT, SensitiveRules
 from ...record import call_to_dict
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 TITLE = "API inventory (live)"
 CACHE_TEXT = 256  # strings up to this length have their types remembered (header values, ids, fields)
@@ -149,6 +151,8 @@ class LiveInventory:
             return (json.dumps(self.document(), indent=1) + "\n").encode(), "application/json"
 
         def as_html() -> tuple[bytes, str]:
+            from ...inventory.report import render  # the parent's only (a worker starts without it)
+
             return render(self.document(), None, TITLE).encode(), "text/html; charset=utf-8"
 
         return {"/inventory": as_json, "/inventory.html": as_html}
@@ -196,3 +200,12 @@ class InventoryFeed:
         for svc in part.routes.services.values():  # what the parent does not need: rebuilt from paths
             svc.root, svc.routes, svc.dirty = None, [], True
         return part
+
+
+def inventory_feed(cfg: Config, routes: dict[str, Any] | None) -> InventoryFeed | None:
+    """A worker's share of the live inventory (``inventory.enabled``); *routes*: the starting table as data
+    (``EngineConfig.routes``, which the worker has). Here, not in :mod:`.seeds`: a worker reads no file."""
+    inv = cfg.inventory
+    if not inv.enabled:
+        return None
+    return InventoryFeed(routes, max_endpoints=inv.max_endpoints)

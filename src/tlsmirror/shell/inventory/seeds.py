@@ -9,7 +9,7 @@ from ...inventory.routes import RouteConfig, RouteTable
 from ..config import Config
 from ..errors import InputError
 from ..offline.inventory import _load_json
-from .live import InventoryFeed, LiveInventory
+from .live import LiveInventory
 
 
 def route_table(cfg: Config) -> RouteTable:
@@ -44,11 +44,3 @@ def live_inventory(cfg: Config) -> LiveInventory | None:
         return None
     return LiveInventory(route_table(cfg), max_endpoints=inv.max_endpoints, state=inv.state)
 
-
-def inventory_feed(cfg: Config, routes: dict[str, Any] | None) -> InventoryFeed | None:
-    """A worker's share of the live inventory (``inventory.enabled``); *routes*: the starting table as data
-    (:func:`engine_routes`, which the worker has)."""
-    inv = cfg.inventory
-    if not inv.enabled:
-        return None
-    return InventoryFeed(routes, max_endpoints=inv.max_endpoints)

@@ -181,6 +181,7 @@ class Result:
     rss_parent_mib: float = 0.0
     rss_worker_mib: float = 0.0  # largest worker
     restarts: int = 0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
     error: str = ""
 
     passes: int = 1
@@ -213,6 +214,7 @@ def parse_tcpreplay(out: str, res: Result) -> None:
 
 def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namespace, work: Path) -> Result:
     res = Result(workers, ("top" if rate == "0" else f"{rate} {a.unit_label}"), passes=a.passes)
+    load0 = os.getloadavg()[0]
     mport, kport = free_port(), free_port()
     run_dir = Path(tempfile.mkdtemp(prefix=f"w{workers}-r{rate}-", dir=work))
     out = run_dir / "out.jsonl"
@@ -306,6 +308,7 @@ def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namesp
             rss = s.labelled("tlsmirror_memory_rss_bytes", "process")
             res.rss_parent_mib = rss.get("parent", 0.0) / (1 << 20)
             res.rss_worker_mib = max((v for k, v in rss.items() if k != "parent"), default=0.0) / (1 << 20)
+        res.load = (load0, os.getloadavg()[0])
         final_exported = samples[-1][2] if samples else 0.0
         first_final = next((t for t, _p, e in samples if e >= final_exported), 0.0)
         res.caught_up_s = first_final
@@ -359,7 +362,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2", help="worker counts to try (comma-separated)")
     ap.add_argument("--mbps", help="rates in Mbit/s, rising; 0 = --topspeed (default: 20,40,80,160,320,0; "
-                                   "with --passes: 20,30,40,60,80)")
+                                   "with --passes: 40,80,160,240,320,400)")
     ap.add_argument("--pps", help="rates in packets/s instead of --mbps (0 = --topspeed)")
     ap.add_argument("--keys", choices=("parallel", "before", "preload"), default="parallel",
                     help="secrets through the key listener with the traffic (default), before it, or --keylog")
@@ -393,7 +396,7 @@ def main() -> int:
         cap = soak_file(cap, a.passes, 1.0)
     workers = [int(x) for x in a.workers.split(",") if x]
     a.unit, a.unit_label = ("pps", "pps") if a.pps else ("mbps", "Mbps")
-    default = "20,40,80,160,320,0" if a.passes == 1 else "20,30,40,60,80"
+    default = "20,40,80,160,320,0" if a.passes == 1 else "40,80,160,240,320,400"
     rates = [x.strip() for x in (a.pps or a.mbps or default).split(",") if x.strip()]
     if a.quick:
         rates = (["40", "160", "0"] if a.passes == 1 else ["20", "40", "80"]) if not a.pps else rates[:3]
@@ -435,16 +438,19 @@ def main() -> int:
         lab("down")
         if not a.keep:
             shutil.rmtree(work_root, ignore_errors=True)
-    report(results)
+    report(results, f"{cap.name}, {a.passes} pass{'es' if a.passes > 1 else ''} "
+                    f"({a.passes * CONNS * REQS:,} exchanges), keys {a.keys}, {os.cpu_count()} CPUs")
     if a.json:
         Path(a.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
     return 0 if results and all(not r.error for r in results) else 1
 
 
-def report(results: list[Result]) -> None:
+def report(results: list[Result], what: str = "") -> None:
+    """One table of every run (with the machine's load average during it), then per worker count the
+    highest rate with zero drops."""
     header = ["workers", "rate asked", "sent Mbps", "sent pps", "kernel drops", "internal drops", "lines",
               "decrypted", "late-key", "caught up s", "exch/s", "CPU s (parent+workers)", "CPU s/1k exch",
-              "RSS MiB parent/worker", "complete"]
+              "RSS MiB parent/worker", "load avg", "complete"]
     rows = []
     for r in results:
         rows.append([str(r.workers), r.rate, f"{r.sent_mbps:.0f}", f"{r.sent_pps:,.0f}", f"{r.kernel_drops:,}",
@@ -452,9 +458,11 @@ def report(results: list[Result]) -> None:
                      f"{r.caught_up_s:.1f}",
                      f"{r.lines / r.caught_up_s:,.0f}" if r.caught_up_s else "-",
                      f"{r.cpu_parent:.1f}+{r.cpu_workers:.1f}", f"{r.cpu_per_1000:.3f}",
-                     f"{r.rss_parent_mib:.0f}/{r.rss_worker_mib:.0f}",
+                     f"{r.rss_parent_mib:.0f}/{r.rss_worker_mib:.0f}", f"{r.load[0]:.1f}-{r.load[1]:.1f}",
                      "yes" if r.complete else ("ERROR: " + r.error if r.error else "no")])
     print()
+    if what:
+        print(f"{what}; load average (1 min) at start-end of each run in the table")
     print_table(header, rows)
     print()
     for w in sorted({r.workers for r in results}):

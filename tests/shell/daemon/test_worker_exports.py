@@ -46,6 +46,14 @@ def _requests_in(pcap: str) -> set[tuple[int, float]]:
     return out
 
 
+def _offline_inventory(tmp: Path, pcap: str) -> dict[str, Any]:
+    """``tlsmirror inventory`` of *pcap* (one process)."""
+    from tlsmirror.shell.offline.inventory import inventory_main
+
+    assert inventory_main(captures=[pcap], keylogs=[KEYLOG], out_dir=str(tmp / "inv")) == 0
+    return dict(json.loads((tmp / "inv" / "inventory.json").read_text()))
+
+
 def _records(path: Path) -> list[tuple[int, float]]:
     return [(r["client"]["port"], round(r["request_start_ts"], 6))
             for r in map(json.loads, path.read_text().splitlines())]
@@ -63,11 +71,12 @@ class NoParentExport(Daemon):
 
 def test_workers_write_the_one_output_file_and_no_call_reaches_the_parent(tmp_path: Path) -> None:
     out = tmp_path / "calls.jsonl"
-    # (the live inventory, on by default, is the one consumer of calls in the parent: off here)
-    d = NoParentExport(config(**{"capture.pcap": SAMPLE, "output.jsonl": str(out), "inventory.enabled": False}),
+    # the default configuration: the live inventory is on (the workers send it their parts, not calls)
+    d = NoParentExport(config(**{"capture.pcap": SAMPLE, "output.jsonl": str(out)}),
                        preload=load_preload([KEYLOG]))
     Running(d).join(60)
     assert NoParentExport.through_parent == 0 and d.exporters == []
+    assert d.inventory is not None and d.inventory.document()["calls"] == 60
     got = _records(out)
     assert len(got) == 60 and set(got) == expected_requests()
     t = d.state.totals()
@@ -102,6 +111,9 @@ def test_killed_workers_lose_no_count_and_repeat_no_record(tmp_path: Path) -> No
     got = _records(out)
     assert set(got) == _requests_in(pcap) and len(got) == 60  # every call once
     assert len({json.loads(x)["connection_id"] for x in out.read_text().splitlines()}) == 12
+    # the live inventory took in each killed worker's parts up to the positions it had reported
+    assert d.inventory is not None
+    assert d.inventory.document() == _offline_inventory(tmp_path, pcap)
 
 
 def _otlp_run(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int, Path]:

@@ -79,3 +79,22 @@ def test_a_moved_file_is_recreated_and_a_write_error_is_counted(tmp_path: Path) 
     assert not full.flush()
     assert full.stats["errors"] == 1 and full.stats["dropped"] == 1 and full.stats["exported"] == 0
     full.close()
+
+
+def test_each_record_goes_to_the_hook_as_its_line_says_and_a_failing_hook_costs_no_line(tmp_path: Path) -> None:
+    out = tmp_path / "calls.jsonl"
+    ex = SharedJsonlExporter(str(out))
+    seen: list[dict[str, object]] = []
+    ex.on_record = seen.append
+    for i in range(3):
+        ex.export(api_call(i))
+
+    def broken(_rec: dict[str, object]) -> None:
+        raise RuntimeError("hook")
+
+    ex.on_record = broken
+    ex.export(api_call(3))
+    ex.close()
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and lines[:3] == json.loads(json.dumps(seen))
+    assert ex.stats["record_hook_errors"] == 1 and ex.stats["exported"] == 4

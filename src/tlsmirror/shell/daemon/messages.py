@@ -2,10 +2,10 @@
 
 Parent -> worker, on the worker's control queue: :class:`KeysGiven`, :class:`FactsGiven`, :class:`Reopen`,
 :class:`StopRequest`. Worker -> parent, through the worker's outbox pipe: :class:`WorkerReady`,
-:class:`CallBatch` (only when the exporters are the parent's), :class:`FactsSeen` (only with the key fabric),
-:class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`, :class:`WorkerFailed`. Readers dispatch on
-``type(msg) is X``. Frames never cross: live, each worker has its sockets; with a capture file, each worker
-reads its flow share of it (:mod:`.pcapfeed`).
+:class:`CallBatch` (only when the exporters are the parent's), :class:`InventoryPart`, :class:`FactsSeen`
+(only with the key fabric), :class:`WorkerStats`, :class:`CaptureRead`, :class:`WorkerDone`,
+:class:`WorkerFailed`. Readers dispatch on ``type(msg) is X``. Frames never cross: live, each worker has its
+sockets; with a capture file, each worker reads its flow share of it (:mod:`.pcapfeed`).
 """
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ class FactsSeen:
 
 
 @dataclass(slots=True)
+class InventoryPart:
+    """The calls the worker folded into its share of the live inventory since its last part (an
+    ``Inventory``, shell/inventory/live.py), sent just before a :class:`WorkerStats`."""
+
+    worker: int
+    part: Any
+
+
+@dataclass(slots=True)
 class WorkerStats:
     """Cumulative counters and current gauges (see ``Worker.stats``)."""
 
@@ -115,4 +124,5 @@ class WorkerFailed:
 
 
 ToWorker = KeysGiven | FactsGiven | Reopen | StopRequest
-FromWorker = WorkerReady | CallBatch | FactsSeen | WorkerStats | CaptureRead | WorkerDone | WorkerFailed
+FromWorker = (WorkerReady | CallBatch | InventoryPart | FactsSeen | WorkerStats | CaptureRead | WorkerDone
+              | WorkerFailed)

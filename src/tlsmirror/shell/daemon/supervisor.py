@@ -40,6 +40,7 @@ from ...tls.events import HandshakeFacts
 from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
+from ..inventory.live import LiveInventory
 from ..inventory.seeds import engine_routes, live_inventory
 from ..logs import get_logger
 from .messages import (
@@ -48,6 +49,7 @@ from .messages import (
     FactsGiven,
     FactsSeen,
     FromWorker,
+    InventoryPart,
     KeysGiven,
     Reopen,
     StopRequest,
@@ -83,6 +85,7 @@ class _Handle:
     done: bool = False
     ready: bool = False
     dead: bool = False
+    parts: list[Any] = dataclasses.field(default_factory=list)  # --pcap: inventory parts before their stats
 
 
 class Daemon:
@@ -98,6 +101,7 @@ class Daemon:
         self._exporters_given = exporters
         self.worker_exporters = exporters is None  # each worker builds its own from the configuration
         self.exporters: list[Exporter] = []  # the parent's (given ones only)
+        self.inventory: LiveInventory | None = None  # /inventory: the workers' parts folded (or an exporter)
         self.state = MetricsState(self.nworkers, self.mode)
         self.state.worker_exporters = self.worker_exporters
         self._positions: dict[int, int] = {}  # --pcap: the file position each worker last reported
@@ -180,8 +184,10 @@ class Daemon:
         self.state.output = os.path.abspath(out) if out is not None and out != "-" else out
         for i, ex in enumerate(self.exporters):
             self.state.exporters[f"{type(ex).__name__.lower()}{i if i else ''}"] = stats_of(ex)
-        inventory = live_inventory(cfg)  # /inventory: one more exporter, read by the metrics server
-        if inventory is not None:
+        # /inventory, read by the metrics server: the workers' inventory parts folded, or (exporters given
+        # to the parent) one more exporter
+        inventory = self.inventory = live_inventory(cfg)
+        if inventory is not None and not self.worker_exporters:
             self.exporters = [*self.exporters, inventory]
         self.state.export_queue_depth = self._export_q.qsize
         self.state.export_queue_size = cfg.output.queue_size
@@ -499,10 +505,19 @@ class Daemon:
                 self._facts.extend(facts)
             if self.fabric is not None:
                 self.fabric.publish_facts(facts)
+        elif type(msg) is InventoryPart:
+            if self.mode == "pcap":
+                h.parts.append(msg.part)  # taken in with the position the next stats report
+            elif self.inventory is not None:
+                self.inventory.fold(msg.part)
         elif type(msg) is WorkerStats:
             self.state.update(h.index, msg.stats)
             if self.mode == "pcap":
                 self._positions[h.index] = msg.stats.get("position", 0)
+                if h.parts and self.inventory is not None:
+                    for part in h.parts:
+                        self.inventory.fold(part)
+                h.parts.clear()
         elif type(msg) is CaptureRead:
             h.read = True
             self._file_frames = max(self._file_frames, msg.frames)
@@ -620,6 +635,8 @@ class Daemon:
             self._export_thread.join(max(1.0, end - time.monotonic()))
         for ex in self.exporters:
             close_within(ex, end - time.monotonic())
+        if self.inventory is not None and self.worker_exporters:
+            close_within(self.inventory, 0.0)  # inventory.state: the route table of every part
         if self.metrics is not None:
             self.metrics.stop()
         if not self._started:

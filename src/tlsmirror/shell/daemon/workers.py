@@ -7,7 +7,9 @@ the parent. It sends the parent
 
 - :class:`~.messages.WorkerStats` every ``stats_interval`` seconds, and with a capture file after every
   batch of calls it exported, with the file position they were exported up to (cumulative counters and
-  gauges, its exporters' counters),
+  gauges, its exporters' counters), each preceded by an :class:`~.messages.InventoryPart` when it folded
+  calls into its share of the live inventory since the last one (``inventory.enabled``:
+  :class:`~tlsmirror.shell.inventory.live.InventoryFeed`),
 - :class:`~.messages.CaptureRead` at the end of a capture file, :class:`~.messages.WorkerDone` after
   ``engine.finish()`` and the exporters' flush on stop, :class:`~.messages.WorkerFailed` on a start-up
   error,
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
@@ -52,6 +54,7 @@ from .messages import (
     CaptureRead,
     FactsGiven,
     FactsSeen,
+    InventoryPart,
     KeysGiven,
     Reopen,
     StopRequest,
@@ -63,6 +66,9 @@ from .messages import (
     facts_rows,
 )
 
+if TYPE_CHECKING:
+    from ..inventory.live import InventoryFeed
+
 log = get_logger("worker")
 
 # Counters that are gauges (not summed over dead incarnations of a worker).
@@ -70,7 +76,7 @@ GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_sto
                     "last_packet_wall", "fragments_pending", "wall", "alive", "position", "queue_depth",
                     "spool_bytes"})
 
-FILE_BATCH = 256  # API calls of a capture file written (and their position reported) together
+FILE_BATCH = 1024  # API calls of a capture file written (their position, inventory part reported) together
 
 # Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
 # a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.
@@ -325,12 +331,15 @@ class Outbox:
 class Worker:
     """The state and loop of one worker process."""
 
-    def __init__(self, spec: WorkerSpec, outbox: Outbox, exporters: list[Any] | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, outbox: Outbox, exporters: list[Any] | None = None,
+                 inventory: InventoryFeed | None = None) -> None:
         self.spec = spec
         self.out = outbox
         self.exporters: list[Any] = list(exporters or ())  # its own; none: calls go to the parent
-        # the parent's live inventory (inventory.enabled) folds the calls too: they go to it as well
-        self.calls_to_parent = not self.exporters or (spec.config is not None and spec.config.inventory.enabled)
+        self.inventory = inventory  # its share of the live inventory: parts go to the parent, calls do not
+        self._inventory_unsent: Any = None  # a part the full outbox did not take
+        self._inventory_direct = inventory is not None and not self._record_hook(inventory)
+        self.calls_to_parent = not self.exporters
         self.exported = 0  # API calls handed to the exporters (or the parent), including a catch-up's
         self.export_errors = 0
         self.silent = False  # catching up on a capture file: count, but export and log nothing
@@ -362,6 +371,9 @@ class Worker:
         # A capture file read again from its start gives the same flow ids: the same connection ids
         self._id_base = (spec.incarnation << 32) if spec.mode == "live" else 0
         self._id_mul = max(1, spec.workers)
+        self._renumber = self._id_mul != 1 or self._id_base != 0
+        # the engine keeps one Connection per connection (a new one when its ALPN comes late): its copy
+        self._conns: dict[int, tuple[Any, Any]] = {}  # engine's connection id -> (engine's, renumbered)
         self._next_expire = time.monotonic() + spec.expire_interval
 
     # ------------------------------------------------------------------ events
@@ -369,9 +381,15 @@ class Worker:
         for ev in events:
             cls = type(ev)
             if cls is ApiCall:
-                conn = ev.connection
-                ev = ApiCall(dataclasses.replace(conn, id=(conn.id + self._id_base) * self._id_mul
-                                                 + self.spec.index), ev.exchange, ev.route)
+                if self._renumber:  # connection ids unique over workers and incarnations
+                    conn = ev.connection
+                    known = self._conns.get(conn.id)
+                    if known is None or known[0] is not conn:  # one copy per connection, not per call
+                        if len(self._conns) >= 4096:
+                            self._conns.clear()
+                        known = self._conns[conn.id] = (conn, dataclasses.replace(
+                            conn, id=(conn.id + self._id_base) * self._id_mul + self.spec.index))
+                    ev = ApiCall(known[1], ev.exchange, ev.route)
                 if not self.silent:
                     self.calls.append(ev)
                 self.exported += 1
@@ -402,10 +420,29 @@ class Worker:
             batch, self.facts = self.facts, []
             self.out.put(FactsSeen(self.spec.index, facts_rows(batch)), block=True, timeout=0.2)
 
+    def _record_hook(self, inventory: InventoryFeed) -> bool:
+        """Let the JSON lines exporter hand the inventory each record it builds (one record per call, not
+        two); False when there is none that can (the inventory builds its own)."""
+        from ..export.sharedjsonl import SharedJsonlExporter
+
+        for ex in self.exporters:
+            if type(ex) is SharedJsonlExporter and not ex.per_message:
+                ex.on_record = inventory.add_record
+                return True
+        return False
+
     def flush_calls(self) -> None:
         if not self.calls:
             return
         batch, self.calls = self.calls, []
+        inv = self.inventory
+        if self._inventory_direct and inv is not None:
+            try:
+                for c in batch:
+                    inv.add(c)
+            except Exception as exc:  # a bug: the inventory misses these calls, the exports go on
+                self.export_errors += 1
+                log.error("live inventory failed: %s", exc)
         if self.exporters:
             for ex in self.exporters:
                 try:
@@ -515,11 +552,29 @@ class Worker:
             self._next_stats = mono + self.spec.stats_interval
             if self.out.broken or os.getppid() != self._ppid:  # the parent is gone: stop, do not linger
                 self.stop = self.eof = True
+            self.send_inventory(block=share is not None)
             self.out.put(WorkerStats(self.spec.index, self.stats()), block=share is not None, timeout=1.0)
             if share is not None and self.exporters:
                 # the position is with the parent before more calls are written: a kill in between
                 # repeats at most the calls written since it
                 self.out.wait_sent(1.0)
+
+    def send_inventory(self, block: bool) -> None:
+        """The inventory part folded since the last one, just before the stats (with a capture file, the
+        parent takes it in with the position those stats report: a kill in between loses the part and
+        the calls are folded again by the successor)."""
+        if self.inventory is None:
+            return
+        part = self.inventory.take()
+        unsent = self._inventory_unsent
+        if unsent is not None:  # the outbox was full last time: that part goes with this one
+            if part is not None:
+                unsent.merge(part)
+            part = unsent
+        if part is None:
+            return
+        sent = self.out.put(InventoryPart(self.spec.index, part), block=block, timeout=1.0)
+        self._inventory_unsent = None if sent or self.out.broken else part
 
     def stats(self) -> dict[str, Any]:
         e = self.engine
@@ -562,6 +617,7 @@ class Worker:
         deadline = self.deadline or time.monotonic() + self.spec.drain_timeout
         for ex in self.exporters:
             close_within(ex, deadline - time.monotonic() - 0.5)  # the rest: stats, done, exit
+        self.send_inventory(block=True)
         self.out.put(WorkerStats(self.spec.index, self.stats()), block=True, timeout=5.0)
         self.out.put(WorkerDone(self.spec.index), block=True, timeout=5.0)
 
@@ -717,11 +773,15 @@ def worker_main(spec: WorkerSpec, ctl: Any, results: Connection, preload: list[A
     signal.signal(signal.SIGTERM, on_term)
     try:
         exporters: list[Any] = []
+        inventory: InventoryFeed | None = None
         if spec.config is not None:
+            from ..inventory.live import inventory_feed
             from .outputs import build_worker_exporters
 
             exporters = build_worker_exporters(spec.config, spec.index, spec.workers)
-        worker = Worker(spec, outbox, exporters)
+            routes = spec.engine.get("routes")
+            inventory = inventory_feed(spec.config, routes if isinstance(routes, dict) else None)
+        worker = Worker(spec, outbox, exporters, inventory)
         if preload:
             # A capture-file run keeps its key log secrets whatever engine.key_ttl says (as decrypt and
             # replay do); a live sensor ages them like every received secret.

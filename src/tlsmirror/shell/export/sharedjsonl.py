@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
-from ...record import call_to_json_line, to_json_line, websocket_message_records
+from ...record import call_to_dict, call_to_json_line, to_json_line, websocket_message_records
 from ..errors import InputError
 
 if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
@@ -31,7 +32,11 @@ class SharedJsonlExporter:
 
     ``max_bytes`` rotates before a line would make the file larger (``path`` -> ``path.1`` ...
     ``path.<backups>``), as :class:`~tlsmirror.shell.export.jsonl.JsonlExporter` does. A write error is
-    counted (``stats["errors"]``, ``stats["dropped"]`` per line, the message in ``last_error``)."""
+    counted (``stats["errors"]``, ``stats["dropped"]`` per line, the message in ``last_error``).
+
+    ``on_record``: called with each call's record after its line is queued (the worker's live inventory
+    folds the same dict instead of building it again); not for WebSocket calls written per message, and
+    an error in it is counted (``stats["record_hook_errors"]``), never the line's."""
 
     def __init__(self, path: str, *, max_bytes: int | None = None, backups: int = 5,
                  body_mode: str = "auto", batch_bytes: int = BATCH_BYTES, websocket_records: str = "session",
@@ -49,6 +54,7 @@ class SharedJsonlExporter:
         self.batch_bytes = batch_bytes
         self.stats: dict[str, int] = {"exported": 0, "bytes": 0, "rotations": 0, "errors": 0, "dropped": 0}
         self.last_error: str | None = None
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
         self._lines: list[bytes] = []
         self._pending = 0
         self._fd = -1
@@ -163,7 +169,16 @@ class SharedJsonlExporter:
                                        websocket_list=False)]
             lines += [to_json_line(rec) for rec in websocket_message_records(call, body_mode=self.body_mode)]
         else:
-            lines = [call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql)]
+            hook = self.on_record
+            if hook is None:  # only serialised: the connection's part of the line once per connection
+                lines = [call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql)]
+            else:  # the live inventory takes the record the line is made of
+                rec = call_to_dict(call, body_mode=self.body_mode, graphql=self.graphql)
+                lines = [to_json_line(rec)]
+                try:
+                    hook(rec)
+                except Exception:
+                    self.stats["record_hook_errors"] = self.stats.get("record_hook_errors", 0) + 1
         for line in lines:
             self._lines.append(line)
             self._pending += len(line)

@@ -2,25 +2,93 @@
 an :class:`~tlsmirror.inventory.inventory.Inventory`, bounded in memory, read at any time by the metrics
 server's ``/inventory`` (JSON, the document ``tlsmirror inventory`` writes) and ``/inventory.html``.
 
-Thread-safe: calls come from the export thread, reads from the metrics server's threads. Several live
-inventories (one per worker, say) are folded into one with :meth:`LiveInventory.merged`.
+Thread-safe: calls come from the export thread (or parts from the workers, :meth:`LiveInventory.fold`),
+reads from the metrics server's threads. Several live inventories are folded into one with
+:meth:`LiveInventory.merged`.
+
+In the daemon each worker folds its own calls (:class:`InventoryFeed`, bounded by ``max_endpoints``) and
+hands the parent the part it folded since the last one, with its statistics (every ``stats_interval``
+live; with a capture file, with each file position it reports, so that the parent's inventory covers
+exactly the calls up to the positions it knows: a worker killed and restarted neither loses nor repeats
+what it had reported). The parent folds the parts into its :class:`LiveInventory`; no call crosses.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
 from ...inventory.inventory import Inventory
-from ...inventory.report import render
 from ...inventory.routes import RouteTable
+from ...inventory.sensitive import SCAN_LIMIT, SensitiveRules
 from ...record import call_to_dict
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 TITLE = "API inventory (live)"
+CACHE_TEXT = 256  # strings up to this length have their types remembered (header values, ids, fields)
+CACHE_SIZE = 16384  # remembered strings; then the memory starts again
+
+
+@dataclass(slots=True)
+class QuickRules(SensitiveRules):
+    """The same rules, the same answers (:meth:`types_in`), for less CPU: almost every string a call
+    carries holds no sensitive data, and one search for all the rules' patterns at once (an
+    alternation) says so where the rules one by one take a search each; only a string where some
+    pattern matches is scanned rule by rule (with its validators). Short strings' answers are
+    remembered: header values and body fields repeat from call to call. Patterns with groups of their
+    own are left out of the alternation and always searched alone."""
+
+    _any: re.Pattern[str] | None = None
+    _alone: tuple[Any, ...] = ()
+    _cache: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parts = []
+        alone = []
+        for r in self.rules:
+            p = r.pattern
+            if p.groups:
+                alone.append(r)
+                continue
+            src = p.pattern
+            if src.startswith("(?i)"):
+                src = src[4:]
+            flags = "i" if p.flags & re.IGNORECASE else ""
+            flags += "m" if p.flags & re.MULTILINE else ""
+            flags += "s" if p.flags & re.DOTALL else ""
+            flags += "x" if p.flags & re.VERBOSE else ""
+            parts.append(f"(?{flags}:{src})" if flags else f"(?:{src})")
+        try:
+            self._any = re.compile("|".join(parts)) if parts else None
+            self._alone = tuple(alone)
+        except re.error:  # a pattern that does not combine: every rule alone, as SensitiveRules does
+            self._any, self._alone = None, tuple(self.rules)
+
+    def types_in(self, text: str) -> set[str]:
+        short = len(text) <= CACHE_TEXT
+        if short:
+            known = self._cache.get(text)
+            if known is not None:
+                return set(known)
+        scan = text[:SCAN_LIMIT]
+        if (self._any is None or self._any.search(scan) is not None
+                or any(r.pattern.search(scan) is not None for r in self._alone)):
+            found = SensitiveRules.types_in(self, text)
+        else:
+            found = set()
+        if short:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[text] = frozenset(found)
+        return found
 
 
 class LiveInventory:
@@ -31,8 +99,8 @@ class LiveInventory:
         """``state``: a file the route table is written to on close (``inventory.state``: the next run
         starts from it)."""
         self.state = state
-        self.inventory = Inventory(table if table is not None else RouteTable(), max_keys=max_endpoints,
-                                   bucket_seconds=bucket_seconds)
+        self.inventory = Inventory(table if table is not None else RouteTable(), QuickRules(),
+                                   max_keys=max_endpoints, bucket_seconds=bucket_seconds)
         self._lock = threading.Lock()
         self.stats: dict[str, int] = {"exported": 0}
 
@@ -41,6 +109,12 @@ class LiveInventory:
         with self._lock:
             self.inventory.add(rec)
         self.stats["exported"] += 1
+
+    def fold(self, part: Inventory) -> None:
+        """Fold a worker's part (:meth:`InventoryFeed.take`): the calls it folded since its last part."""
+        with self._lock:
+            self.inventory.merge(part)
+        self.stats["exported"] += part.calls + part.skipped
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -77,6 +151,61 @@ class LiveInventory:
             return (json.dumps(self.document(), indent=1) + "\n").encode(), "application/json"
 
         def as_html() -> tuple[bytes, str]:
+            from ...inventory.report import render  # the parent's only (a worker starts without it)
+
             return render(self.document(), None, TITLE).encode(), "text/html; charset=utf-8"
 
         return {"/inventory": as_json, "/inventory.html": as_html}
+
+
+_NO_RULES = SensitiveRules(())  # a part travels without the rules (the parent does not scan again)
+
+
+class InventoryFeed:
+    """A worker's share of the live inventory: the calls it exported since its last part, folded into an
+    :class:`~tlsmirror.inventory.inventory.Inventory` of at most ``max_endpoints`` endpoints, whose route
+    table starts from the seeds of ``routes`` (the run's starting table as data: the parent has its
+    paths already). :meth:`take` hands the part over and starts an empty one. One thread only."""
+
+    def __init__(self, routes: dict[str, Any] | None = None, *, max_endpoints: int = 20000,
+                 bucket_seconds: int = 300) -> None:
+        base = RouteTable.from_dict(routes) if routes else RouteTable()
+        self._config = base.config
+        self._seeds = base.seeds
+        self.max_endpoints = max_endpoints
+        self.bucket_seconds = bucket_seconds
+        self.rules = QuickRules()
+        self.current = self._new()
+
+    def _new(self) -> Inventory:
+        table = RouteTable(self._config, seeds={h: list(ts) for h, ts in self._seeds.items()})
+        return Inventory(table, self.rules, bucket_seconds=self.bucket_seconds, max_keys=self.max_endpoints)
+
+    def add(self, call: ApiCall) -> None:
+        self.current.add(call_to_dict(call))
+
+    def add_record(self, rec: dict[str, Any]) -> None:
+        """The record of a call, as the JSON lines carry it (built once for both)."""
+        self.current.add(rec)
+
+    def take(self) -> Inventory | None:
+        """The part folded since the last one (None: no call since), ready to pickle; an empty one
+        starts."""
+        part = self.current
+        if not part.calls and not part.skipped:
+            return None
+        self.current = self._new()
+        part.rules = _NO_RULES
+        part.routes.seeds = {}  # the parent's table has them
+        for svc in part.routes.services.values():  # what the parent does not need: rebuilt from paths
+            svc.root, svc.routes, svc.dirty = None, [], True
+        return part
+
+
+def inventory_feed(cfg: Config, routes: dict[str, Any] | None) -> InventoryFeed | None:
+    """A worker's share of the live inventory (``inventory.enabled``); *routes*: the starting table as data
+    (``EngineConfig.routes``, which the worker has). Here, not in :mod:`.seeds`: a worker reads no file."""
+    inv = cfg.inventory
+    if not inv.enabled:
+        return None
+    return InventoryFeed(routes, max_endpoints=inv.max_endpoints)

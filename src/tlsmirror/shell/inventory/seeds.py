@@ -43,3 +43,4 @@ def live_inventory(cfg: Config) -> LiveInventory | None:
     if not inv.enabled:
         return None
     return LiveInventory(route_table(cfg), max_endpoints=inv.max_endpoints, state=inv.state)
+

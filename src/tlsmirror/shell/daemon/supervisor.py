@@ -55,7 +55,7 @@ from .messages import (
 )
 from .metrics import MetricsServer, MetricsState, make_registry
 from .outputs import jsonl_path, stats_of
-from .workers import WorkerSpec, close_within, worker_main
+from .workers import WORKER_START_SIGNALS, WorkerSpec, close_within, worker_main
 
 if TYPE_CHECKING:
     pass
@@ -294,7 +294,14 @@ class Daemon:
             secrets = self.preload + list(self._replay)
         proc = ctx.Process(target=worker_main, args=(self._spec(index), ctl, w, secrets),
                            name=f"tlsmirror-worker{index}", daemon=True)
-        proc.start()
+        # The new interpreter inherits this mask: a Ctrl-C or stop sent to the group while it imports stays
+        # pending (no KeyboardInterrupt traceback) until worker_main has its handlers and unblocks. Here it is
+        # delivered, to our handler, once start() returns.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_START_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         w.close()  # the worker holds the only write end: its death shows as EOF here
         h = _Handle(index, proc, ctl, r, time.monotonic())
         self.state.alive[index] = True

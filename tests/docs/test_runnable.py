@@ -54,7 +54,7 @@ def parse_blocks(text: str, name: str) -> list[Block]:
     blocks: list[Block] = []
     i = 0
     while i < len(lines):
-        m = MARKER.match(lines[i].strip())
+        m = MARKER.match(lines[i].rstrip())  # at the start of a line: an indented example is no marker
         if not m:
             i += 1
             continue

@@ -53,3 +53,32 @@ def test_sigint_to_the_group_during_start_up_prints_no_traceback(tmp_path: os.Pa
         if proc.returncode != 0 or "Traceback" in text or "KeyboardInterrupt" in text:
             failures.append(f"SIGINT {moment}s after the first child: exit {proc.returncode}\n{text[-1500:]}")
     assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
+                    reason="needs /proc/PID/task/PID/children")
+def test_sighup_to_the_group_then_stop_prints_no_resource_tracker_keyerror() -> None:
+    """``systemctl kill -s HUP`` (every process of the unit) or a hangup reaches multiprocessing's resource
+    tracker too: it used to die of it, a new one was started at exit, and every semaphore the supervisor
+    then unregistered printed a KeyError traceback. It now starts with SIGHUP blocked."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlsmirror", "run", "--pcap", SAMPLE, "--keylog", KEYLOG, "--workers", "2",
+         "--no-keys", "--no-metrics", "-o", os.devnull, "--pcap-linger", "30"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the tracker and both workers
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    text = err.decode(errors="replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert "Traceback" not in text and "resource_tracker" not in text, text[-2000:]

@@ -31,7 +31,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -288,7 +288,8 @@ class Daemon:
 
     def _spawn(self, index: int) -> _Handle:
         ctx = self._ctx
-        ctl = ctx.Queue()
+        with _start_signals_blocked():  # the first Queue starts multiprocessing's resource tracker: it
+            ctl = ctx.Queue()  # keeps SIGHUP blocked for good (a group SIGHUP killed it: KeyErrors at exit)
         r, w = ctx.Pipe(duplex=False)
         with self._replay_lock:
             secrets = self.preload + list(self._replay)
@@ -297,11 +298,8 @@ class Daemon:
         # The new interpreter inherits this mask: a Ctrl-C or stop sent to the group while it imports stays
         # pending (no KeyboardInterrupt traceback) until worker_main has its handlers and unblocks. Here it is
         # delivered, to our handler, once start() returns.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_START_SIGNALS)
-        try:
+        with _start_signals_blocked():
             proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         w.close()  # the worker holds the only write end: its death shows as EOF here
         h = _Handle(index, proc, ctl, r, time.monotonic())
         self.state.alive[index] = True
@@ -624,6 +622,16 @@ class Daemon:
                 signal.signal(s, h)
 
         return restore
+
+
+@contextlib.contextmanager
+def _start_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP held pending in this thread (and in processes started meanwhile)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_START_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def load_preload(paths: list[str]) -> list[Secret]:

@@ -136,6 +136,14 @@ import multiprocessing.shared_memory
 shm = multiprocessing.shared_memory.SharedMemory(create=True, size=4096); shm.close(); shm.unlink()
 t("semaphore", lambda: __import__("multiprocessing").get_context("spawn").Lock())
 out["protobuf"] = api_implementation.Type()
+# OTLP/gRPC export through grpcio's C core (its threads, its polling) to a receiver outside the sandbox
+from tests.support.otlp_receiver import sample_api_calls
+from tlsmirror.shell.export.otlp import OtlpConfig, OtlpExporter
+exp = OtlpExporter(OtlpConfig(endpoint=sys.argv[2], protocol="grpc", batch_size=5, batch_timeout=0.05, timeout=10))
+for c in sample_api_calls()[:10]:
+    exp.export(c)
+out["grpc_flushed"] = exp.flush(20)
+exp.close()
 import tlsmirror.pipeline, tlsmirror.shell.daemon.supervisor, tlsmirror.shell.export.otlp
 out["compiled"] = sorted(m for m, mod in sys.modules.items() if m.startswith("tlsmirror")
                          and (getattr(mod, "__file__", "") or "").endswith(".so"))
@@ -148,8 +156,10 @@ def test_the_sandbox_allows_what_capture_needs_and_refuses_the_rest(tmp_path: Pa
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     os.chmod(tmp_path, 0o755)
-    cmd = sandboxed([sys.executable, str(probe), str(tmp_path / "created")], render_unit())
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO)
+    with receiver("grpc") as grpc_rx:
+        cmd = sandboxed([sys.executable, str(probe), str(tmp_path / "created"), grpc_rx.endpoint], render_unit())
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO)
+        spans = grpc_rx.span_count()
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.splitlines()[-1])
     allowed = ["af_packet", "tpacket_ring", "promisc", "af_netlink", "if_nameindex", "af_inet_listen",
@@ -160,6 +170,7 @@ def test_the_sandbox_allows_what_capture_needs_and_refuses_the_rest(tmp_path: Pa
     assert got["mmap_wx"] == got["unshare_net"] == got["sched_fifo"] == got["sethostname"] == "EPERM"
     assert got["proc_meminfo"] == "ENOENT"  # ProcSubset=pid
     assert got["file_mode"] == "0o600"  # UMask=0077
+    assert got["grpc_flushed"] is True and spans == 10
 
 
 def _env() -> dict[str, str]:

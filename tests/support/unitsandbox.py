@@ -14,6 +14,12 @@ under them:
   of its own (``unshare``);
 - ``UMask``.
 
+Not applied: the file-system settings done with mounts (``ProtectSystem``, ``ReadWritePaths``,
+``PrivateTmp``, ``PrivateDevices``, ``ProtectHome``, ``ProtectKernelTunables``, ...: the tests' files
+live in /tmp) and the user: the command runs as uid 0 without any of root's capabilities (this machine's
+Python may live under /root), so ``ProtectProc=invisible`` hides other users' processes but not root's.
+``SystemCallArchitectures=native`` is libseccomp's default (other ABIs kill the process).
+
 Run as a module (``python3 -m tests.support.unitsandbox UNIT -- CMD...``) it is the last step: it loads the
 filter and executes CMD.
 """

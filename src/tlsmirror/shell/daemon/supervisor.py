@@ -31,7 +31,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,7 @@ from .messages import (
 )
 from .metrics import MetricsServer, MetricsState, make_registry
 from .outputs import jsonl_path, stats_of
-from .workers import WorkerSpec, close_within, worker_main
+from .workers import WORKER_START_SIGNALS, WorkerSpec, close_within, worker_main
 
 if TYPE_CHECKING:
     pass
@@ -303,13 +303,18 @@ class Daemon:
 
     def _spawn(self, index: int) -> _Handle:
         ctx = self._ctx
-        ctl = ctx.Queue()
+        with _start_signals_blocked():  # the first Queue starts multiprocessing's resource tracker: it
+            ctl = ctx.Queue()  # keeps SIGHUP blocked for good (a group SIGHUP killed it: KeyErrors at exit)
         r, w = ctx.Pipe(duplex=False)
         with self._replay_lock:
             secrets = self.preload + list(self._replay)
         proc = ctx.Process(target=worker_main, args=(self._spec(index), ctl, w, secrets),
                            name=f"tlsmirror-worker{index}", daemon=True)
-        proc.start()
+        # The new interpreter inherits this mask: a Ctrl-C or stop sent to the group while it imports stays
+        # pending (no KeyboardInterrupt traceback) until worker_main has its handlers and unblocks. Here it is
+        # delivered, to our handler, once start() returns.
+        with _start_signals_blocked():
+            proc.start()
         w.close()  # the worker holds the only write end: its death shows as EOF here
         with self._replay_lock:
             facts = list(self._facts)
@@ -665,6 +670,16 @@ class Daemon:
                 signal.signal(s, h)
 
         return restore
+
+
+@contextlib.contextmanager
+def _start_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP held pending in this thread (and in processes started meanwhile)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_START_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def load_preload(paths: list[str]) -> list[Secret]:

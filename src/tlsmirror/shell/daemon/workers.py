@@ -754,23 +754,32 @@ def _drain(ctl: Any, handle: Any) -> None:
         handle(msg)
 
 
+# Blocked by the supervisor while it starts a worker; the worker unblocks them once its handlers are in.
+WORKER_START_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 def worker_main(spec: WorkerSpec, ctl: Any, results: Connection, preload: list[Any] | None = None) -> None:
     """Entry point of a worker process."""
-    from ..logs import get_logger, setup_logging
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    setup_logging(spec.log_level, spec.log_format, spec.log_rate)
-    log = get_logger(f"worker{spec.index}")
-    outbox = Outbox(results, spec.outbox_size, spec.outbox_bytes)
     worker: Worker | None = None
+    term = False
 
     def on_term(_signo: int, _frame: Any) -> None:
+        nonlocal term
+        term = True
         if worker is not None:
             worker.stop = True
             worker.eof = True
 
+    # Handlers first, then the signals the supervisor blocked for the start (pending ones arrive now)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_START_SIGNALS)
+    from ..logs import get_logger, setup_logging
+
+    setup_logging(spec.log_level, spec.log_format, spec.log_rate)
+    log = get_logger(f"worker{spec.index}")
+    outbox = Outbox(results, spec.outbox_size, spec.outbox_bytes)
     try:
         exporters: list[Any] = []
         inventory: InventoryFeed | None = None
@@ -782,6 +791,8 @@ def worker_main(spec: WorkerSpec, ctl: Any, results: Connection, preload: list[A
             routes = spec.engine.get("routes")
             inventory = inventory_feed(spec.config, routes if isinstance(routes, dict) else None)
         worker = Worker(spec, outbox, exporters, inventory)
+        if term:  # SIGTERM before the worker existed: stop as soon as it runs
+            worker.stop = worker.eof = True
         if preload:
             # A capture-file run keeps its key log secrets whatever engine.key_ttl says (as decrypt and
             # replay do); a live sensor ages them like every received secret.

@@ -317,7 +317,12 @@ fi
 if [ -d "$BUNDLE/docs" ]; then run cp -r "$BUNDLE/docs" "$PREFIX/"; fi
 
 # ---------------------------------------------------------------- config
+if [ "$KEYS_KEPT" = 1 ]; then
+  say "keeping the key listener on, on port $PORT (keys.enabled: true in the config)"
+fi
+UPGRADE=0
 if [ -f "$CONFIG" ]; then
+  UPGRADE=1
   if [ ${#CHANGES[@]} -eq 0 ]; then
     say "keeping the existing $CONFIG (the flags match it)"
   else
@@ -455,7 +460,8 @@ fi
 trap - EXIT
 if [ "$DRY" = 1 ]; then
   echo
-  echo "dry run: nothing was changed; tlsmirror would be installed as above."
+  if [ "$UPGRADE" = 1 ]; then what=upgraded; else what=installed; fi
+  echo "dry run: nothing was changed; tlsmirror would be $what as above."
   exit 0
 fi
 say "done"

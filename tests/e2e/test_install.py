@@ -58,7 +58,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = (out / top / "BUNDLE.txt").read_text()
     assert "compiled: none\n" in info and f"pure-only: {PYVER}\n" in info, info
     assert list((out / top / "wheels").glob("tlsmirror-*-py3-none-any.whl")), info
-    assert f"pure-Python wheel only for {PYVER})" in proc.stdout
+    assert f"compiled wheel for Python: none; pure-Python wheel only: {PYVER})" in proc.stdout
     return out / top
 
 
@@ -89,6 +89,26 @@ def _host_address() -> str | None:
         if not ipaddress.ip_address(m.group(1)).is_loopback:
             return m.group(1)
     return None
+
+
+def _write_cert_without_addresses(cert_path: Path, key_path: Path) -> None:
+    """A self-signed certificate naming only a host name, as install.sh made them before."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{socket.gethostname()}-tlsmirror")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(k, hashes.SHA256()))
+    key_path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _mode(p: Path) -> int:
@@ -168,12 +188,19 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "the flags match it" in proc.stdout and "the key listener stays on" in proc.stdout
     assert f"--port {port} " in proc.stdout and config.read_text() == edited
-    # The operator's own spelling of a value (unquoted, with a comment) matches the same flag.
+    # The operator's own spelling of a value (unquoted, with a comment) matches the same flag; a kept
+    # certificate without IP addresses (an older install.sh's) is kept with a warning.
     config.write_text(edited.replace('environment: "production"', "environment: production  # the live one"))
+    state = root / "var/lib/tlsmirror"
+    crt, key = (state / "listener.crt").read_bytes(), (state / "listener.key").read_bytes()
+    _write_cert_without_addresses(state / "listener.crt", state / "listener.key")
     proc = _install(bundle, root, token=None, port=port, env="production", service="payments-api")
-    assert proc.returncode == 0 and "the flags match it" in proc.stdout
+    assert proc.returncode == 0 and "the flags match it" in proc.stdout, proc.stderr[-3000:]
     assert "# the live one" in config.read_text()
+    assert "listener.crt names no IP address" in proc.stderr and "--sensor <this host IP>" in proc.stdout
     config.write_text(edited)
+    (state / "listener.crt").write_bytes(crt)
+    (state / "listener.key").write_bytes(key)
 
     # -t with an empty answer keeps the stored token; -t with one replaces it
     proc = _install(bundle, root, token="", port=port, env="production", service="payments-api")
@@ -240,6 +267,33 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
                           timeout=120)
     assert proc.returncode == 0
     assert not (root / "etc/tlsmirror").exists() and not (root / "var/lib/tlsmirror").exists()
+
+
+def test_rerun_turns_on_the_listener_and_the_token(bundle: Path, tmp_path: Path) -> None:
+    """A sensor installed without key listener and token: a re-run with --enable-tls-capture and -t
+    applies both to its config (the lines the first install left out are added) and makes the
+    certificate."""
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = _install(bundle, root, "--no-token", token=None, listener=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = root / "etc/tlsmirror/config.yaml"
+    first = config.read_text()
+    assert "enabled: false" in first and "token_file" not in first and "cert:" not in first
+    assert not (root / "var/lib/tlsmirror/listener.crt").exists() and "F5 side" not in proc.stdout
+    port = _free_port()
+    proc = _install(bundle, root, token="tok-LATER", port=port)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "keys.enabled: true  <- --enable-tls-capture (was false)" in out
+    assert f"keys.port: {port}  <- --server-port {port} (was 8001)" in out
+    assert 'keys.cert: "/var/lib/tlsmirror/listener.crt"  <- --enable-tls-capture (was not set)' in out
+    assert 'otlp.token_file: "/etc/tlsmirror/token"' in out and "store the token" in out
+    text = config.read_text()
+    assert "keys:\n" in text and 'otlp:\n  token_file: "/etc/tlsmirror/token"\n' in text
+    assert 'key: "/var/lib/tlsmirror/listener.key"' in text and "enabled: true" in text
+    assert (root / "etc/tlsmirror/token").read_text().strip() == "tok-LATER"
+    assert _mode(root / "var/lib/tlsmirror/listener.crt") == 0o600 and "F5 side" in out
 
 
 def test_bad_interface_fails_cleanly(bundle: Path, tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
     proc = _install(bundle, root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "tok-SECRET-123" not in proc.stdout + proc.stderr
+    assert f"the pure-Python build: the bundle has no compiled wheel for Python {PYVER}" in proc.stdout
 
     venv_tlsmirror = root / "opt/tlsmirror/venv/bin/tlsmirror"
     version = subprocess.run([str(venv_tlsmirror), "--version"], capture_output=True, text=True, timeout=60)

@@ -438,3 +438,64 @@ def _check_f5_hint(stdout: str, root: Path, tlsmirror: Path, tmp_path: Path) -> 
         assert profile["peer-cert-mode"] == "require" and profile["ca-file"] in bigip["cert"]
         assert len(bigip["virtual"]["/Common/api_vs"]["clone-pools"]) == 1
         assert len(bigip["pool"]) == (1 if layout == "reference" else 2)
+
+
+def _rerun_root(tmp_path: Path, config: str) -> Path:
+    """A staging root holding only an existing config (and a token): what a re-run reads first."""
+    root = tmp_path / "root"
+    (root / "etc/tlsmirror").mkdir(parents=True)
+    (root / "etc/tlsmirror/config.yaml").write_text(config)
+    (root / "etc/tlsmirror/token").write_text("tok-KEPT\n")
+    return root
+
+
+_CONFIG = """# written by hand
+capture:
+  interfaces: [lo, 'eth7']   # two
+keys:
+  enabled: true
+  port: 18001
+  cert: "/etc/ssl/own.crt"
+  key: "/etc/ssl/own.key"
+otlp:
+  endpoint: "localhost:4317"
+  service_name: 'orders-api'  # the API
+  environment: staging
+  token_file: "/etc/tlsmirror/token"
+"""
+
+
+def test_rerun_plan_without_a_bundle(tmp_path: Path) -> None:
+    """The re-run's plan (what it applies, keeps, refuses) read from a hand-written config, under
+    --dry-run with the repository's install.sh: no bundle needed, nothing changed."""
+    root = _rerun_root(tmp_path, _CONFIG)
+    before = _tree(root)
+    def base(root: Path) -> list[str]:
+        return ["bash", str(REPO / "bin" / "install.sh"), "mirror", "--yes", "--root", str(root), "--dry-run"]
+
+    proc = subprocess.run([*base(root), "-i", "lo", "-e", "staging", "-s", "payments-api", "--workers", "2"],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "==> would keep the existing" in out and "keeping the key listener on, on port 18001" in out
+    assert "otlp.service_name: \"payments-api\"  <- -s payments-api (was orders-api)" in out
+    assert "capture.workers: 2  <- --workers 2 (was not set)" in out
+    assert "capture.interfaces" not in out and "otlp.environment" not in out  # -i lo is listed; equal value
+    assert "keys.cert" not in out and "keeping the key listener's certificate" in out  # the operator's own
+    assert "keeping the token" in out and "would be upgraded" in out and "tlsmirror is installed" not in out
+    assert _tree(root) == before
+
+    for config, flags, reason in (
+        (_CONFIG.replace("  interfaces: [lo, 'eth7']   # two\n", "  interfaces:\n    - eth7\n"), ["-i", "lo"],
+         "cannot apply -i lo to the existing {c}: its capture.interfaces is not a one-line value"),
+        (_CONFIG.replace("  environment: staging\n", ""), ["-i", "lo"],
+         "cannot apply -e staging to the existing {c}: it has no otlp.environment line"),
+        (_CONFIG, ["-i", "lo", "--no-token"], "cannot apply --no-token to the existing {c}"),
+    ):
+        root = _rerun_root(tmp_path / f"case{len(flags)}{len(config)}", config)
+        before = _tree(root)
+        proc = subprocess.run([*base(root), *flags, "-e", "staging", "-s", "orders-api"], capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1, proc.stdout
+        assert reason.format(c=root / "etc/tlsmirror/config.yaml") in proc.stderr, proc.stderr
+        assert _tree(root) == before

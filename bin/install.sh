@@ -15,6 +15,8 @@ usage() {
 Usage: sudo ./bin/$PROG mirror -i IFACE -e ENV -s SERVICE [options]
 
 Installs tlsmirror as a systemd service that captures mirrored traffic on IFACE.
+Run again to upgrade: the token, certificate and config are kept, the flags that changed are
+applied to the config (or refused with the reason), flags not given keep the config's values.
 
 Required:
   -i, --interface IFACE     capture interface (receives the mirrored packets)
@@ -315,9 +317,21 @@ else
   run "${PIP[@]}" "$BUNDLE"
 fi
 if [ -d "$BUNDLE/docs" ]; then run cp -r "$BUNDLE/docs" "$PREFIX/"; fi
+if [ "$DRY" = 0 ]; then  # which wheel pip took: the compiled one where the bundle has it for this Python
+  if [ -n "$(find "$PREFIX/venv/lib/python$PYVER/site-packages/tlsmirror" -name '*.so' -print -quit 2>/dev/null)" ]; then
+    echo "     the compiled (mypyc) build, for Python $PYVER"
+  else
+    echo "     the pure-Python build: the bundle has no compiled wheel for Python $PYVER (see its BUNDLE.txt)"
+  fi
+fi
 
 # ---------------------------------------------------------------- config
+if [ "$KEYS_KEPT" = 1 ]; then
+  say "keeping the key listener on, on port $PORT (keys.enabled: true in the config)"
+fi
+UPGRADE=0
 if [ -f "$CONFIG" ]; then
+  UPGRADE=1
   if [ ${#CHANGES[@]} -eq 0 ]; then
     say "keeping the existing $CONFIG (the flags match it)"
   else
@@ -455,7 +469,8 @@ fi
 trap - EXIT
 if [ "$DRY" = 1 ]; then
   echo
-  echo "dry run: nothing was changed; tlsmirror would be installed as above."
+  if [ "$UPGRADE" = 1 ]; then what=upgraded; else what=installed; fi
+  echo "dry run: nothing was changed; tlsmirror would be $what as above."
   exit 0
 fi
 say "done"

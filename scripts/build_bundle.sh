@@ -124,4 +124,4 @@ if [ -d config ]; then cp -r config "$STAGE/"; fi
 } > "$STAGE/BUNDLE.txt"
 tar -C "$WORK" -czf "$OUT/$NAME.tar.gz" "$NAME"
 echo "$OUT/$NAME.tar.gz ($(du -h "$OUT/$NAME.tar.gz" | cut -f1), $(find "$STAGE/wheels" -name '*.whl' | wc -l) wheels;" \
-     "compiled for Python ${COMPILED[*]:-none}, pure-Python wheel only for ${PURE[*]:-none})"
+     "compiled wheel for Python: ${COMPILED[*]:-none}; pure-Python wheel only: ${PURE[*]:-none})"

@@ -97,7 +97,7 @@ exit 2""")
         pytest.skip("no package index reachable to fetch dependency wheels")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"note: {shims}/python{PYVER} does not run (exit 127): skipped" in proc.stderr
-    assert f"compiled for Python {PYVER}, pure-Python wheel only for none)" in proc.stdout
+    assert f"compiled wheel for Python: {PYVER}; pure-Python wheel only: none)" in proc.stdout
     (tar,) = out.glob("tlsmirror-*-linux-amd64.tar.gz")
     with tarfile.open(tar) as tf:
         names = tf.getnames()

@@ -58,7 +58,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = (out / top / "BUNDLE.txt").read_text()
     assert "compiled: none\n" in info and f"pure-only: {PYVER}\n" in info, info
     assert list((out / top / "wheels").glob("tlsmirror-*-py3-none-any.whl")), info
-    assert f"pure-Python wheel only for {PYVER})" in proc.stdout
+    assert f"compiled wheel for Python: none; pure-Python wheel only: {PYVER})" in proc.stdout
     return out / top
 
 
@@ -91,6 +91,26 @@ def _host_address() -> str | None:
     return None
 
 
+def _write_cert_without_addresses(cert_path: Path, key_path: Path) -> None:
+    """A self-signed certificate naming only a host name, as install.sh made them before."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{socket.gethostname()}-tlsmirror")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(k, hashes.SHA256()))
+    key_path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
@@ -101,6 +121,7 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
     proc = _install(bundle, root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "tok-SECRET-123" not in proc.stdout + proc.stderr
+    assert f"the pure-Python build: the bundle has no compiled wheel for Python {PYVER}" in proc.stdout
 
     venv_tlsmirror = root / "opt/tlsmirror/venv/bin/tlsmirror"
     version = subprocess.run([str(venv_tlsmirror), "--version"], capture_output=True, text=True, timeout=60)
@@ -168,12 +189,19 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "the flags match it" in proc.stdout and "the key listener stays on" in proc.stdout
     assert f"--port {port} " in proc.stdout and config.read_text() == edited
-    # The operator's own spelling of a value (unquoted, with a comment) matches the same flag.
+    # The operator's own spelling of a value (unquoted, with a comment) matches the same flag; a kept
+    # certificate without IP addresses (an older install.sh's) is kept with a warning.
     config.write_text(edited.replace('environment: "production"', "environment: production  # the live one"))
+    state = root / "var/lib/tlsmirror"
+    crt, key = (state / "listener.crt").read_bytes(), (state / "listener.key").read_bytes()
+    _write_cert_without_addresses(state / "listener.crt", state / "listener.key")
     proc = _install(bundle, root, token=None, port=port, env="production", service="payments-api")
-    assert proc.returncode == 0 and "the flags match it" in proc.stdout
+    assert proc.returncode == 0 and "the flags match it" in proc.stdout, proc.stderr[-3000:]
     assert "# the live one" in config.read_text()
+    assert "listener.crt names no IP address" in proc.stderr and "--sensor <this host IP>" in proc.stdout
     config.write_text(edited)
+    (state / "listener.crt").write_bytes(crt)
+    (state / "listener.key").write_bytes(key)
 
     # -t with an empty answer keeps the stored token; -t with one replaces it
     proc = _install(bundle, root, token="", port=port, env="production", service="payments-api")
@@ -240,6 +268,33 @@ def test_install_upgrade_uninstall(bundle: Path, tmp_path: Path) -> None:
                           timeout=120)
     assert proc.returncode == 0
     assert not (root / "etc/tlsmirror").exists() and not (root / "var/lib/tlsmirror").exists()
+
+
+def test_rerun_turns_on_the_listener_and_the_token(bundle: Path, tmp_path: Path) -> None:
+    """A sensor installed without key listener and token: a re-run with --enable-tls-capture and -t
+    applies both to its config (the lines the first install left out are added) and makes the
+    certificate."""
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = _install(bundle, root, "--no-token", token=None, listener=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = root / "etc/tlsmirror/config.yaml"
+    first = config.read_text()
+    assert "enabled: false" in first and "token_file" not in first and "cert:" not in first
+    assert not (root / "var/lib/tlsmirror/listener.crt").exists() and "F5 side" not in proc.stdout
+    port = _free_port()
+    proc = _install(bundle, root, token="tok-LATER", port=port)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "keys.enabled: true  <- --enable-tls-capture (was false)" in out
+    assert f"keys.port: {port}  <- --server-port {port} (was 8001)" in out
+    assert 'keys.cert: "/var/lib/tlsmirror/listener.crt"  <- --enable-tls-capture (was not set)' in out
+    assert 'otlp.token_file: "/etc/tlsmirror/token"' in out and "store the token" in out
+    text = config.read_text()
+    assert "keys:\n" in text and 'otlp:\n  token_file: "/etc/tlsmirror/token"\n' in text
+    assert 'key: "/var/lib/tlsmirror/listener.key"' in text and "enabled: true" in text
+    assert (root / "etc/tlsmirror/token").read_text().strip() == "tok-LATER"
+    assert _mode(root / "var/lib/tlsmirror/listener.crt") == 0o600 and "F5 side" in out
 
 
 def test_bad_interface_fails_cleanly(bundle: Path, tmp_path: Path) -> None:
@@ -383,3 +438,64 @@ def _check_f5_hint(stdout: str, root: Path, tlsmirror: Path, tmp_path: Path) -> 
         assert profile["peer-cert-mode"] == "require" and profile["ca-file"] in bigip["cert"]
         assert len(bigip["virtual"]["/Common/api_vs"]["clone-pools"]) == 1
         assert len(bigip["pool"]) == (1 if layout == "reference" else 2)
+
+
+def _rerun_root(tmp_path: Path, config: str) -> Path:
+    """A staging root holding only an existing config (and a token): what a re-run reads first."""
+    root = tmp_path / "root"
+    (root / "etc/tlsmirror").mkdir(parents=True)
+    (root / "etc/tlsmirror/config.yaml").write_text(config)
+    (root / "etc/tlsmirror/token").write_text("tok-KEPT\n")
+    return root
+
+
+_CONFIG = """# written by hand
+capture:
+  interfaces: [lo, 'eth7']   # two
+keys:
+  enabled: true
+  port: 18001
+  cert: "/etc/ssl/own.crt"
+  key: "/etc/ssl/own.key"
+otlp:
+  endpoint: "localhost:4317"
+  service_name: 'orders-api'  # the API
+  environment: staging
+  token_file: "/etc/tlsmirror/token"
+"""
+
+
+def test_rerun_plan_without_a_bundle(tmp_path: Path) -> None:
+    """The re-run's plan (what it applies, keeps, refuses) read from a hand-written config, under
+    --dry-run with the repository's install.sh: no bundle needed, nothing changed."""
+    root = _rerun_root(tmp_path, _CONFIG)
+    before = _tree(root)
+    def base(root: Path) -> list[str]:
+        return ["bash", str(REPO / "bin" / "install.sh"), "mirror", "--yes", "--root", str(root), "--dry-run"]
+
+    proc = subprocess.run([*base(root), "-i", "lo", "-e", "staging", "-s", "payments-api", "--workers", "2"],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "==> would keep the existing" in out and "keeping the key listener on, on port 18001" in out
+    assert "otlp.service_name: \"payments-api\"  <- -s payments-api (was orders-api)" in out
+    assert "capture.workers: 2  <- --workers 2 (was not set)" in out
+    assert "capture.interfaces" not in out and "otlp.environment" not in out  # -i lo is listed; equal value
+    assert "keys.cert" not in out and "keeping the key listener's certificate" in out  # the operator's own
+    assert "keeping the token" in out and "would be upgraded" in out and "tlsmirror is installed" not in out
+    assert _tree(root) == before
+
+    for config, flags, reason in (
+        (_CONFIG.replace("  interfaces: [lo, 'eth7']   # two\n", "  interfaces:\n    - eth7\n"), ["-i", "lo"],
+         "cannot apply -i lo to the existing {c}: its capture.interfaces is not a one-line value"),
+        (_CONFIG.replace("  environment: staging\n", ""), ["-i", "lo"],
+         "cannot apply -e staging to the existing {c}: it has no otlp.environment line"),
+        (_CONFIG, ["-i", "lo", "--no-token"], "cannot apply --no-token to the existing {c}"),
+    ):
+        root = _rerun_root(tmp_path / f"case{len(flags)}{len(config)}", config)
+        before = _tree(root)
+        proc = subprocess.run([*base(root), *flags, "-e", "staging", "-s", "orders-api"], capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1, proc.stdout
+        assert reason.format(c=root / "etc/tlsmirror/config.yaml") in proc.stderr, proc.stderr
+        assert _tree(root) == before

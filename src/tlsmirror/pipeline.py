@@ -135,7 +135,7 @@ def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connect
     if sess is None:
         return Connection(*ends, False)
     return Connection(*ends, True, sess.version_name, sess.suite.name if sess.suite else None,
-                      sess.ch.sni if sess.ch else None, sess.alpn)
+                      sess.sni, sess.alpn)
 
 
 class _TlsHttp:

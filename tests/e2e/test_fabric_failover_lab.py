@@ -14,10 +14,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.lab import CIPHERS, TAG, Lab, _wait_for
+from tests.support.lab import CIPHERS, HOSTNAME, TAG, Lab, _wait_for
 from tests.support.livesensor import LiveSensor, lab_fixture, tls_client
 from tests.support.redis import RedisServer
 from tlsmirror.shell.fabric.entries import FACTS_PREFIX, FLOW_PREFIX
@@ -87,6 +88,7 @@ def test_a_standby_takes_over_the_open_connections_of_a_killed_sensor(lab: Lab, 
         a.kill()  # SIGKILL, workers included: nothing is drained, nothing withdrawn
         assert a.proc.returncode == -signal.SIGKILL
         _wait_for(lambda: not _alive_in_group(a.proc.pid), 10, "A's workers to be gone")
+        out_a = a.records()  # what A wrote before it was killed: the calls of the handshakes it saw
 
         b = LiveSensor(lab, "b", redis.url, keys=False)
         sensors.append(b)
@@ -111,7 +113,7 @@ def test_a_standby_takes_over_the_open_connections_of_a_killed_sensor(lab: Lab, 
         for s in sensors:
             s.kill()
         redis.stop()
-    got = {}
+    got: dict[tuple[object, object], dict[str, Any]] = {}
     for rec in out_b:
         client = rec["client"]
         assert isinstance(client, dict)
@@ -119,18 +121,22 @@ def test_a_standby_takes_over_the_open_connections_of_a_killed_sensor(lab: Lab, 
     found = 0
     missed: list[str] = []
     for (port, target), kind in expected.items():
-        rec = got.get((port, target))
+        call = got.get((port, target))
         want_status = 404 if target.startswith("/nope") else 200
-        if rec is not None and rec["status"] == want_status and "picked_up" in rec["flags"] \
-                and rec["path"] == target.split("?")[0]:  # type: ignore[operator]
+        if call is not None and call["status"] == want_status and "picked_up" in call["flags"] \
+                and call["path"] == target.split("?")[0]:
             found += 1
         else:
-            missed.append(f"{kind} {port} {target}: {rec and (rec['status'], rec['flags'])}")
+            missed.append(f"{kind} {port} {target}: {call and (call['status'], call['flags'])}")
     assert found >= 0.95 * len(expected), missed
     assert found == len(expected), missed  # in this lab, all of them
     assert not any("-a-" in str(rec["target"]) for rec in out_b)  # B never saw A's requests
     versions = {str(rec["tls"]["version"]) + "/" + str(rec["tls"]["suite"]) for rec in out_b}  # type: ignore[index]
     assert len(versions) == 3, versions
+    # the server name (and ALPN, if any) came with the facts: B reports them as A did from the ClientHello
+    tls_a = {r["client"]["port"]: r["tls"] for r in out_a}  # type: ignore[index]
+    assert len(tls_a) == len(conns) and {t["sni"] for t in tls_a.values()} == {HOSTNAME}  # type: ignore[index]
+    assert all(r["tls"] == tls_a[r["client"]["port"]] for r in out_b)  # type: ignore[index]
 
 
 def _worker_pids(parent: int) -> list[int]:
@@ -187,3 +193,7 @@ def test_a_restarted_worker_picks_the_open_connections_up_again_from_the_facts(l
     after = [r for r in out if str(r["target"]).endswith("-1")]
     assert sorted(r["client"]["port"] for r in after) == sorted(p for _c, p in conns)  # type: ignore[index]
     assert all(r["status"] == 200 and "picked_up" in r["flags"] for r in after)  # type: ignore[operator]
+    # the server name from the facts the parent kept: the TLS object as before the restart
+    before = {r["client"]["port"]: r["tls"] for r in out if str(r["target"]).endswith("-0")}  # type: ignore[index]
+    assert {r["tls"]["sni"] for r in after} == {HOSTNAME}  # type: ignore[index]
+    assert all(r["tls"] == before[r["client"]["port"]] for r in after)  # type: ignore[index]

@@ -58,7 +58,7 @@ class LiveSensor:
         if bpf is not None:
             cmd += ["--bpf", bpf]
         cmd += (["--key-port", str(self.kport), "--set", "keys.host=127.0.0.1",
-                 "--set", f"keys.state_dir={lab.dir / 'state'}"] if keys else ["--no-keys"])
+                 "--set", f"keys.state_dir={lab.dir / f'state-{name}'}"] if keys else ["--no-keys"])
         self._err = open(self.log, "wb")  # noqa: SIM115 - closed in stop() / kill()
         self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=self._err,
                                      start_new_session=True)
@@ -74,12 +74,24 @@ class LiveSensor:
 
     def send_keys(self, lines: bytes) -> None:
         """Key log lines to its key listener (TLS), as the iRule sends them."""
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", self.kport)) as raw, \
-                tls.wrap_socket(raw, server_hostname="sensor") as s:
+                _insecure_context().wrap_socket(raw, server_hostname="sensor") as s:
             s.sendall(lines)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) so far of the sensor's live processes: the parent and its workers."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # its process group (start_new_session)
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.out.read_text().splitlines()] if self.out.exists() else []
@@ -100,6 +112,14 @@ class LiveSensor:
         self.proc.wait()
         if not self._err.closed:
             self._err.close()
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """A TLS client context that checks no certificate (and so loads no CA store: cheap to make)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def connect_from(lab: Lab, parity: int | None = None) -> socket.socket:
@@ -123,9 +143,7 @@ def tls_client(lab: Lab, keylog: Path, *, version: str = "1.3", cipher: str | No
                parity: int | None = None) -> tuple[http.client.HTTPSConnection, int]:
     """A keep-alive HTTPS connection to nginx (TLS *version*, a TLS 1.2 *cipher*), its secrets appended to
     *keylog*; and its client port."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = _insecure_context()
     ctx.keylog_filename = str(keylog)
     if version == "1.2":
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -112,6 +112,7 @@ class HandshakeFacts:
     encrypt_then_mac: bool
     alpn: str | None = None
     ts: float = 0.0  # packet time of the ServerHello
+    sni: str | None = None  # the ClientHello's server name (a picked-up connection's ``tls.sni``)
 
     @property
     def four_tuple(self) -> tuple[bytes, int, bytes, int]:

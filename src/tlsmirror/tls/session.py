@@ -275,6 +275,7 @@ class TlsSession:
         self.user: Any = None  # the engine's attachment (e.g. the HTTP parser fed by this session)
         self.picked_up = False  # decrypted from mid-stream (handshake not seen), keys found by pickup
         self.pickup_done = False  # pickup succeeded or was given up: no more trials
+        self.pickup_sni: str | None = None  # picked up: the server name of the handshake facts
         self.pickup_tries = 0  # application-data records tried for a pickup
         self.pickup_budget = PICKUP_BUDGET
         # TLS 1.3 pickup: per role, the secrets after KeyUpdates that side's first record may be under
@@ -285,6 +286,11 @@ class TlsSession:
     @property
     def version_name(self) -> str | None:
         return hs.version_name(self.version) if self.version else None
+
+    @property
+    def sni(self) -> str | None:
+        """The server name: of the ClientHello, else (picked up mid-stream) of the handshake facts."""
+        return self.ch.sni if self.ch is not None else self.pickup_sni
 
     @property
     def blocked(self) -> bool:
@@ -731,7 +737,7 @@ class TlsSession:
         return TlsOutcome(
             flow=self.flow, ts=ts, client_dir=self.client_dir, outcome=outcome, reason=reason,
             version=hs.version_name(self.version) if self.version else None,
-            suite=self.suite.name if self.suite else None, sni=self.ch.sni if self.ch else None,
+            suite=self.suite.name if self.suite else None, sni=self.sni,
             alpn=self.alpn, resumed=self.resumed, late_key=self.late_key,
             records_decrypted=self.records_decrypted, records_failed=self.records_failed,
             held_dropped_bytes=self.held_dropped_bytes, held=held, key_lag=self.key_lag,
@@ -1210,7 +1216,7 @@ class TlsSession:
         flow = self.flow
         c = self.client_dir
         facts = HandshakeFacts(flow.addr[c], flow.port[c], flow.addr[c ^ 1], flow.port[c ^ 1], self.ch.random,
-                               sh.random, self.version, sh.suite, sh.ems, sh.etm, self.alpn, ts)
+                               sh.random, self.version, sh.suite, sh.ems, sh.etm, self.alpn, ts, self.ch.sni)
         self.ctx.facts.add(facts)
         self._emit(facts)
 
@@ -1356,6 +1362,8 @@ class TlsSession:
             self.client_dir ^= 1
             a, b = self.dirs
             self.dirs = (b, a)
+        if facts is not None:
+            self.pickup_sni = facts.sni
         self._install(role, suite, version, decs, secrets, facts.alpn if facts is not None else None)
         if self.dirs[role ^ 1].buf:
             # what the other side sent before this record, held while its framing was unknown, goes first

@@ -26,6 +26,7 @@ from tlsmirror.calls import ApiCall
 from tlsmirror.frames.events import ACK, PSH, TcpSegment
 from tlsmirror.http.h2 import PREFACE
 from tlsmirror.pipeline import Engine, EngineConfig
+from tlsmirror.record import call_to_dict
 from tlsmirror.tls.events import HandshakeFacts, TlsOutcome
 from tlsmirror.tls.session import PICKUP_MAX_SECRETS
 from tlsmirror.tls.suites import suite_for
@@ -103,6 +104,7 @@ def test_the_tls_stage_emits_the_facts_of_each_handshake() -> None:
         if name == "tls12-cbc":
             assert facts.extended_master_secret and facts.encrypt_then_mac
         assert facts.alpn == ("http/1.1" if name != "tls13" else None)  # TLS 1.3: ALPN is encrypted
+        assert facts.sni == "api.example.test" == run.outcome.sni
         assert "picked_up" not in str(views(run)) and not run.outcome.picked_up
         assert run.engine.stats["picked_up"] == 0
         assert len(run.of(ApiCall)) == N
@@ -117,6 +119,14 @@ def test_tls12_is_picked_up_from_the_facts_of_the_engine_that_saw_the_handshake(
     out = run.outcome
     assert (out.outcome, out.picked_up, out.version, out.alpn) == ("decrypted", True, "TLS1.2", "http/1.1")
     assert run.engine.stats["picked_up"] == 1
+    # the server name and ALPN of the facts, as the engine that saw the ClientHello reports them
+    first = first_run(t).of(ApiCall)[0].connection
+    for call in run.of(ApiCall):
+        conn = call.connection
+        assert (conn.sni, conn.alpn, conn.tls_version, conn.tls_suite) == (
+            "api.example.test", "http/1.1", first.tls_version, first.tls_suite)
+        assert call_to_dict(call)["tls"] == call_to_dict(first_run(t).of(ApiCall)[0])["tls"]
+    assert out.sni == "api.example.test"
     assert run.plaintext()[1].endswith(b"x" * 40000)
 
 
@@ -138,6 +148,9 @@ def test_tls13_is_picked_up_from_the_key_log(with_facts: bool) -> None:
         out = run.outcome
         assert (out.outcome, out.picked_up, out.version, out.records_failed) == ("decrypted", True, "TLS1.3", 0)
         assert run.engine.stats["picked_up"] == 1
+        # the server name comes with the facts; without them it was in the ClientHello only
+        want = "api.example.test" if with_facts else None
+        assert out.sni == want and {c.connection.sni for c in run.of(ApiCall)} == {want}
 
 
 def test_the_capture_may_start_with_the_server_and_ports_that_do_not_say_who_the_client_is() -> None:

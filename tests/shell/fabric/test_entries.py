@@ -99,7 +99,7 @@ def _facts(v6: bool = False, version: int = 0x0303, suite: int = 0xC02F) -> Hand
     else:
         ca, sa = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     return HandshakeFacts(ca, 40001, sa, 443, os.urandom(32), os.urandom(32), version, suite, True, False,
-                          "http/1.1", 1714564800.25)
+                          "http/1.1", 1714564800.25, "api.example.test")
 
 
 def test_facts_round_trip_through_key_value_and_message_lines_with_the_files_codec() -> None:

@@ -115,6 +115,19 @@ def test_ipv6_facts_round_trip() -> None:
     assert facts_from_dict(row) == f
 
 
+def test_the_server_name_round_trips_and_facts_without_it_still_load() -> None:
+    f = HandshakeFacts(bytes([10, 0, 0, 1]), 40001, bytes([10, 0, 0, 2]), 443, b"\x01" * 32, b"\x02" * 32,
+                       0x0303, 0xC02F, True, False, "h2", 5.0, "api.example.test")
+    row = facts_to_dict(f)
+    assert row["sni"] == "api.example.test"
+    assert facts_from_dict(json.loads(json.dumps(row))) == f
+    old = {k: v for k, v in row.items() if k != "sni"}  # written by an earlier version
+    assert facts_from_dict(old).sni is None
+    assert facts_from_dict(dict(old, sni=None)).sni is None
+    with pytest.raises(ValueError, match="sni is not a string"):
+        facts_from_dict(dict(row, sni=7))
+
+
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner,
                                                                                  max_size=6), max_leaves=20)
@@ -122,7 +135,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 
 @settings(max_examples=300, deadline=None)
 @given(obj=_JSON, over=st.dictionaries(st.sampled_from(["client", "server", "client_random", "server_random",
-                                                          "version", "suite", "alpn", "ts",
+                                                          "version", "suite", "alpn", "ts", "sni",
                                                           "extended_master_secret"]), _JSON, max_size=4))
 def test_any_json_is_facts_or_a_value_error(obj: Any, over: dict[str, Any]) -> None:
     good = facts_to_dict(HandshakeFacts(bytes([10, 0, 0, 1]), 1, bytes([10, 0, 0, 2]), 2, b"\x01" * 32, b"\x02" * 32,

@@ -17,7 +17,7 @@ from ...calls import ApiCall
 from ...keys.events import Secret
 from ...tls.events import HandshakeFacts
 
-FactsRow = tuple[bytes, int, bytes, int, bytes, bytes, int, int, bool, bool, "str | None", float]
+FactsRow = tuple[bytes, int, bytes, int, bytes, bytes, int, int, bool, bool, "str | None", float, "str | None"]
 
 
 @dataclass(slots=True)
@@ -30,7 +30,8 @@ class KeysGiven:
 def facts_rows(facts: list[HandshakeFacts]) -> list[FactsRow]:
     """Facts as plain tuples to cross the process boundary (a compiled HandshakeFacts does not pickle)."""
     return [(f.client_addr, f.client_port, f.server_addr, f.server_port, f.client_random, f.server_random,
-             f.version, f.suite, f.extended_master_secret, f.encrypt_then_mac, f.alpn, f.ts) for f in facts]
+             f.version, f.suite, f.extended_master_secret, f.encrypt_then_mac, f.alpn, f.ts, f.sni)
+            for f in facts]
 
 
 def facts_of(rows: list[FactsRow]) -> list[HandshakeFacts]:

@@ -8,7 +8,9 @@ random names the key log line), so the file is written with mode 0600.
     {"client": {"ip": "10.0.0.1", "port": 40000}, "server": {"ip": "10.0.0.2", "port": 443},
      "client_random": "hex", "server_random": "hex", "version": "TLS1.2",
      "suite": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "extended_master_secret": true,
-     "encrypt_then_mac": false, "alpn": "h2", "ts": 1714564800.123456}
+     "encrypt_then_mac": false, "alpn": "h2", "ts": 1714564800.123456, "sni": "api.example.com"}
+
+``alpn`` and ``sni`` are null when the handshake had none; ``sni`` may be absent (facts of earlier versions).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def facts_to_dict(f: HandshakeFacts) -> dict[str, Any]:
         "encrypt_then_mac": f.encrypt_then_mac,
         "alpn": f.alpn,
         "ts": round(f.ts, 6),
+        "sni": f.sni,
     }
 
 
@@ -82,13 +85,17 @@ def facts_from_dict(obj: Any) -> HandshakeFacts:
     alpn = obj.get("alpn")
     if alpn is not None and not isinstance(alpn, str):
         raise ValueError("alpn is not a string")
+    sni = obj.get("sni")  # absent from the facts of earlier versions
+    if sni is not None and not isinstance(sni, str):
+        raise ValueError("sni is not a string")
     ts = obj.get("ts", 0.0)
     if type(ts) not in (int, float) or not -1e12 < ts < 1e12:
         raise ValueError("ts is not a time")
     client_random = _random(obj.get("client_random"), "client_random")
     server_random = _random(obj.get("server_random"), "server_random")
     return HandshakeFacts(client[0], client[1], server[0], server[1], client_random, server_random, code, suite.code,
-                          bool(obj.get("extended_master_secret")), bool(obj.get("encrypt_then_mac")), alpn, float(ts))
+                          bool(obj.get("extended_master_secret")), bool(obj.get("encrypt_then_mac")), alpn, float(ts),
+                          sni)
 
 
 def load_facts_files(paths: Iterable[str], warn: Callable[[str], None]) -> list[HandshakeFacts]:

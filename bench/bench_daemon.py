@@ -223,6 +223,8 @@ def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namesp
            "--set", f"keys.state_dir={run_dir / 'state'}", "--set", "keys.host=127.0.0.1"]
     if a.buffer_mib:
         cmd += ["--set", f"capture.buffer_bytes={a.buffer_mib << 20}"]
+    for kv in a.set or ():
+        cmd += ["--set", kv]
     if a.keys == "preload":
         cmd += ["--keylog", str(keylog), "--no-keys"]
     else:
@@ -378,6 +380,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep each run's output and log in bench/data/daemon/")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--reset-lab", action="store_true", help="take a lab that is up (stale) down first")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a configuration key for the daemon (repeatable), e.g. inventory.enabled=false")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root: network namespaces, tcpreplay, AF_PACKET capture", file=sys.stderr)
@@ -439,7 +443,8 @@ def main() -> int:
         if not a.keep:
             shutil.rmtree(work_root, ignore_errors=True)
     report(results, f"{cap.name}, {a.passes} pass{'es' if a.passes > 1 else ''} "
-                    f"({a.passes * CONNS * REQS:,} exchanges), keys {a.keys}, {os.cpu_count()} CPUs")
+                    f"({a.passes * CONNS * REQS:,} exchanges), keys {a.keys}, {os.cpu_count()} CPUs"
+                    + "".join(f", --set {kv}" for kv in a.set or ()))
     if a.json:
         Path(a.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
     return 0 if results and all(not r.error for r in results) else 1

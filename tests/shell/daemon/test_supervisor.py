@@ -199,7 +199,8 @@ while True:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tcpdump") is None,
                     reason="needs root, iproute2 and tcpdump")
-def test_live_capture_on_a_veth_pair(tmp_path: Path) -> None:
+@pytest.mark.parametrize("own", [False, True], ids=["parent-exporter", "worker-exporters"])
+def test_live_capture_on_a_veth_pair(tmp_path: Path, own: bool) -> None:
     pytest.importorskip("tlsmirror.shell.keylistener.server")
     from tests.support.tlspair import _make_cert
 
@@ -226,10 +227,12 @@ def test_live_capture_on_a_veth_pair(tmp_path: Path) -> None:
                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
 
+        out = tmp_path / "calls.jsonl"  # own: the workers write it and send inventory parts, no call
         cfg = config(**{"capture.interfaces": [host_if], "keys.enabled": True, "keys.port": 0,
-                        "keys.host": "127.0.0.1", "keys.state_dir": str(tmp_path / "state")})
+                        "keys.host": "127.0.0.1", "keys.state_dir": str(tmp_path / "state"),
+                        **({"output.jsonl": str(out), "metrics.stats_interval": 0.5} if own else {})})
         ex = ListExporter()
-        d = Daemon(cfg, exporters=[ex])
+        d = Daemon(cfg, exporters=None if own else [ex])
         run = Running(d)
         assert d.wait_ready(30)
         keylog = tmp_path / "client.keys"
@@ -253,11 +256,21 @@ def test_live_capture_on_a_veth_pair(tmp_path: Path) -> None:
                 s.sendall(f"GET /live/{i} HTTP/1.1\r\nHost: api.example.test\r\n\r\n".encode())
                 assert b"200 OK" in s.recv(65536)
                 time.sleep(0.2)
-        wait_for(lambda: len(ex.calls) == 3 and d is not None and
-                 d.state.totals().get("outcomes", {}).get("decrypted", 0) == 3, 15, "decrypted live calls")
-        assert sorted(c.exchange.path or "" for c in ex.calls) == ["/live/0", "/live/1", "/live/2"]
-        assert {c.connection.server_ip for c in ex.calls} == {ns_ip}
-        assert all(c.exchange.status == 200 for c in ex.calls)
+        if own:
+            inv = d.inventory
+            assert inv is not None
+            wait_for(lambda: inv.document()["calls"] == 3, 15, "the workers' inventory parts")
+            records = [json.loads(x) for x in out.read_text().splitlines()]
+            assert sorted(r["path"] for r in records) == ["/live/0", "/live/1", "/live/2"]
+            assert {r["server"]["ip"] for r in records} == {ns_ip}
+            eps = [e for sv in inv.document()["services"] for e in sv["endpoints"]]
+            assert sum(e["count"] for e in eps) == 3
+        else:
+            wait_for(lambda: len(ex.calls) == 3 and d is not None and
+                     d.state.totals().get("outcomes", {}).get("decrypted", 0) == 3, 15, "decrypted live calls")
+            assert sorted(c.exchange.path or "" for c in ex.calls) == ["/live/0", "/live/1", "/live/2"]
+            assert {c.connection.server_ip for c in ex.calls} == {ns_ip}
+            assert all(c.exchange.status == 200 for c in ex.calls)
         t = d.state.totals()
         assert t["kernel_drops"] == 0 and t["packets"] > 0
     finally:

@@ -696,7 +696,7 @@ class Worker:
                 # every worker reads the file: one (the first) reports its problems
                 warn = ((lambda note: log.warning("capture file: %s", note)) if spec.index == 0
                         else (lambda note: None))
-                pump(reader, share, warn, every=64, tick=tick)
+                pump(reader, share, warn, every=128, tick=tick)  # control queue and timers
         except CaptureFileError as exc:
             log.error("capture file: %s", exc)
         self.silent = self.stop and share.catching_up  # read to the end: caught up, whatever was last

@@ -500,7 +500,8 @@ class Engine:
             tries -= 1
             sess = next(iter(holding))
             del holding[sess]
-            if sess.held_since is None:
+            since = sess.held_since  # a local: narrowing the attribute would outlive give_up (compiled)
+            if since is None:
                 continue
             ctx.evicted_sessions += 1
             ctx.evicted_bytes += sess.give_up(why, evicted=True)

@@ -3,6 +3,7 @@
 
     python3 bench/bench_memory.py [--passes 10] [--http] [--fresh-secrets] [--tolerance-mib 8]
     python3 bench/bench_memory.py --no-keys [--conns 50000]
+    python3 bench/bench_memory.py --open-flows [--conns 50000] [--budget-mib 128] [--http]
 
 Each pass replays every frame of the capture with its timestamps moved past the previous pass and the
 client port of every connection remapped, so each pass brings new TCP connections (the same TLS sessions,
@@ -21,6 +22,12 @@ previous one, so that every connection is still within engine.key_wait of its re
 ever given. Prints the peak RSS (VmHWM) less what the script's copy of the capture takes, the held and
 buffered bytes, and the hold drops by outcome; exit 1 when that peak exceeds 1.3 x max_hold_bytes_total +
 64 MiB (the budget target of issue 13).
+
+--open-flows: the reassembly budget instead. Only the first 20 frames of each connection are fed (its
+handshake and first exchanges, no FIN: it stays open), with its keys, each pass on new connections, until
+--conns have been opened, against max_total_buffer = --budget-mib. Prints the peak RSS less the capture
+copy and the flows evicted for the budget; exit 1 over 1.3 x budget + 64 MiB or when an open or evicted
+flow is unaccounted for.
 """
 
 from __future__ import annotations
@@ -63,11 +70,15 @@ def main() -> int:
     ap.add_argument("--tolerance-mib", type=float, default=8.0)
     ap.add_argument("--no-keys", action="store_true", help="connections whose keys never arrive: the budgets")
     ap.add_argument("--conns", type=int, default=50_000, help="--no-keys: connections to feed")
+    ap.add_argument("--open-flows", action="store_true", help="connections that stay open: the reassembly budget")
+    ap.add_argument("--budget-mib", type=int, default=128, help="--open-flows: max_total_buffer in MiB")
     ap.add_argument("--breakdown", type=int, default=0, metavar="N",
                     help="--no-keys: trace allocations, print the N biggest holders by file:line at the end")
     a = ap.parse_args()
     if a.no_keys:
         return no_keys(a.conns, a.http, a.breakdown)
+    if a.open_flows:
+        return open_flows(a.conns, a.http, a.budget_mib)
     cap, keylog = require_capture()
     secrets, _ = parse_keylog(keylog.read_bytes())
     frames: list[tuple[int, bytes, float, int]] = []
@@ -239,6 +250,61 @@ def no_keys(conns_wanted: int, http: bool, top: int = 0) -> int:
           f"flows_evicted {tcp['flows_evicted']} (budget {tcp['flows_evicted_budget']})")
     if reported != total or sum(outcomes.values()) != total:
         print("NOT every connection was reported with how its wait ended")
+        ok = False
+    return 0 if ok else 1
+
+
+def open_flows(conns_wanted: int, http: bool, budget_mib: int, first: int = 20) -> int:
+    cap, keylog = require_capture()
+    secrets, _ = parse_keylog(keylog.read_bytes())
+    gc.collect()
+    rss0 = rss_mib()
+    seen: dict[bytes, int] = {}
+    frames: list[tuple[int, bytes, float, int]] = []
+    for item in read_capture(str(cap)):
+        if type(item) is not CapturedFrame or item.linktype != 1:
+            continue
+        off = client_port_offset(item.data)
+        if off < 0:
+            continue
+        port = item.data[off:off + 2]
+        seen[port] = seen.get(port, 0) + 1
+        if seen[port] <= first:
+            frames.append((item.linktype, item.data, item.ts, client_ip_offset(item.data)))
+    gc.collect()
+    copy = rss_mib() - rss0
+    conns = len(seen)
+    engine = Engine(EngineConfig(http=http, max_total_buffer=budget_mib << 20, max_flows=10 * conns_wanted))
+    engine.add_secrets(secrets, 0.0)
+    passes = -(-conns_wanted // conns)
+    print(f"{cap.name}: the first {first} frames of each of {conns} connections x {passes} passes, keys known, "
+          f"http {http}; RSS {rss0:.1f} MiB before the capture, +{copy:.1f} MiB for it; "
+          f"max_total_buffer {budget_mib} MiB")
+    print(f"{'pass':>4} {'conns':>7} {'RSS MiB':>8} {'peak-copy':>9} {'charged':>7} {'open flows':>10} "
+          f"{'evicted':>7} {'cpu s':>6}")
+    started = time.process_time()
+    peak = 0.0
+    for p in range(passes):
+        third = p // 256 + 1
+        for linktype, data, ts, off in frames:
+            if off >= 0:
+                data = data[:off] + bytes([(data[off] + third) & 0xFF, (data[off + 1] + p) & 0xFF]) + data[off + 2:]
+            engine.feed_frame(linktype, data, ts + p * 0.1)
+        peak = max(peak, hwm_mib() - copy)
+        if p % 10 == 9 or p == passes - 1:
+            st = engine.tcp.stats
+            print(f"{p + 1:>4} {(p + 1) * conns:>7} {rss_mib():>8.1f} {peak:>9.1f} "
+                  f"{engine.tcp.charge / (1 << 20):>7.1f} {engine.tcp.open_flows:>10} "
+                  f"{st['flows_evicted_budget']:>7} {time.process_time() - started:>6.0f}", flush=True)
+    limit = 1.3 * budget_mib + 64
+    st = engine.tcp.stats
+    ok = peak <= limit
+    print(f"peak RSS less the capture copy: {peak:.1f} MiB (limit 1.3 x {budget_mib} + 64 = {limit:.0f} MiB): "
+          + ("within" if ok else "OVER"))
+    print(f"flows opened {st['flows_opened']}, open {engine.tcp.open_flows}, evicted for the budget "
+          f"{st['flows_evicted_budget']} (closed as evicted {st['flows_closed_evicted']})")
+    if st["flows_opened"] != engine.tcp.open_flows + st["flows_evicted_budget"]:
+        print("NOT every flow is accounted for")
         ok = False
     return 0 if ok else 1
 

@@ -86,7 +86,8 @@ def test_key_timing(name: str, when: str) -> None:
         assert len(run.outcomes) == 1  # reported as soon as the key made it decryptable
     run.finish()
     engine = run.engine
-    assert engine.tls.held_bytes == 0 and engine.sessions_waiting == 0 and not engine._waiting
+    assert engine.tls.held_bytes == 0 and engine.tls.charge == 0
+    assert engine.sessions_waiting == 0 and not engine._waiting
     if when == "never":
         o = run.outcome
         assert o.outcome == "no_key", o
@@ -264,6 +265,33 @@ def test_total_hold_budget_gives_up_the_oldest_open_session() -> None:
     assert tls.held_bytes == 0 and tls.charge == 0
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(10_000, 200_000), st.integers(0, 2**32 - 1), st.booleans())
+def test_hold_budget_properties(budget: int, seed: int, keys_late: bool) -> None:
+    """Interleaved connections under any total budget: the charge is what the sessions hold, within the
+    budget after every segment (no session alone exceeds it), and every connection is reported once."""
+    rnd = random.Random(seed)
+    names = [rnd.choice(list(CASES)) for _ in range(4)]
+    runs = [segments(transcript(n), client=("10.0.4.1", 32000 + i), ts=1.0) for i, n in enumerate(names)]
+    order = [i for i, r in enumerate(runs) for _ in r]
+    rnd.shuffle(order)
+    pos = [0] * len(runs)
+    run = Run.new(EngineConfig(max_hold_bytes_total=budget, max_hold_bytes_per_session=min(budget, 50_000)))
+    for k, i in enumerate(order):
+        seg = runs[i][pos[i]]
+        pos[i] += 1
+        run.segments([dataclasses.replace(seg, ts=1.0 + k * 0.001)])
+        engine = run.engine
+        assert engine.tls.charge == _charge(engine) <= budget
+    if keys_late:
+        run.keys("".join(transcript(n).keylog for n in names), ts=10.0)
+    run.finish()
+    ids = [o.flow.id for o in run.outcomes]
+    assert len(ids) == len(set(ids)) == 4
+    assert sum(o.held == "evicted" for o in run.outcomes) <= run.engine.tls.evicted_sessions
+    assert run.engine.tls.charge == 0 and run.engine.tls.held_bytes == 0
+
+
 def test_an_ended_session_is_charged_until_it_is_reported() -> None:
     t = transcript("tls13")
     run = Run.new().segments(segments(t))
@@ -341,7 +369,7 @@ def _check_invariants(engine: Engine, events: list[Any]) -> None:
     outcomes = [e for e in events if type(e) is TlsOutcome]
     ids = [o.flow.id for o in outcomes]
     assert len(ids) == len(set(ids)) == engine.stats["tls_flows"]
-    assert engine.tls.held_bytes == 0 and engine.sessions_waiting == 0
+    assert engine.tls.held_bytes == 0 and engine.tls.charge == 0 and engine.sessions_waiting == 0
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,7 +11,7 @@ from typing import Any
 from .http.events import Exchange, HttpProblem
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class Connection:
     """Facts of the TCP/TLS connection an exchange travelled on."""
 
@@ -47,7 +47,7 @@ class Connection:
                            self.tls_version, self.tls_suite, self.sni, self.alpn)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class ApiCall:
     connection: Connection
     exchange: Exchange

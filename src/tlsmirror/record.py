@@ -306,12 +306,36 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOpti
         sse = sse_info(ex)
         if sse is not None:
             rec["sse"] = sse.to_dict(body_mode != "none")
-    elif ex.method == "POST" or ex.method == "GET":
+    elif (ex.method == "POST" or ex.method == "GET") and maybe_graphql(ex, path, graphql):
         graphql_info = _graphql_reader()
         gql = graphql_info(ex, options=graphql) if graphql is not None else graphql_info(ex)  # None unless GraphQL
         if gql is not None:
             rec["graphql"] = gql.to_dict()
     return rec
+
+
+GRAPHQL_PATHS = ("/graphql",)  # http.graphql.GRAPHQL_PATHS, the default (a test keeps them equal)
+
+
+def maybe_graphql(ex: Exchange, path: str | None, graphql: GraphqlOptions | None = None) -> bool:
+    """``http.graphql.maybe_graphql`` (the same answer, a test compares them) without importing the
+    GraphQL reader: most calls are not GraphQL, and the reader is neither imported at start-up nor run
+    for them. ``path``: the request target up to its ``?``."""
+    if path is not None:
+        if path in (GRAPHQL_PATHS if graphql is None else graphql.paths):
+            return True
+        target = ex.path
+        if ex.method == "GET" and target is not None and "query=" in target:
+            return True
+    if ex.method != "POST":
+        return False
+    body = ex.request_body
+    if body is None:
+        return False
+    data = body.data
+    if not data or (b'"query"' not in data and b'"persistedQuery"' not in data):
+        return False
+    return data[:16].lstrip()[:1] in (b"{", b"[")
 
 
 _GRAPHQL_INFO: list[Any] = []  # the GraphQL reader, imported on first use and kept

@@ -208,3 +208,29 @@ def test_iso_time_from_several_threads() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+# ---------------------------------------------------------------- GraphQL pre-check (start-up, speed)
+_GQL_TARGETS = st.one_of(st.none(), st.sampled_from(["/graphql", "/graphql?x=1", "/api/graphql", "/q?query=%7Ba%7D",
+                                                     "/items?limit=2", "/query=1", "/", "*"]), st.text(max_size=20))
+_GQL_BODIES = st.one_of(st.none(), st.sampled_from([b"", b'{"query":"{a}"}', b'  [{"query":"{a}"}]',
+                                                    b'{"extensions":{"persistedQuery":{}}}', b'x"query"',
+                                                    b'{"a":1}', b' ' * 20 + b'{"query":1}']),
+                        st.binary(max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "POST"]), target=_GQL_TARGETS, body=_GQL_BODIES,
+       paths=st.sampled_from([None, ("/graphql",), ("/api/graphql", "/gql"), ()]))
+def test_record_graphql_precheck_is_the_readers(method: str, target: str | None, body: bytes | None,
+                                                paths: tuple[str, ...] | None) -> None:
+    """record.maybe_graphql (no import of the reader) answers as http.graphql.maybe_graphql does."""
+    from tlsmirror.http import graphql
+    from tlsmirror.record import GRAPHQL_PATHS, maybe_graphql
+
+    assert GRAPHQL_PATHS == graphql.GRAPHQL_PATHS
+    ex = exchange(method=method, path=target,
+                  request_body=None if body is None else Body(body, len(body), len(body), False))
+    options = None if paths is None else graphql.GraphqlOptions(paths=paths)
+    want = graphql.maybe_graphql(ex, graphql.GRAPHQL_PATHS if options is None else options.paths)
+    assert maybe_graphql(ex, split_target(target)[0], options) == want

@@ -12,7 +12,7 @@ PSH = 0x08
 ACK = 0x10
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class TcpSegment:
     """One TCP segment of the innermost flow of a captured frame. Treat it as immutable.
 

@@ -14,9 +14,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import IO, cast
 
-import brotli
-import zstandard
-
 from .events import Body
 
 DEFAULT_CEILING = 64 * 1024 * 1024
@@ -115,11 +112,14 @@ def _zlib_reason(exc: zlib.error) -> str:
 
 
 class _Brotli(_Decoder):
-    __slots__ = ("_d",)
+    __slots__ = ("_d", "_error")
     name = "br"
 
     def __init__(self) -> None:
+        import brotli  # with the first br body, not at start-up: most captures have none
+
         self._d = brotli.Decompressor()
+        self._error: type[Exception] = brotli.error
 
     def feed(self, data: bytes, out: Sink) -> None:
         d = self._d
@@ -132,7 +132,7 @@ class _Brotli(_Decoder):
                 if d.is_finished():
                     break
                 chunk = d.process(b"", output_buffer_limit=_CHUNK)
-        except brotli.error as exc:
+        except self._error as exc:
             raise ValueError(f"br: {exc or 'invalid data'}") from None
 
     def finish(self, out: Sink) -> str | None:
@@ -151,10 +151,13 @@ class _ZstdSink:
 
 
 class _Zstd(_Decoder):
-    __slots__ = ("_sink", "_w")
+    __slots__ = ("_error", "_sink", "_w")
     name = "zstd"
 
     def __init__(self) -> None:
+        import zstandard  # with the first zstd body, not at start-up: most captures have none
+
+        self._error: type[Exception] = zstandard.ZstdError
         self._sink = _ZstdSink(lambda _b: None)
         self._w = zstandard.ZstdDecompressor().stream_writer(cast("IO[bytes]", self._sink),
                                                              write_size=_CHUNK)
@@ -163,7 +166,7 @@ class _Zstd(_Decoder):
         self._sink.out = out
         try:
             self._w.write(data)
-        except zstandard.ZstdError as exc:
+        except self._error as exc:
             raise ValueError(f"zstd: {exc}") from None
 
 

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import HttpError
 from .events import HttpEvent, HttpProblem
 from .h1 import H1Connection, message_start
-from .h2 import PREFACE, H2Connection, plausible_frames
+
+if TYPE_CHECKING:  # HTTP/2 (and hpack, hyperframe) imported with the first HTTP/2 connection (start-up)
+    from .h2 import H2Connection
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the HTTP/2 client connection preface (h2.PREFACE)
 
 _Out = list[HttpEvent]
 MIDSTREAM_SNIFF = 64 * 1024  # bytes held to tell HTTP/1 from HTTP/2 on a connection picked up mid-stream
 # What a bug inside an engine can raise; HttpError is handled inside the engines themselves.
 _INTERNAL = (HttpError, ValueError, KeyError, IndexError, AssertionError, TypeError, OverflowError,
              MemoryError)
+
+
+def _h2(body_limit: int) -> H2Connection:
+    from .h2 import H2Connection
+
+    return H2Connection(body_limit=body_limit)
 
 
 class HttpConnection:
@@ -37,7 +49,7 @@ class HttpConnection:
         self._midstream = midstream
         self._sniffed = 0
         if alpn == "h2":
-            self._engine = H2Connection(body_limit=body_limit)
+            self._engine = _h2(body_limit)
         elif midstream and alpn is not None:
             self._engine = H1Connection(body_limit, midstream=True)
 
@@ -50,7 +62,7 @@ class HttpConnection:
         """"h1", "h2", or None while still undecided."""
         if self._engine is None:
             return None
-        return "h2" if isinstance(self._engine, H2Connection) else "h1"
+        return "h1" if isinstance(self._engine, H1Connection) else "h2"
 
     def feed(self, direction: int, data: bytes, ts: float) -> _Out:
         if self._closed:
@@ -66,7 +78,7 @@ class HttpConnection:
                 if not PREFACE.startswith(head):
                     return self._decide(H1Connection(self.body_limit))
                 if len(head) == len(PREFACE):
-                    return self._decide(H2Connection(body_limit=self.body_limit))
+                    return self._decide(_h2(self.body_limit))
             return []
         try:
             return engine.feed(direction, data, ts)
@@ -117,8 +129,10 @@ class HttpConnection:
         HTTP/2; undecided after ``MIDSTREAM_SNIFF`` bytes, HTTP/1 (it reports what it cannot parse)."""
         if message_start(direction, data, 0) >= 0:
             return self._decide(H1Connection(self.body_limit, midstream=True))
+        from .h2 import plausible_frames
+
         if plausible_frames(data):
-            return self._decide(H2Connection(body_limit=self.body_limit))
+            return self._decide(_h2(self.body_limit))
         self._sniffed += len(data)
         if self._sniffed > MIDSTREAM_SNIFF:
             return self._decide(H1Connection(self.body_limit, midstream=True))

@@ -13,7 +13,7 @@ from typing import Any
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class Body:
     """One message body as captured.
 
@@ -94,7 +94,7 @@ class WebSocketSession:
                                   self.closed_by, self.extensions, self.subprotocol, self.end_ts, self.flags)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class Exchange:
     """One request paired with its response (either side may be missing; see ``flags``)."""
 

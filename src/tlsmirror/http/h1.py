@@ -11,13 +11,16 @@ lets a gap inside a body be skipped without losing the framing.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import httptools
 
 from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
-from .websocket import WebSocketParser
+
+if TYPE_CHECKING:  # imported at the first upgrade: most connections have none (start-up)
+    from .websocket import WebSocketParser
 
 MAX_HEAD = 64 * 1024  # bytes of one message head (start line + fields), and of one trailer section
 MAX_LINE = 4096  # one chunk-size line
@@ -647,6 +650,8 @@ class H1Connection(EventQueue):
     def _ws_begin(self, handshake: Exchange, resp: _Msg, ts: float) -> None:
         """The WebSocket handshake is done: frames follow in both directions (client bytes held while
         the upgrade was pending go first)."""
+        from .websocket import WebSocketParser
+
         ws = WebSocketParser(resp.header("sec-websocket-extensions"), resp.header("sec-websocket-protocol"),
                              capture=self.body_limit)
         self._ws = ws

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import TYPE_CHECKING
 
 import hpack
 from hpack.huffman_table import decode_huffman
@@ -40,7 +41,9 @@ from hyperframe.frame import (
 from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
-from .websocket import WebSocketParser
+
+if TYPE_CHECKING:  # imported at the first extended CONNECT: most streams have none (start-up)
+    from .websocket import WebSocketParser
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -650,6 +653,8 @@ class H2Connection(EventQueue):
             return
         ext = next((v for k, v in resp.headers if k == "sec-websocket-extensions"), None)
         proto = next((v for k, v in resp.headers if k == "sec-websocket-protocol"), None)
+        from .websocket import WebSocketParser
+
         ws = s.ws = WebSocketParser(ext, proto, capture=self.body_limit)
         early = req.body
         req.body = resp.body = None

@@ -49,7 +49,7 @@ class FlowOpened:
     ts: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class StreamData:
     """In-order bytes of one direction (built per segment: not frozen, see frames.events.TcpSegment)."""
 

@@ -39,7 +39,7 @@ class TlsHandshake:
     resumed: bool
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class TlsPlaintext:
     """Decrypted application data (built per record: not frozen, see frames.events.TcpSegment)."""
 

@@ -134,6 +134,14 @@ def test_full_conversation() -> None:
     assert "reset" in ex[7].flags and ex[7].status is None
 
 
+def test_connection_knows_the_preface_without_importing_h2() -> None:
+    """http.connection detects HTTP/2 by its own copy of the preface (h2 is imported with the first
+    HTTP/2 connection)."""
+    from tlsmirror.http import connection
+
+    assert connection.PREFACE == PREFACE
+
+
 def test_whole_bytewise_and_detection_agree() -> None:
     cli, srv = conversation()
     whole = run([(0, cli, 1.0), (1, srv, 2.0)])

@@ -24,20 +24,23 @@ EXIT_INPUT = 1
 COMMANDS = ("decrypt", "replay", "inventory", "run", "keys", "f5", "config", "status", "doctor")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole ``tlsmirror`` argument parser, every command registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``tlsmirror`` argument parser: with ``command`` (a name of :data:`COMMANDS`) only that command
+    is registered (start-up: each command module imports what its options need), else every command."""
     p = argparse.ArgumentParser(prog="tlsmirror", description="Turn mirrored TLS traffic into API calls.")
     p.add_argument("--version", action="version", version=f"tlsmirror {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in (command,) if command in COMMANDS else COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; returns its exit code."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    # the command named first is the only one parsed: the others' modules are not imported
+    args = build_parser(words[0] if words else None).parse_args(argv)
     try:
         code: int = args.func(args)
         return code

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from ...calls import ApiCall
-from ...http.graphql import GraphqlOptions
 from ...record import call_to_dict, to_json_line, websocket_message_records
 from ..errors import InputError
 from . import FileSink
+
+if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
+    from ...http.graphql import GraphqlOptions
 
 
 class JsonlExporter(FileSink):

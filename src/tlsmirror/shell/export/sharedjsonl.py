@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+from typing import TYPE_CHECKING
 
 from ...calls import ApiCall
-from ...http.graphql import GraphqlOptions
 from ...record import call_to_dict, to_json_line, websocket_message_records
 from ..errors import InputError
+
+if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
+    from ...http.graphql import GraphqlOptions
 
 BATCH_BYTES = 256 << 10  # buffered line bytes that trigger a write
 

@@ -59,7 +59,7 @@ _OPT_IF_TSRESOL = 9
 _OPT_IF_TSOFFSET = 14
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out below
 class CapturedFrame:
     """One captured packet: *interface* numbers interfaces across the whole file (0 for pcap).
 

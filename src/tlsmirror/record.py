@@ -226,6 +226,48 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOpti
     paths and limits (default: ``/graphql``, 64 fields, 5 errors). ``websocket_list``: False leaves the
     session's messages out of ``websocket`` (they go as :func:`websocket_message_records` instead).
     """
+    conn = call.connection
+    return _record(call, body_mode, graphql, websocket_list, {"ip": conn.client_ip, "port": conn.client_port},
+                   {"ip": conn.server_ip, "port": conn.server_port},
+                   {"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni, "alpn": conn.alpn}
+                   if conn.tls else None)
+
+
+def call_to_json_line(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOptions | None = None,
+                      websocket_list: bool = True) -> bytes:
+    """``to_json_line(call_to_dict(call, ...))``, the same bytes, with the part of the record that is the
+    connection's (client, server, TLS: the same for all its calls) serialised once per connection."""
+    conn = call.connection
+    try:
+        parts = _conn_json.get(id(conn))
+        if parts is None or parts[0] is not conn:
+            parts = _connection_json(conn)
+        rec = _record(call, body_mode, graphql, websocket_list, parts[1], parts[2], parts[3])
+        return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # what orjson refuses (lone surrogates): the json module, without fragments
+        return to_json_line(call_to_dict(call, body_mode=body_mode, graphql=graphql,
+                                         websocket_list=websocket_list))
+
+
+# id(connection) -> (the connection, its client, server and TLS objects as JSON); the connection is held,
+# so its id is not reused while the entry lives. Calls of a connection come while it is open: few entries.
+_conn_json: dict[int, tuple[Connection, orjson.Fragment, orjson.Fragment, orjson.Fragment | None]] = {}
+
+
+def _connection_json(conn: Connection) -> tuple[Connection, orjson.Fragment, orjson.Fragment,
+                                                orjson.Fragment | None]:
+    if len(_conn_json) >= 1024:
+        _conn_json.clear()
+    parts = (conn, orjson.Fragment(orjson.dumps({"ip": conn.client_ip, "port": conn.client_port})),
+             orjson.Fragment(orjson.dumps({"ip": conn.server_ip, "port": conn.server_port})),
+             orjson.Fragment(orjson.dumps({"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni,
+                                           "alpn": conn.alpn})) if conn.tls else None)
+    _conn_json[id(conn)] = parts
+    return parts
+
+
+def _record(call: ApiCall, body_mode: str, graphql: GraphqlOptions | None, websocket_list: bool, client: Any,
+            server: Any, tls: Any) -> dict[str, Any]:
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {', '.join(BODY_MODES)}: {body_mode!r}")
     ex: Exchange = call.exchange
@@ -254,10 +296,9 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOpti
         "response_end_ts": _epoch(resp_end_us),
         "duration_ms": max(end - start, 0) / 1000.0 if start is not None and end is not None else None,
         "connection_id": conn.id,
-        "client": {"ip": conn.client_ip, "port": conn.client_port},
-        "server": {"ip": conn.server_ip, "port": conn.server_port},
-        "tls": ({"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni, "alpn": conn.alpn}
-                if conn.tls else None),
+        "client": client,
+        "server": server,
+        "tls": tls,
         "http_version": ex.http_version,
         "stream_id": ex.stream_id,
         "method": ex.method,

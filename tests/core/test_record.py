@@ -234,3 +234,28 @@ def test_record_graphql_precheck_is_the_readers(method: str, target: str | None,
     options = None if paths is None else graphql.GraphqlOptions(paths=paths)
     want = graphql.maybe_graphql(ex, graphql.GRAPHQL_PATHS if options is None else options.paths)
     assert maybe_graphql(ex, split_target(target)[0], options) == want
+
+
+# ---------------------------------------------------------------- JSON line with the connection part cached
+@pytest.mark.parametrize("conn", [
+    CONN,
+    Connection(8, "2001:db8::1", 5000, "2001:db8::2", 8443, False),
+    Connection(9, "10.0.0.1", 40001, "10.0.0.2", 443, True, None, None, None, None),
+    Connection(10, "10.0.0.1", 40002, "10.0.0.2", 443, True, "TLS1.2", "x", "caf\u00e9.test\udcff", "h2"),
+])
+@pytest.mark.parametrize("body_mode", ["auto", "base64", "none"])
+def test_call_to_json_line_is_the_record_line(conn: Connection, body_mode: str) -> None:
+    """call_to_json_line (connection part serialised once per connection) gives the bytes of
+    to_json_line(call_to_dict(...)), for every call of the connection, the surrogate fallback included."""
+    from tlsmirror.record import call_to_json_line, to_json_line
+
+    for ex in (exchange(), exchange(method="POST", path="/graphql",
+                                    request_body=Body(b'{"query":"{a}"}', 15, 15, False)),
+               exchange(path="/x\udcff")):
+        call = ApiCall(conn, ex, "/v1/items")
+        want = to_json_line(call_to_dict(call, body_mode=body_mode))
+        assert call_to_json_line(call, body_mode=body_mode) == want
+        assert call_to_json_line(call, body_mode=body_mode) == want  # cached now
+    changed = replace(conn, sni="other.test")  # a new connection object: its own part
+    call = ApiCall(changed, exchange())
+    assert call_to_json_line(call) == to_json_line(call_to_dict(call))

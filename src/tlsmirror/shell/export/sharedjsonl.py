@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ...calls import ApiCall
-from ...record import call_to_dict, to_json_line, websocket_message_records
+from ...record import call_to_json_line, to_json_line, websocket_message_records
 from ..errors import InputError
 
 if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
@@ -159,11 +159,11 @@ class SharedJsonlExporter:
             self.stats["dropped"] += 1
             return
         if self.per_message and call.exchange.websocket is not None:
-            lines = [to_json_line(call_to_dict(call, body_mode=self.body_mode, graphql=self.graphql,
-                                               websocket_list=False))]
+            lines = [call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql,
+                                       websocket_list=False)]
             lines += [to_json_line(rec) for rec in websocket_message_records(call, body_mode=self.body_mode)]
         else:
-            lines = [to_json_line(call_to_dict(call, body_mode=self.body_mode, graphql=self.graphql))]
+            lines = [call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql)]
         for line in lines:
             self._lines.append(line)
             self._pending += len(line)

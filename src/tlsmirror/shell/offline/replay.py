@@ -327,9 +327,9 @@ def _render(fmt: str, body_mode: str) -> Callable[[ApiCall], bytes]:
 
         return lambda call: json.dumps(har_entry(call), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass")
-    from ...record import call_to_dict, to_json_line
+    from ...record import call_to_json_line
 
-    return lambda call: to_json_line(call_to_dict(call, body_mode=body_mode))
+    return lambda call: call_to_json_line(call, body_mode=body_mode)
 
 
 def _flush_all(exporters: Sequence[Exporter], flush_timeout: float) -> list[Exporter]:

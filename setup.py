@@ -1,14 +1,18 @@
-"""Build script: metadata lives in pyproject.toml; this only adds the optional mypyc-compiled modules.
+"""Build script: metadata lives in pyproject.toml; this only adds the mypyc-compiled modules.
 
-``TLSMIRROR_COMPILE=1 pip install .`` compiles the per-packet and per-exchange modules with mypyc
-(measured: replay twice as fast); without it, or when compiling fails, tlsmirror is pure Python and
-behaves the same.
+``pip install .`` (or ``-e .``) compiles the per-packet and per-exchange modules with mypyc whenever a C
+compiler is present (measured: replay twice as fast); without one, or when compiling fails, tlsmirror
+is pure Python and behaves the same (``tlsmirror --version`` and ``tlsmirror doctor`` say which).
+``TLSMIRROR_COMPILE=0`` (or set and empty) builds pure Python.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -51,8 +55,21 @@ COMPILED = [
 ]
 
 
+def _c_compiler() -> str | None:
+    """The C compiler setuptools would run (``$CC``, else the one Python was built with), if installed."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    words = shlex.split(cc)
+    return shutil.which(words[0]) if words else None
+
+
 def _extensions() -> list[object]:
-    if os.environ.get("TLSMIRROR_COMPILE", "") not in ("1", "true", "yes"):
+    wanted = os.environ.get("TLSMIRROR_COMPILE")  # None: compile when a C compiler is present
+    if wanted is not None and wanted.strip().lower() not in ("1", "true", "yes"):
+        print("tlsmirror: TLSMIRROR_COMPILE set: pure Python build", file=sys.stderr)
+        return []
+    if _c_compiler() is None:
+        print("tlsmirror: no C compiler found: pure Python build (install gcc or cc, and reinstall, for the "
+              "compiled modules: about twice as fast)", file=sys.stderr)
         return []
     try:
         from mypyc.build import mypycify

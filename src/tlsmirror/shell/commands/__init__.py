@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from ... import __version__
+from ... import __version__, build
 from ..errors import ShellError
 
 EXIT_OK = 0
@@ -24,11 +24,24 @@ EXIT_INPUT = 1
 COMMANDS = ("decrypt", "replay", "inventory", "run", "keys", "f5", "config", "status", "doctor")
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and how this install was built (compiled or pure Python)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and the build (compiled or pure Python), and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"tlsmirror {__version__} ({build()})")  # on standard output, as argparse's own version action
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``tlsmirror`` argument parser: with ``command`` (a name of :data:`COMMANDS`) only that command
     is registered (start-up: each command module imports what its options need), else every command."""
     p = argparse.ArgumentParser(prog="tlsmirror", description="Turn mirrored TLS traffic into API calls.")
-    p.add_argument("--version", action="version", version=f"tlsmirror {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in (command,) if command in COMMANDS else COMMANDS:

@@ -11,6 +11,21 @@ from ..errors import InputError
 from .result import FAIL, OK, SKIP, WARN, DoctorOptions, Result, see
 
 
+def check_build() -> Result:
+    """How this install was built: compiled (mypyc) or pure Python, which is about half as fast."""
+    from ... import __version__, build
+
+    kind = build()
+    data = {"version": __version__, "build": kind}
+    if kind == "compiled":
+        return Result("build", OK, f"tlsmirror {__version__}, compiled: the hot path runs as C extensions "
+                                   "(mypyc)", data=data)
+    return Result("build", WARN, f"tlsmirror {__version__}, {kind}: about half as fast as the compiled build", [
+        "reinstall with a C compiler present (gcc or cc): `python3 -m pip install .` then compiles the hot "
+        "modules; the install bundle ships compiled wheels for its Python versions", see("pure-python-build")],
+        data=data)
+
+
 def check_config(opts: DoctorOptions) -> tuple[Config, Result]:
     """The effective configuration, or the defaults when it cannot be loaded (reported)."""
     env = os.environ if opts.env is None else opts.env

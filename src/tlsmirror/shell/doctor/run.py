@@ -10,7 +10,7 @@ from typing import Any
 from ..config import Config
 from .exporter import check_exporter, otlp_address, probe_otlp
 from .fabric import probe_fabric
-from .host import check_config, check_service
+from .host import check_build, check_config, check_service
 from .keys import check_keys, probe_key_listener
 from .metrics import Scrape, check_drops, check_match, check_memory, check_metrics, check_outcomes, scrape
 from .mirror import PacketSample, check_interface, check_mirror, host_addresses, read_interface, sample_interface
@@ -98,7 +98,7 @@ def run_doctor(opts: DoctorOptions) -> list[Result]:
             return Result(what, WARN, f"no answer within {timeout:g} s (check timed out)")
         return value
 
-    results = [config_result, collect("service", "service"), check_metrics(url, s0, error, why)]
+    results = [check_build(), config_result, collect("service", "service"), check_metrics(url, s0, error, why)]
     wait_s = round(elapsed, 1) if wait > 0 else 0.0
     if not interfaces:
         if cfg.capture.pcap:

@@ -11,7 +11,7 @@ lets a gap inside a body be skipped without losing the framing.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -37,8 +37,23 @@ SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two c
 
 _CRLF = b"\r\n"
 # The fields this stage reads (framing, body decoding, the authority): only these are indexed.
-_INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
+_INDEXED: Final = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
                       "upgrade", "sec-websocket-extensions", "sec-websocket-protocol"))
+
+
+# Field name as sent -> its lowercase form when it is one of _INDEXED, else "": few distinct names come
+# (bounded all the same), and one lookup is cheaper than lower() and a set test per field.
+_KEYS: Final[dict[str, str]] = {}
+
+
+def _index_key(name: str) -> str:
+    key = name.lower()
+    if key not in _INDEXED:
+        key = ""
+    if len(_KEYS) >= 1024:
+        _KEYS.clear()
+    _KEYS[name] = key
+    return key
 
 
 def _is_websocket(req: _Msg, resp: _Msg) -> bool:
@@ -116,9 +131,12 @@ class _Msg:
         index = self._index
         if index is None:
             index = self._index = {}
+            keys = _KEYS
             for k, v in self.headers:
-                key = k.lower()
-                if key in _INDEXED:
+                key = keys.get(k)
+                if key is None:
+                    key = _index_key(k)
+                if key:
                     got = index.get(key)
                     if got is None:
                         index[key] = [v]

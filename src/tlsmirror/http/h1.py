@@ -11,7 +11,7 @@ lets a gap inside a body be skipped without losing the framing.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -37,8 +37,30 @@ SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two c
 
 _CRLF = b"\r\n"
 # The fields this stage reads (framing, body decoding, the authority): only these are indexed.
-_INDEXED = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
+_INDEXED: Final = frozenset(("content-length", "transfer-encoding", "content-encoding", "content-type", "host",
                       "upgrade", "sec-websocket-extensions", "sec-websocket-protocol"))
+
+
+# Field name as sent -> its lowercase form when it is one of _INDEXED, else "": few distinct names come
+# (bounded all the same), and one lookup is cheaper than lower() and a set test per field.
+_KEYS: Final[dict[str, str]] = {}
+
+
+def _index_key(name: str) -> str:
+    key = name.lower()
+    if key not in _INDEXED:
+        key = ""
+    if len(_KEYS) >= 1024:
+        _KEYS.clear()
+    _KEYS[name] = key
+    return key
+
+
+# What llhttp parsed, read from the bytes it accepted (each lookup saves a method call per message).
+_METHOD_TEXT: Final[dict[bytes, str]] = {m.encode(): m for m in (
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+_REQUEST_VERSIONS: Final[dict[bytes, str]] = {b"HTTP/1.1\r\n": "1.1", b"HTTP/1.0\r\n": "1.0"}
+_RESPONSE_VERSIONS: Final[dict[bytes, str]] = {b"HTTP/1.1 ": "1.1", b"HTTP/1.0 ": "1.0"}
 
 
 def _is_websocket(req: _Msg, resp: _Msg) -> bool:
@@ -116,9 +138,12 @@ class _Msg:
         index = self._index
         if index is None:
             index = self._index = {}
+            keys = _KEYS
             for k, v in self.headers:
-                key = k.lower()
-                if key in _INDEXED:
+                key = keys.get(k)
+                if key is None:
+                    key = _index_key(k)
+                if key:
                     got = index.get(key)
                     if got is None:
                         index[key] = [v]
@@ -441,11 +466,9 @@ class H1Connection(EventQueue):
             if pos == n:
                 return pos
             d.proto = _Head()
+            # strict first (one call less per message); a refused head is parsed again leniently
             d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
                         else httptools.HttpResponseParser(d.proto))
-            # Transfer-Encoding with Content-Length: the framing below follows RFC 9112 (chunked
-            # wins) instead of refusing the message, since the peer evidently accepted it
-            d.parser.set_dangerous_leniencies(lenient_chunked_length=True)
             d.head_ts = ts
             d.fed = pos
             d.scan = pos
@@ -466,8 +489,11 @@ class H1Connection(EventQueue):
                     self._feed_parser(parser, buf[d.fed:])
                 except HttpError:
                     if not _has_bare_lf(buf[pos:]):
-                        raise
-                    d.bare_lf = True  # decided when the head is complete
+                        err = self._lenient(i, d, buf[pos:])
+                        if err is not None:
+                            raise err from None
+                    else:
+                        d.bare_lf = True  # decided when the head is complete
             # keep offsets relative to the unconsumed buffer, which restarts at ``pos``
             d.fed = len(buf) - pos
             d.scan = max(0, len(buf) - pos - 3)
@@ -477,19 +503,25 @@ class H1Connection(EventQueue):
         relf = d.bare_lf
         if not relf:
             # llhttp refuses LF-only line ends (measured: every such head): only then look for them
+            parsed = True
             try:
                 self._feed_parser(parser, buf[d.fed:end])
             except HttpError:
-                end = _head_end(buf, pos)  # an LF LF may end the head before that CRLF CRLF
-                if not _has_bare_lf(buf[pos:end]):
-                    raise
-                relf = True
-            else:
-                if d.proto is not None and not d.proto.complete:
-                    lf_end = _head_end(buf, pos)
-                    if _has_bare_lf(buf[pos:lf_end]):
-                        end = lf_end
-                        relf = True
+                err = self._lenient(i, d, buf[pos:end])
+                if err is not None:
+                    parsed = False
+                    end = _head_end(buf, pos)  # an LF LF may end the head before that CRLF CRLF
+                    if not _has_bare_lf(buf[pos:end]):
+                        raise err from None
+                    relf = True
+                else:
+                    assert d.parser is not None
+                    parser = d.parser
+            if parsed and d.proto is not None and not d.proto.complete:
+                lf_end = _head_end(buf, pos)
+                if _has_bare_lf(buf[pos:lf_end]):
+                    end = lf_end
+                    relf = True
         if relf:
             # LF-only line ends (tolerated by most servers, refused by llhttp): parse the whole head
             # again with CRLF line ends
@@ -508,11 +540,16 @@ class H1Connection(EventQueue):
         head_ts = d.head_ts if d.head_ts is not None else ts
         d.head_ts = None
         msg = _Msg(head_ts)
-        msg.version = parser.get_http_version()
         msg.headers = tuple((_text(k), _text(v)) for k, v in proto.headers)
         if i == 0:
             assert isinstance(parser, httptools.HttpRequestParser)
-            msg.method = parser.get_method().decode("ascii", "replace")
+            raw_method = parser.get_method()
+            method = _METHOD_TEXT.get(raw_method)
+            msg.method = method if method is not None else raw_method.decode("ascii", "replace")
+            # the version from the request line's end (METHOD SP target SP HTTP/x.y CRLF), else llhttp's
+            at = pos + len(raw_method) + len(proto.url) + 2
+            version = _REQUEST_VERSIONS.get(buf[at:at + 10])
+            msg.version = version if version is not None else parser.get_http_version()
             msg.target = _text(proto.url)
             # llhttp's upgrade flag needs CONNECT or an Upgrade field: only then ask (a response's
             # is not used: its status code says)
@@ -521,10 +558,28 @@ class H1Connection(EventQueue):
             self._request_head(d, msg, ts)
         else:
             assert isinstance(parser, httptools.HttpResponseParser)
+            version = _RESPONSE_VERSIONS.get(buf[pos:pos + 9])  # the status line's start, else llhttp's
+            msg.version = version if version is not None else parser.get_http_version()
             msg.status = parser.get_status_code()
             msg.reason = _text(proto.reason)
             self._response_head(d, msg, ts)
         return end
+
+    def _lenient(self, i: int, d: _Dir, head: bytes) -> HttpError | None:
+        """llhttp refused the head: parse it again, whole, allowing Transfer-Encoding with Content-Length
+        (the framing here follows RFC 9112, chunked wins, since the peer evidently accepted the message).
+        On success the direction goes on with that parser; else its error."""
+        proto = _Head()
+        parser = httptools.HttpRequestParser(proto) if i == 0 else httptools.HttpResponseParser(proto)
+        parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        try:
+            self._feed_parser(parser, head)
+        except HttpError as exc:
+            return exc
+        d.proto = proto
+        d.parser = parser
+        d.fed = len(head)
+        return None
 
     @staticmethod
     def _feed_parser(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,

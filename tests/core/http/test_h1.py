@@ -518,3 +518,35 @@ def test_lf_only_line_ends_read_like_crlf(eols: list[str], step: int) -> None:
     want = fields(run([(0, crlf(req), 1.0), (1, crlf(resp), 2.0)]))
     got = run([(0, req, 1.0), (1, resp, 2.0)], step=step)
     assert fields(got) == want and len(want) == 2
+
+
+def test_header_names_any_case_and_many_distinct_names() -> None:
+    """Framing fields are found in any case, also after the name cache saw other spellings or filled up."""
+    from tlsmirror.http import h1
+
+    conn = HttpConnection()
+    names = "".join(f"X-Field-{i}: v\r\n" for i in range(1500))  # more distinct names than the cache keeps
+    req = (f"POST /a HTTP/1.1\r\nHost: h\r\n{names}CONTENT-LENGTH: 2\r\n\r\nok"
+           "POST /b HTTP/1.1\r\nHost: h\r\ncontent-length: 3\r\n\r\nabc").encode()
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 2\r\n\r\nyz"
+    out = conn.feed(0, req, 1.0) + conn.feed(1, resp, 2.0) + conn.close(3.0)
+    exs = [e for e in out if isinstance(e, Exchange)]
+    assert [(e.path, e.request_body.data if e.request_body else None, e.response_body.data if e.response_body else None)
+            for e in exs] == [("/a", b"ok", b"x"), ("/b", b"abc", b"yz")]
+    assert len(h1._KEYS) <= 1024
+
+
+def test_transfer_encoding_before_content_length_and_http10_versions() -> None:
+    """llhttp refuses Transfer-Encoding with Content-Length unless lenient (the field order matters: with
+    TE first it refuses at the CL field, also in a head that is still incomplete): such heads are parsed
+    again leniently, whole or byte by byte, and chunked wins. Versions read from the bytes: 1.0 and 1.1."""
+    reqs = (b"POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
+            b"GET /old HTTP/1.0\r\nHost: h\r\n\r\n")
+    resps = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1000\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+             b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    ex = exchanges(same_whole_and_bytewise([(0, reqs, 1.0), (1, resps, 2.0)]))
+    assert [(e.method, e.path, e.status, e.http_version) for e in ex] == [
+        ("POST", "/te", 200, "1.1"), ("GET", "/old", 200, "1.0")]
+    assert ex[0].request_body is not None and ex[0].request_body.data == b"abc"
+    assert ex[0].response_body is not None and ex[0].response_body.data == b"ok"

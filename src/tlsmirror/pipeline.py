@@ -7,15 +7,11 @@ output is a list of events per call. Every per-flow error is contained in that f
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .calls import ApiCall, CallEvent, Connection, HttpIssue
 from .frames.addresses import ip_text
 from .frames.decoder import FrameDecoder
 from .frames.events import TcpSegment
-from .http.connection import HttpConnection
-from .http.events import Exchange, HttpEvent, HttpProblem
-from .inventory.routes import CallRouter, RouteTable
 from .keys.events import RsaKey, Secret
 from .keys.store import KeyStore
 from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
@@ -24,6 +20,14 @@ from .tls.context import TlsContext
 from .tls.events import HandshakeFacts, TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import OPEN_SESSION_OVERHEAD, TlsSession, looks_like_client_hello, looks_like_tls
 
+if TYPE_CHECKING:  # the HTTP stage: imported by the first engine built with ``http`` (_load_http)
+    from .calls import ApiCall, CallEvent, Connection, HttpIssue
+    from .http.connection import HttpConnection
+    from .http.events import Exchange, HttpEvent, HttpProblem
+    from .inventory.routes import CallRouter, RouteTable
+
+    EngineEvent = TlsEvent | CallEvent
+
 STARTTLS_CHUNKS = 64  # a cleartext flow is watched this many chunks for a ClientHello (STARTTLS)
 SNIFF_BYTES = 6  # bytes of a stream needed to tell TLS (record header + handshake type) from the rest
 
@@ -31,9 +35,18 @@ HTTP_FLOW_OVERHEAD = 3072  # the HTTP state of an open connection (2.9 kB of RSS
 
 _PICKED_UP = frozenset(("picked_up",))  # the flag of calls on a connection decrypted from mid-stream
 
-EngineEvent = TlsEvent | CallEvent
-"""What the engine emits: TLS events (each connection's handshake, plaintext, gaps, outcome) and, with
-``http``, API calls and HTTP problems."""
+# EngineEvent (above, TlsEvent | CallEvent): what the engine emits: TLS events (each connection's
+# handshake, plaintext, gaps, outcome) and, with ``http``, API calls and HTTP problems.
+
+
+def _load_http() -> None:
+    """Bind the HTTP stage's names in this module. ``decrypt`` never parses HTTP: without this, its
+    start-up would import the HTTP parsers, the protocol readers and the route table for nothing."""
+    global ApiCall, Connection, HttpIssue, HttpConnection, Exchange, HttpProblem, CallRouter, RouteTable
+    from .calls import ApiCall, Connection, HttpIssue
+    from .http.connection import HttpConnection
+    from .http.events import Exchange, HttpProblem
+    from .inventory.routes import CallRouter, RouteTable
 
 
 _HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
@@ -187,6 +200,8 @@ class Engine:
                                       "other_flows": 0}
         self.last_ts = 0.0
         self.router: CallRouter | None = None
+        if cfg.http:
+            _load_http()
         if cfg.http and cfg.routes is not False:
             table = RouteTable.from_dict(cfg.routes) if isinstance(cfg.routes, dict) else RouteTable()
             self.router = CallRouter(table)

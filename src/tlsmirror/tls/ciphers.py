@@ -38,9 +38,13 @@ MAX_TLS12_CIPHERTEXT = 2**14 + 2048
 MAX_TLS13_CIPHERTEXT = 2**14 + 256
 _SEQ_MASK = (1 << 64) - 1
 
-_AEAD_AAD = struct.Struct(">QBHH")  # seq, type, version, length (also the TLS HMAC header)
 _SSL3_MAC_HDR = struct.Struct(">QBH")  # seq, type, length
-_HDR13 = struct.Struct(">BHH")  # type, version, length
+
+
+def _aad(seq: int, content_type: int, version: int, length: int) -> bytes:
+    """seq, type, version, length (8, 1, 2, 2 bytes): the TLS 1.2 AEAD data and the TLS HMAC header.
+    Compiled, int.to_bytes is native where a struct pack is a Python method call (about 2k instructions)."""
+    return ((seq << 40) | (content_type << 32) | (version << 16) | length).to_bytes(13, "big")
 
 
 class RecordDecryptor:
@@ -102,7 +106,7 @@ class _Tls12Aead(RecordDecryptor):
         else:
             nonce = (self._iv_int ^ seq).to_bytes(12, "big")
             body = fragment
-        aad = _AEAD_AAD.pack(seq, content_type, record_version, n - self._min)
+        aad = _aad(seq, content_type, record_version, n - self._min)
         try:
             return content_type, self._aead.decrypt(nonce, body, aad)
         except InvalidTag:
@@ -125,8 +129,9 @@ class _Tls13Aead(RecordDecryptor):
         if n < self._min or n > MAX_TLS13_CIPHERTEXT:
             raise TlsParseError(f"TLS 1.3 record of {n} bytes")
         nonce = (self._iv_int ^ seq).to_bytes(12, "big")
+        aad = ((content_type << 32) | (record_version << 16) | n).to_bytes(5, "big")  # the record header
         try:
-            plain = self._aead.decrypt(nonce, fragment, _HDR13.pack(content_type, record_version, n))
+            plain = self._aead.decrypt(nonce, fragment, aad)
         except InvalidTag:
             raise DecryptError("bad AEAD tag") from None
         i = len(plain) - 1
@@ -151,8 +156,7 @@ class _HmacMac:
 
     def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
         h = self._base.copy()
-        h.update(_AEAD_AAD.pack(seq, content_type, version, len(data)))
-        h.update(data)
+        h.update(_aad(seq, content_type, version, len(data)) + data)  # one call: the copy is a memcpy
         return h.finalize()
 
 

@@ -7,6 +7,7 @@ just ``code -> name``; :func:`_describe` turns the name into key exchange, ciphe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 __all__ = ["SUITES", "CipherSuite", "suite_by_name", "suite_for"]
 
@@ -349,16 +350,42 @@ def _describe(code: int, name: str) -> CipherSuite:
                        ok, auth, export)
 
 
-SUITES: dict[int, CipherSuite] = {code: _describe(code, name) for code, name in _names().items()}
-_BY_NAME: dict[str, CipherSuite] = {s.name: s for s in SUITES.values()}
+# Suites are described when first asked for: a run meets a handful of the registry's ~350 codes, and
+# describing them all at import was most of this module's start-up cost. ``SUITES`` (every suite) and
+# the name index are built on first use.
+_NAMES: dict[int, str] = _names()
+_DESCRIBED: dict[int, CipherSuite] = {}
+_ALL: dict[int, CipherSuite] = {}
+_BY_NAME: dict[str, CipherSuite] = {}
+
+if TYPE_CHECKING:
+    SUITES: dict[int, CipherSuite]
+else:
+    def __getattr__(name: str) -> object:
+        if name == "SUITES":
+            return _all_suites()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _all_suites() -> dict[int, CipherSuite]:
+    if not _ALL:
+        _ALL.update((code, suite_for(code)) for code in _NAMES)
+    return _ALL
 
 
 def suite_for(code: int) -> CipherSuite:
     """The suite for a wire code; an unsupported placeholder named ``0x%04X`` when unknown."""
-    s = SUITES.get(code)
-    return s if s is not None else _unknown(code)
+    s = _DESCRIBED.get(code)
+    if s is None:
+        name = _NAMES.get(code)
+        if name is None:
+            return _unknown(code)
+        s = _DESCRIBED[code] = _describe(code, name)
+    return s
 
 
 def suite_by_name(name: str) -> CipherSuite | None:
     """Look a suite up by its IANA name (``TLS_...``)."""
+    if not _BY_NAME:
+        _BY_NAME.update((s.name, s) for s in _all_suites().values())
     return _BY_NAME.get(name)

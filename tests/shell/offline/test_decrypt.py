@@ -303,3 +303,23 @@ def test_python_dash_m_subprocess(setup: Setup, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "tlsmirror", "decrypt", str(tmp_path / "missing.pcap")],
                          capture_output=True, text=True, env=env, timeout=60, check=False)
     assert bad.returncode == 1 and ERROR_LINE.match(bad.stderr) and bad.stdout == ""
+
+
+# the HTTP stage, the inventory and the protocol readers: `decrypt` never parses HTTP (issue 13)
+NOT_FOR_DECRYPT = ("tlsmirror.calls", "tlsmirror.http", "tlsmirror.inventory", "tlsmirror.record", "httptools",
+                   "hpack", "hyperframe", "h2", "brotli", "zstandard")
+
+
+def test_decrypt_never_imports_the_http_stage(setup: Setup, tmp_path: Path) -> None:
+    src = str(SRC)
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import sys; from tlsmirror.shell.commands import main; "
+            f"code = main(['decrypt', {setup.capture!r}, '--keylog', {str(setup.keylog)!r}, "
+            f"'-o', {str(tmp_path / 'out.jsonl')!r}]); "
+            "print(' '.join(sorted(sys.modules))); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    loaded = [m for m in proc.stdout.split() if any(m == n or m.startswith(n + ".") for n in NOT_FOR_DECRYPT)]
+    assert loaded == []
+    assert len(records((tmp_path / "out.jsonl").read_text())) == 3

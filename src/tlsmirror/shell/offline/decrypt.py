@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ...frames.addresses import endpoint
@@ -20,12 +20,19 @@ from .loop import CaptureSink, EngineFeed, pump
 from .pcapfile import CaptureReader
 
 
-@dataclass(slots=True)
 class _Conn:
-    sha: tuple[Any, Any] = field(default_factory=lambda: (hashlib.sha256(), hashlib.sha256()))
-    size: list[int] = field(default_factory=lambda: [0, 0])
-    dump: list[IO[bytes] | None] = field(default_factory=lambda: [None, None])
-    gaps: int = 0
+    """One connection's plaintext so far: SHA-256 and size per direction (0 and 1 as separate fields:
+    compiled, each is a native field, where a list or tuple item is a generic lookup per record)."""
+
+    __slots__ = ("dump", "gaps", "sha0", "sha1", "size0", "size1")
+
+    def __init__(self) -> None:
+        self.sha0: Any = hashlib.sha256()
+        self.sha1: Any = hashlib.sha256()
+        self.size0 = 0
+        self.size1 = 0
+        self.dump: list[IO[bytes] | None] = [None, None]
+        self.gaps = 0
 
 
 class DecryptRun(EngineFeed):
@@ -57,8 +64,13 @@ class DecryptRun(EngineFeed):
                 c = conns.get(ev.flow.id)
                 if c is None:
                     c = conns[ev.flow.id] = _Conn()
-                c.sha[ev.direction].update(ev.data)
-                c.size[ev.direction] += len(ev.data)
+                data = ev.data
+                if ev.direction:
+                    c.sha1.update(data)
+                    c.size1 += len(data)
+                else:
+                    c.sha0.update(data)
+                    c.size0 += len(data)
                 if self.dump_dir is not None:
                     self._dump(c, ev)
             elif type(ev) is TlsOutcome:
@@ -107,10 +119,10 @@ class DecryptRun(EngineFeed):
             "late_key": ev.late_key,
             "records_decrypted": ev.records_decrypted,
             "records_failed": ev.records_failed,
-            "c2s_bytes": c.size[0],
-            "c2s_sha256": c.sha[0].hexdigest(),
-            "s2c_bytes": c.size[1],
-            "s2c_sha256": c.sha[1].hexdigest(),
+            "c2s_bytes": c.size0,
+            "c2s_sha256": c.sha0.hexdigest(),
+            "s2c_bytes": c.size1,
+            "s2c_sha256": c.sha1.hexdigest(),
         }
         line = json.dumps(rec) + "\n"  # ASCII (json escapes the rest): one character, one byte
         self.out.write(line)
@@ -123,11 +135,32 @@ class DecryptRun(EngineFeed):
         return f"{self.connections} TLS connections: " + (", ".join(parts) if parts else "none")
 
 
+GC_YOUNG = 50_000  # allocations between collections of the youngest generation during a run (default 700)
+
+
 def decrypt_main(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int],
                  output: str, dump_dir: str | None, rsa_password: bytes | None = None, *, workers: int = 0,
                  append: bool = False, facts_files: Sequence[str] = (), facts_out: str | None = None) -> int:
     """``tlsmirror decrypt``. ``workers`` >= 1: that many processes share the flows (:mod:`.workers`);
-    lines are then sorted by connection start, the same for any N."""
+    lines are then sorted by connection start, the same for any N.
+
+    During the run what start-up built (modules, classes, tables) is frozen out of the collector's scans
+    and the youngest generation is collected less often: a run's events and records are freed by reference
+    counting, so frequent scans find next to nothing. Both are undone on return."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, threshold[1], threshold[2])
+    try:
+        return _decrypt(capture, keylogs, rsa_keys, ports, output, dump_dir, rsa_password, workers, append,
+                        facts_files, facts_out)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+def _decrypt(capture: str, keylogs: list[str], rsa_keys: list[str], ports: list[int], output: str,
+             dump_dir: str | None, rsa_password: bytes | None, workers: int, append: bool,
+             facts_files: Sequence[str], facts_out: str | None) -> int:
     warn = sys.stderr
     CaptureReader(capture).close()  # a missing or foreign capture file: say so before anything else
     if workers and facts_out is not None:

@@ -26,6 +26,14 @@ from ..errors import CaptureFileError
 CHUNK = 1 << 20
 MAX_RECORD = 64 << 20  # larger records/blocks mean a corrupt file
 MAX_WARNINGS = 20
+
+
+def _u32(buf: bytes, pos: int, little: bool) -> int:
+    """The unsigned 32-bit integer at *pos*. Compiled, four native byte loads: cheaper than a struct
+    unpack, a Python method call (about 2k instructions per record, callgrind)."""
+    if little:
+        return buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16) | (buf[pos + 3] << 24)
+    return (buf[pos] << 24) | (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
 DEFAULT_SNAPLEN = 262144  # the largest plausible record when the file header gives no usable snaplen
 # A record found while resynchronising is plausible only if its time is near the last good one (or the
 # record before it): one day back, thirty days ahead.
@@ -275,11 +283,7 @@ class CaptureReader:
         divisor = self._divisor
         linktype = self.linktype
         limit = self._limit
-        # declared: struct gives Any, and compiled, typed locals make the per-record arithmetic native
-        sec: int
-        frac: int
-        caplen: int
-        origlen: int
+        little = self._order == "<"
         last_sec = -1  # seconds of the last good record (-1: none yet), for resynchronising
         while True:
             buf, pos = self._buf, self._pos
@@ -289,7 +293,10 @@ class CaptureReader:
                         self._cut("record header")
                     return
                 buf, pos = self._buf, self._pos
-            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
+            sec = _u32(buf, pos, little)
+            frac = _u32(buf, pos + 4, little)
+            caplen = _u32(buf, pos + 8, little)
+            origlen = _u32(buf, pos + 12, little)
             if caplen > MAX_RECORD or (caplen > origlen and caplen > limit):
                 start = self._offset()
                 self._resync_pcap(rec, last_sec)

@@ -219,7 +219,7 @@ class TlsSession:
         "_dir_fixed", "_ended", "_pickup_alts", "_pickup_opts", "_queued_plain", "_sink", "alpn", "ch", "charge",
         "client_dir", "closed", "ctx", "dirs", "drop_reasons", "enc_pms", "failure", "flow", "had_gap",
         "held_bytes", "held_dropped_bytes", "held_since", "hold_state", "key_lag", "keys_ready", "late_key",
-        "master", "no_handshake", "out", "picked_up", "pickup_budget", "pickup_done", "pickup_tries", "queue",
+        "master", "no_handshake", "out", "picked_up", "pickup_budget", "pickup_done", "pickup_sni", "pickup_tries", "queue",
         "records_decrypted", "records_failed", "records_skipped", "registered", "renegotiations", "resumed",
         "resyncs", "session_hash", "settled", "sh", "suite", "ticket", "tls13", "transcript", "ts_first",
         "ts_hello", "unsupported", "user", "version", "wait_idents",

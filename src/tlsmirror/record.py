@@ -269,6 +269,17 @@ def call_to_json_line(call: ApiCall, *, body_mode: str = "auto", graphql: Graphq
                                          websocket_list=websocket_list))
 
 
+def call_to_json_lines(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOptions | None = None,
+                       per_message: bool = False) -> list[bytes]:
+    """The JSON lines of one call: its record, or with ``per_message`` (``websocket_records: message``) and a
+    WebSocket session, the session's record without its message list followed by one line per message."""
+    if not per_message or call.exchange.websocket is None:
+        return [call_to_json_line(call, body_mode=body_mode, graphql=graphql)]
+    lines = [call_to_json_line(call, body_mode=body_mode, graphql=graphql, websocket_list=False)]
+    lines += [to_json_line(rec) for rec in websocket_message_records(call, body_mode=body_mode)]
+    return lines
+
+
 # id(connection) -> (the connection, its client, server and TLS objects as JSON); the connection is held,
 # so its id is not reused while the entry lives. Calls of a connection come while it is open: few entries.
 _conn_json: dict[int, tuple[Connection, orjson.Fragment, orjson.Fragment, orjson.Fragment | None]] = {}

@@ -37,7 +37,7 @@ def _echo(ws: Any) -> None:
         pass  # the client's close code 4000 is not "normal": the iteration says so
 
 
-def _session(tmp: Path, compression: str | None) -> list[dict[str, Any]]:
+def _session(tmp: Path, compression: str | None, *extra: str) -> list[dict[str, Any]]:
     why = tcpdump_usable()
     if why:
         pytest.skip(why)
@@ -65,7 +65,13 @@ def _session(tmp: Path, compression: str | None) -> list[dict[str, Any]]:
         server.shutdown()
     out = tmp / f"calls-{compression}.jsonl"
     assert cli_main(["replay", str(pcap), "--keylog", str(keylog), "-o", str(out), "--body-limit", "1m"]) == 0
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    if extra:  # the same capture again with these replay options: both outputs
+        out2 = tmp / f"calls-{compression}-2.jsonl"
+        assert cli_main(["replay", str(pcap), "--keylog", str(keylog), "-o", str(out2), "--body-limit", "1m",
+                         *extra]) == 0
+        records += [{"second": [json.loads(line) for line in out2.read_text().splitlines()]}]
+    return records
 
 
 def _content(m: dict[str, Any]) -> str | bytes:
@@ -96,3 +102,18 @@ def test_websocket_session_messages_in_order(tmp_path: Path, compression: str | 
     assert ws["messages"] == {"client": 5, "server": 5}  # 4 data messages + the close, each side
     times = [m["ts"] for m in ws["list"]]
     assert times == sorted(times)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_replay_one_record_per_message(tmp_path: Path, workers: list[str]) -> None:
+    """``replay --websocket-records message``: the session's record without its list, then one record per
+    message in the session's order (with and without --workers)."""
+    *records, second = _session(tmp_path, None, "--websocket-records", "message", *workers)
+    session = records[0]["websocket"]
+    head, msgs = second["second"][0], second["second"][1:]
+    assert head["status"] == 101 and head["websocket"]["list"] == []
+    assert head["websocket"]["messages"] == session["messages"]
+    assert [m["kind"] for m in msgs] == ["websocket_message"] * len(session["list"])
+    assert [m["index"] for m in msgs] == list(range(len(session["list"])))
+    assert [(m["direction"], m["opcode"], m["size"]) for m in msgs] == \
+        [(m["direction"], m["opcode"], m["size"]) for m in session["list"]]

@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
                    help="keep at most this many bytes of each body (default 128k; k/M/G or KiB/MiB/GiB suffixes)")
     p.add_argument("--bodies", choices=("auto", "base64", "none"), default="auto",
                    help="jsonl body content: auto (text as UTF-8, else base64), base64, none (sizes only)")
+    p.add_argument("--websocket-records", choices=("session", "message"), default="session",
+                   help="jsonl: one record per WebSocket session with its messages (default), or the session's "
+                        "record and one record per message (as output.websocket_records)")
     if _otlp_present():
         p.add_argument("--otlp-endpoint", metavar="HOST:PORT|URL",
                        help="also export spans over OTLP to this collector")
@@ -71,4 +74,5 @@ def run(args: argparse.Namespace) -> int:
     return replay_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.format,
                        args.body_limit, rsa_password(args.rsa_password_env), (),
                        getattr(args, "flush_timeout", 60.0), args.bodies, workers=args.workers,
-                       append=args.append, make_extra=make_extra, facts_files=args.facts, facts_out=args.facts_out)
+                       append=args.append, make_extra=make_extra, facts_files=args.facts, facts_out=args.facts_out,
+                       websocket_records=args.websocket_records)

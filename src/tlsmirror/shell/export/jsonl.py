@@ -7,7 +7,7 @@ import sys
 from typing import IO, TYPE_CHECKING
 
 from ...calls import ApiCall
-from ...record import call_to_json_line, to_json_line, websocket_message_records
+from ...record import call_to_json_lines
 from ..errors import InputError
 from . import FileSink
 
@@ -89,13 +89,9 @@ class JsonlExporter(FileSink):
         if self._closed:
             self.stats["dropped"] += 1
             return
-        if self.per_message and call.exchange.websocket is not None:
-            self.write_line(call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql,
-                                              websocket_list=False))
-            for rec in websocket_message_records(call, body_mode=self.body_mode):
-                self.write_line(to_json_line(rec))
-            return
-        self.write_line(call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql))
+        for line in call_to_json_lines(call, body_mode=self.body_mode, graphql=self.graphql,
+                                       per_message=self.per_message):
+            self.write_line(line)
 
     def write_line(self, line: bytes) -> None:
         """Append one ready-made line (used by :meth:`export`; the daemon may reuse it)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
-from ...record import call_to_dict, call_to_json_line, to_json_line, websocket_message_records
+from ...record import call_to_dict, call_to_json_line, call_to_json_lines, to_json_line
 from ..errors import InputError
 
 if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
@@ -165,9 +165,7 @@ class SharedJsonlExporter:
             self.stats["dropped"] += 1
             return
         if self.per_message and call.exchange.websocket is not None:
-            lines = [call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql,
-                                       websocket_list=False)]
-            lines += [to_json_line(rec) for rec in websocket_message_records(call, body_mode=self.body_mode)]
+            lines = call_to_json_lines(call, body_mode=self.body_mode, graphql=self.graphql, per_message=True)
         else:
             hook = self.on_record
             if hook is None:  # only serialised: the connection's part of the line once per connection

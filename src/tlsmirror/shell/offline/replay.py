@@ -295,7 +295,8 @@ def _ignore(_note: str) -> None:
     pass
 
 
-def make_exporter(output: str, fmt: str, body_mode: str = "auto", append: bool = False) -> Exporter:
+def make_exporter(output: str, fmt: str, body_mode: str = "auto", append: bool = False,
+                  websocket_records: str = "session") -> Exporter:
     """The file output of a run: ``output`` overwritten, unless ``append`` (JSON lines only)."""
     _check_append(fmt, append)
     if fmt == "har":
@@ -310,7 +311,7 @@ def make_exporter(output: str, fmt: str, body_mode: str = "auto", append: bool =
                 os.truncate(output, 0)  # -o overwrites, for every command and format
             except OSError as exc:
                 raise InputError(f"{output}: cannot write output: {exc.strerror or exc}") from None
-        return JsonlExporter(output, body_mode=body_mode)
+        return JsonlExporter(output, body_mode=body_mode, websocket_records=websocket_records)
     raise InputError(f"unknown output format {fmt!r} (jsonl or har)")
 
 
@@ -320,15 +321,17 @@ def _check_append(fmt: str, append: bool) -> None:
                          "use --format jsonl or another output file")
 
 
-def _render(fmt: str, body_mode: str) -> Callable[[ApiCall], bytes]:
+def _render(fmt: str, body_mode: str, websocket_records: str = "session") -> Callable[[ApiCall], bytes]:
     """One record as the bytes a part file of ``replay --workers`` holds (what the exporter would write)."""
     if fmt == "har":
         from ..export.har import har_entry
 
         return lambda call: json.dumps(har_entry(call), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "surrogatepass")
-    from ...record import call_to_json_line
+    from ...record import call_to_json_line, call_to_json_lines
 
+    if websocket_records == "message":  # a session's lines stay together, at the session's place
+        return lambda call: b"".join(call_to_json_lines(call, body_mode=body_mode, per_message=True))
     return lambda call: call_to_json_line(call, body_mode=body_mode)
 
 
@@ -358,21 +361,25 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
                 rsa_password: bytes | None = None, extra_exporters: Sequence[Exporter] = (),
                 flush_timeout: float = 60.0, body_mode: str = "auto", *, workers: int = 0,
                 append: bool = False, make_extra: Callable[[], Sequence[Exporter]] | None = None,
-                facts_files: Sequence[str] = (), facts_out: str | None = None) -> int:
+                facts_files: Sequence[str] = (), facts_out: str | None = None,
+                websocket_records: str = "session") -> int:
     """The whole offline pipeline over ``captures`` (in order, one engine). Returns the exit code.
 
     ``workers`` >= 1: that many processes, each with its share of the flows (:mod:`.workers`); the
     records are then sorted by request start. ``make_extra`` makes the exporters beside the file output
     (OTLP), in the process that uses them; ``extra_exporters`` are ready-made ones (one process only).
     ``facts_files``: handshake facts of other sensors (mid-stream pickup); ``facts_out``: where the facts
-    this run sees are written (one process only). Exit 1 when a record was lost for good: not written,
-    rejected by the collector, or left unsent."""
+    this run sees are written (one process only). ``websocket_records``: ``session`` (one record per
+    WebSocket session) or ``message`` (and one per message), JSON lines only. Exit 1 when a record was
+    lost for good: not written, rejected by the collector, or left unsent."""
     warn = sys.stderr
     for path in captures:
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such capture file" if not os.path.exists(path)
                              else f"{path}: not a regular file")
     _check_append(fmt, append)
+    if websocket_records not in ("session", "message"):
+        raise InputError(f"--websocket-records {websocket_records!r}: session or message")
     if workers and facts_out is not None:
         raise InputError("--facts-out is written by one process: leave out --workers")
     secrets = load_keylogs_for(keylogs, captures, lambda w: print(w, file=warn))
@@ -388,8 +395,8 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
     progress = warn if warn.isatty() else None
     if workers:
         return _replay_shared(captures, workers, make_engine, output, fmt, body_mode, append, make_extra,
-                              flush_timeout, progress)
-    exporters: list[Exporter] = [make_exporter(output, fmt, body_mode, append)]
+                              flush_timeout, progress, websocket_records)
+    exporters: list[Exporter] = [make_exporter(output, fmt, body_mode, append, websocket_records)]
     exporters += extra_exporters
     if make_extra is not None:
         exporters += make_extra()
@@ -413,7 +420,7 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
 def _replay_shared(captures: Sequence[str], workers: int, make_engine: Callable[[], Engine], output: str,
                    fmt: str, body_mode: str, append: bool,
                    make_extra: Callable[[], Sequence[Exporter]] | None, flush_timeout: float,
-                   progress: IO[str] | None) -> int:
+                   progress: IO[str] | None, websocket_records: str = "session") -> int:
     """``replay --workers N``: N processes read the captures, each keeps its share of the flows and
     writes its records to a part file (and its own OTLP exporter: each span leaves from the one process
     whose flow it is, exactly once, with that exporter's retries); this one merges the parts."""
@@ -431,7 +438,7 @@ def _replay_shared(captures: Sequence[str], workers: int, make_engine: Callable[
 
     check_workers(workers)
     warn = sys.stderr
-    render = _render(fmt, body_mode)
+    render = _render(fmt, body_mode, websocket_records)
     out, close = open_output(output, append)  # before any work: an output that cannot be written fails now
     tmp = part_dir(output)
 

@@ -200,6 +200,10 @@ class Daemon:
         if self.exporters:
             self._export_thread = threading.Thread(target=self._export_loop, name="export", daemon=True)
             self._export_thread.start()
+        if self.mode == "pcap" and cfg.keys.fabric:
+            # A capture file is read from its start at once: the fabric's secrets and facts first (bounded
+            # by keys.fabric_timeout), so the workers begin with them instead of holding records for them
+            self._join_fabric()
         for i in range(self.nworkers):
             self.handles.append(self._spawn(i))
         self._started = True
@@ -220,17 +224,20 @@ class Daemon:
         """Every worker has its capture attached: only now open the key listener (a secret that comes
         earlier is for a connection whose handshake nobody captured) and report ready."""
         if self.cfg.keys.fabric and self.fabric is None:  # the fabric's secrets first, then ready
-            from ..fabric.client import join_fabric
-
-            self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload,
-                                      self._on_facts)
-            self.state.fabric = self.fabric.snapshot
+            self._join_fabric()
         if self.cfg.keys.enabled and self.keyserver is None:
             self._start_keyserver()
         self.state.ready = True
         self._ready.set()
         log.info("ready: capture attached on every interface%s",
                  f", keys on port {self.key_port}" if self.keyserver is not None else "")
+
+    def _join_fabric(self) -> None:
+        from ..fabric.client import join_fabric
+
+        self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload,
+                                  self._on_facts)
+        self.state.fabric = self.fabric.snapshot
 
     def _describe_input(self) -> str:
         c = self.cfg.capture

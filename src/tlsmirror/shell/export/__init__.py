@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only: keeps `import tlsmirror.shell.export.<x>` light at start-up
@@ -44,3 +45,16 @@ class FileSink:
                 self.last_error = str(exc.strerror or exc)
                 return False
         return True
+
+
+def rotate_file(path: str, backups: int) -> None:
+    """Move ``path`` away as its rotation does: ``path.1`` .. ``path.<backups>`` shifted up by one (the
+    oldest dropped), ``path`` becomes ``path.1``; with no backups it is removed."""
+    if backups == 0:
+        os.unlink(path)
+        return
+    for i in range(backups - 1, 0, -1):
+        src = f"{path}.{i}"
+        if os.path.exists(src):
+            os.replace(src, f"{path}.{i + 1}")
+    os.replace(path, f"{path}.1")

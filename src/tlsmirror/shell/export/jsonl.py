@@ -9,7 +9,7 @@ from typing import IO, TYPE_CHECKING
 from ...calls import ApiCall
 from ...record import call_to_json_lines
 from ..errors import InputError
-from . import FileSink
+from . import FileSink, rotate_file
 
 if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
     from ...http.graphql import GraphqlOptions
@@ -72,15 +72,7 @@ class JsonlExporter(FileSink):
 
     def _rotate(self) -> None:
         self._close_file()
-        path = self.path
-        if self.backups == 0:
-            os.unlink(path)
-        else:
-            for i in range(self.backups - 1, 0, -1):
-                src = f"{path}.{i}"
-                if os.path.exists(src):
-                    os.replace(src, f"{path}.{i + 1}")
-            os.replace(path, f"{path}.1")
+        rotate_file(self.path, self.backups)
         self.stats["rotations"] += 1
         self._open("ab")
 

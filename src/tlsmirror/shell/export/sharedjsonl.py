@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ...calls import ApiCall
 from ...record import call_to_dict, call_to_json_line, call_to_json_lines, to_json_line
 from ..errors import InputError
+from . import rotate_file
 
 if TYPE_CHECKING:  # the GraphQL reader is imported with the first call that may be GraphQL
     from ...http.graphql import GraphqlOptions
@@ -98,15 +99,7 @@ class SharedJsonlExporter:
 
     def _rotate(self) -> None:
         """With the lock held: move the file away, open (and lock) a new one."""
-        path = self.path
-        if self.backups == 0:
-            os.unlink(path)
-        else:
-            for i in range(self.backups - 1, 0, -1):
-                src = f"{path}.{i}"
-                if os.path.exists(src):
-                    os.replace(src, f"{path}.{i + 1}")
-            os.replace(path, f"{path}.1")
+        rotate_file(self.path, self.backups)
         old = self._fd
         self._fd = -1
         self._open()  # the others find the path changed and reopen it before they write

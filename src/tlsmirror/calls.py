@@ -1,6 +1,7 @@
 """The unit users consume: one API call (an HTTP exchange) with the facts of its connection.
 
-Plain slotted dataclasses, treated as immutable (built per exchange; see ``http.events``).
+Slotted classes, treated as immutable (built per exchange; see ``http.events``): ``ApiCall`` and ``HttpIssue``
+written out, ``Connection`` a dataclass still (``dataclasses.replace`` renumbers it in the daemon's workers).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Connection:
                            self.tls_version, self.tls_suite, self.sni, self.alpn)
 
 
-@dataclass(slots=True, init=False)  # __init__ written out below
 class ApiCall:
+    __slots__ = ("connection", "exchange", "route")
+
     connection: Connection
     exchange: Exchange
     route: str | None  # the route template (``/users/{user_id}``) the engine's route table gave, if any
@@ -63,13 +65,37 @@ class ApiCall:
     def __reduce__(self) -> tuple[type[ApiCall], tuple[Any, ...]]:
         return ApiCall, (self.connection, self.exchange, self.route)
 
+    def __repr__(self) -> str:
+        return f"ApiCall(connection={self.connection!r}, exchange={self.exchange!r}, route={self.route!r})"
 
-@dataclass(slots=True)
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ApiCall:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+
 class HttpIssue:
     """HTTP parsing of one connection stopped (its exchanges so far were reported)."""
 
+    __slots__ = ("connection", "problem")
+
     connection: Connection
     problem: HttpProblem
+
+    def __init__(self, connection: Connection, problem: HttpProblem) -> None:
+        self.connection = connection
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"HttpIssue(connection={self.connection!r}, problem={self.problem!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HttpIssue:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[HttpIssue], tuple[Any, ...]]:
+        return HttpIssue, (self.connection, self.problem)
 
 
 CallEvent = ApiCall | HttpIssue

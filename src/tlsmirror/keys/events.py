@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 # NSS key log labels and what their first field identifies.
 CLIENT_RANDOM = "CLIENT_RANDOM"  # client_random -> TLS <= 1.2 master secret
@@ -25,7 +25,6 @@ LABELS = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
 class Secret:
     """One secret for one TLS session.
 
@@ -34,21 +33,52 @@ class Secret:
     ``value`` never appears in repr, logs or errors.
     """
 
+    __slots__ = ("ident", "label", "value")
+
     label: str
     ident: bytes
-    value: bytes = field(repr=False)
+    value: bytes
 
-    def __repr__(self) -> str:  # explicit: dataclass repr of a frozen slotted class is fine, but be sure
+    def __init__(self, label: str, ident: bytes, value: bytes) -> None:
+        self.label = label
+        self.ident = ident
+        self.value = value
+
+    def __repr__(self) -> str:  # never the value
         return f"Secret({self.label}, {self.ident[:4].hex()}...)"
 
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Secret:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
 
-@dataclass(frozen=True, slots=True)
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[Any, ...]]:
+        return Secret, (self.label, self.ident, self.value)
+
+
 class RsaKey:
     """A server's RSA private key for static-RSA key exchange (a cryptography key object)."""
 
-    key: object = field(repr=False)
+    __slots__ = ("key",)
+
+    key: object
+
+    def __init__(self, key: object) -> None:
+        self.key = key
 
     def __repr__(self) -> str:
         return "RsaKey(<private>)"
 
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not RsaKey:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
 
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[RsaKey], tuple[Any, ...]]:
+        return RsaKey, (self.key,)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from dataclasses import dataclass
+from typing import Any
 
 from tlsmirror.keys.errors import KeyLogError
 from tlsmirror.keys.events import (
@@ -39,12 +39,31 @@ _HEXISH = re.compile(r"[0-9A-Fa-f]{12,}")
 _SAFE_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,47}")
 
 
-@dataclass(frozen=True, slots=True)
 class KeyLogProblem:
     """A line that was skipped, with a reason free of secret material."""
 
+    __slots__ = ("line_no", "reason")
+
     line_no: int
     reason: str
+
+    def __init__(self, line_no: int, reason: str) -> None:
+        self.line_no = line_no
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"KeyLogProblem(line_no={self.line_no!r}, reason={self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not KeyLogProblem:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[KeyLogProblem], tuple[Any, ...]]:
+        return KeyLogProblem, (self.line_no, self.reason)
 
 
 def _describe_label(label: str) -> str:

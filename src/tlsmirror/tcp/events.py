@@ -2,12 +2,12 @@
 
 Every event carries the :class:`Flow` it belongs to (not a key to look up again): the pipeline
 keeps its per-connection state for upper stages in ``Flow.app``, so each packet costs one dict
-lookup in total.
+lookup in total. The events are written-out slotted classes, treated as immutable (not ``@dataclass``: see
+``http.events``); the ones once ``frozen`` keep their value ``__hash__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 CLIENT = 0  # direction: client -> server (the side that sent SYN, or our best guess)
@@ -43,15 +43,35 @@ class Flow:
         return f"Flow({self.id})"
 
 
-@dataclass(frozen=True, slots=True)
 class FlowOpened:
+    __slots__ = ("flow", "ts")
+
     flow: Flow
     ts: float
 
+    def __init__(self, flow: Flow, ts: float) -> None:
+        self.flow = flow
+        self.ts = ts
 
-@dataclass(slots=True, init=False)  # __init__ written out below
+    def __repr__(self) -> str:
+        return f"FlowOpened(flow={self.flow!r}, ts={self.ts!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not FlowOpened:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[FlowOpened], tuple[Any, ...]]:
+        return FlowOpened, (self.flow, self.ts)
+
+
 class StreamData:
     """In-order bytes of one direction (built per segment: not frozen, see frames.events.TcpSegment)."""
+
+    __slots__ = ("data", "direction", "flow", "ts")
 
     flow: Flow
     direction: int
@@ -65,11 +85,23 @@ class StreamData:
         self.ts = ts
         self.data = data
 
+    def __repr__(self) -> str:
+        return f"StreamData(flow={self.flow!r}, direction={self.direction!r}, ts={self.ts!r}, data={self.data!r})"
 
-@dataclass(frozen=True, slots=True)
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not StreamData:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[StreamData], tuple[Any, ...]]:
+        return StreamData, (self.flow, self.direction, self.ts, self.data)
+
+
 class StreamGap:
     """``size`` bytes of one direction were never seen (lost segment, capture started late
     inside a retransmission hole, or dropped to stay within memory budgets)."""
+
+    __slots__ = ("direction", "flow", "reason", "size", "ts")
 
     flow: Flow
     direction: int
@@ -77,14 +109,56 @@ class StreamGap:
     size: int
     reason: str  # "lost", "budget"
 
+    def __init__(self, flow: Flow, direction: int, ts: float, size: int, reason: str) -> None:
+        self.flow = flow
+        self.direction = direction
+        self.ts = ts
+        self.size = size
+        self.reason = reason
 
-@dataclass(frozen=True, slots=True)
+    def __repr__(self) -> str:
+        return (f"StreamGap(flow={self.flow!r}, direction={self.direction!r}, ts={self.ts!r}, size={self.size!r}, "
+                f"reason={self.reason!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not StreamGap:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[StreamGap], tuple[Any, ...]]:
+        return StreamGap, (self.flow, self.direction, self.ts, self.size, self.reason)
+
+
 class FlowClosed:
     """The flow ended; no more events for it. ``reason``: fin, rst, idle, evicted, reused, end."""
+
+    __slots__ = ("flow", "reason", "ts")
 
     flow: Flow
     ts: float
     reason: str
+
+    def __init__(self, flow: Flow, ts: float, reason: str) -> None:
+        self.flow = flow
+        self.ts = ts
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"FlowClosed(flow={self.flow!r}, ts={self.ts!r}, reason={self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not FlowClosed:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[FlowClosed], tuple[Any, ...]]:
+        return FlowClosed, (self.flow, self.ts, self.reason)
 
 
 TcpEvent = FlowOpened | StreamData | StreamGap | FlowClosed

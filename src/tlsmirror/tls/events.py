@@ -1,11 +1,13 @@
 """What the tls stage emits.
 
 Directions here are TLS roles: 0 = from the TLS client (the ClientHello sender), 1 = from the server.
+Written-out slotted classes, treated as immutable (not ``@dataclass``: see ``http.events``); the ones once
+``frozen`` keep their value ``__hash__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from ..tcp.events import Flow
 
@@ -25,9 +27,10 @@ EVICTED = "evicted"  # some of it was given up to stay within a hold budget
 HOLD_OUTCOMES = (UNLOCKED, EXPIRED, EVICTED)
 
 
-@dataclass(frozen=True, slots=True)
 class TlsHandshake:
     """Facts known once the ServerHello is parsed (ALPN may be updated later for TLS 1.3)."""
+
+    __slots__ = ("alpn", "client_dir", "flow", "resumed", "sni", "suite", "ts", "version")
 
     flow: Flow
     ts: float
@@ -38,10 +41,39 @@ class TlsHandshake:
     alpn: str | None
     resumed: bool
 
+    def __init__(self, flow: Flow, ts: float, client_dir: int, version: str, suite: str, sni: str | None,
+                 alpn: str | None, resumed: bool) -> None:
+        self.flow = flow
+        self.ts = ts
+        self.client_dir = client_dir
+        self.version = version
+        self.suite = suite
+        self.sni = sni
+        self.alpn = alpn
+        self.resumed = resumed
 
-@dataclass(slots=True, init=False)  # __init__ written out below
+    def __repr__(self) -> str:
+        return (f"TlsHandshake(flow={self.flow!r}, ts={self.ts!r}, client_dir={self.client_dir!r}, "
+                f"version={self.version!r}, suite={self.suite!r}, sni={self.sni!r}, alpn={self.alpn!r}, "
+                f"resumed={self.resumed!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TlsHandshake:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[TlsHandshake], tuple[Any, ...]]:
+        return TlsHandshake, (self.flow, self.ts, self.client_dir, self.version, self.suite, self.sni, self.alpn,
+                              self.resumed)
+
+
 class TlsPlaintext:
     """Decrypted application data (built per record: not frozen, see frames.events.TcpSegment)."""
+
+    __slots__ = ("data", "direction", "flow", "ts")
 
     flow: Flow
     direction: int
@@ -55,20 +87,55 @@ class TlsPlaintext:
         self.ts = ts
         self.data = data
 
+    def __repr__(self) -> str:
+        return f"TlsPlaintext(flow={self.flow!r}, direction={self.direction!r}, ts={self.ts!r}, data={self.data!r})"
 
-@dataclass(frozen=True, slots=True)
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TlsPlaintext:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[TlsPlaintext], tuple[Any, ...]]:
+        return TlsPlaintext, (self.flow, self.direction, self.ts, self.data)
+
+
 class TlsGap:
     """Plaintext of one direction was lost (TCP gap, dropped while waiting for a key, bad record)."""
+
+    __slots__ = ("direction", "flow", "size", "ts")
 
     flow: Flow
     direction: int
     ts: float
     size: int  # ciphertext bytes lost; plaintext size is close to it
 
+    def __init__(self, flow: Flow, direction: int, ts: float, size: int) -> None:
+        self.flow = flow
+        self.direction = direction
+        self.ts = ts
+        self.size = size
 
-@dataclass(frozen=True, slots=True)
+    def __repr__(self) -> str:
+        return f"TlsGap(flow={self.flow!r}, direction={self.direction!r}, ts={self.ts!r}, size={self.size!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TlsGap:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[TlsGap], tuple[Any, ...]]:
+        return TlsGap, (self.flow, self.direction, self.ts, self.size)
+
+
 class TlsOutcome:
     """The last word on one TLS connection, emitted when its flow closes."""
+
+    __slots__ = ("alpn", "client_dir", "flow", "held", "held_dropped_bytes", "key_lag", "late_key", "outcome",
+                 "picked_up", "reason", "records_decrypted", "records_failed", "resumed", "sni", "suite", "ts",
+                 "version")
 
     flow: Flow
     ts: float
@@ -84,12 +151,54 @@ class TlsOutcome:
     records_decrypted: int
     records_failed: int
     held_dropped_bytes: int
-    held: str | None = None  # how its wait for keys ended (HOLD_OUTCOMES), None when it never waited
-    key_lag: float | None = None  # seconds from the ClientHello to the secret that unlocked it (None: unknown)
-    picked_up: bool = False  # decrypted from mid-stream: its handshake was not seen (see HandshakeFacts)
+    held: str | None  # how its wait for keys ended (HOLD_OUTCOMES), None when it never waited
+    key_lag: float | None  # seconds from the ClientHello to the secret that unlocked it (None: unknown)
+    picked_up: bool  # decrypted from mid-stream: its handshake was not seen (see HandshakeFacts)
+
+    def __init__(self, flow: Flow, ts: float, client_dir: int, outcome: str, reason: str, version: str | None,
+                 suite: str | None, sni: str | None, alpn: str | None, resumed: bool, late_key: bool,
+                 records_decrypted: int, records_failed: int, held_dropped_bytes: int, held: str | None = None,
+                 key_lag: float | None = None, picked_up: bool = False) -> None:
+        self.flow = flow
+        self.ts = ts
+        self.client_dir = client_dir
+        self.outcome = outcome
+        self.reason = reason
+        self.version = version
+        self.suite = suite
+        self.sni = sni
+        self.alpn = alpn
+        self.resumed = resumed
+        self.late_key = late_key
+        self.records_decrypted = records_decrypted
+        self.records_failed = records_failed
+        self.held_dropped_bytes = held_dropped_bytes
+        self.held = held
+        self.key_lag = key_lag
+        self.picked_up = picked_up
+
+    def __repr__(self) -> str:
+        return (f"TlsOutcome(flow={self.flow!r}, ts={self.ts!r}, client_dir={self.client_dir!r}, "
+                f"outcome={self.outcome!r}, reason={self.reason!r}, version={self.version!r}, suite={self.suite!r}, "
+                f"sni={self.sni!r}, alpn={self.alpn!r}, resumed={self.resumed!r}, late_key={self.late_key!r}, "
+                f"records_decrypted={self.records_decrypted!r}, records_failed={self.records_failed!r}, "
+                f"held_dropped_bytes={self.held_dropped_bytes!r}, held={self.held!r}, key_lag={self.key_lag!r}, "
+                f"picked_up={self.picked_up!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TlsOutcome:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[TlsOutcome], tuple[Any, ...]]:
+        return TlsOutcome, (self.flow, self.ts, self.client_dir, self.outcome, self.reason, self.version, self.suite,
+                            self.sni, self.alpn, self.resumed, self.late_key, self.records_decrypted,
+                            self.records_failed, self.held_dropped_bytes, self.held, self.key_lag, self.picked_up)
 
 
-@dataclass(frozen=True, slots=True)
 class HandshakeFacts:
     """What a sensor that saw a connection's handshake knows of it, besides secrets: enough for a sensor
     that did not see it to decrypt the connection from mid-stream with the key log's secrets.
@@ -99,6 +208,9 @@ class HandshakeFacts:
     engine (``Engine.add_facts``), keyed by the 4-tuple and by the client random. No secret in here.
     Addresses are raw (4 or 16 bytes); ``version`` and ``suite`` are wire codes.
     """
+
+    __slots__ = ("alpn", "client_addr", "client_port", "client_random", "encrypt_then_mac", "extended_master_secret",
+                 "server_addr", "server_port", "server_random", "sni", "suite", "ts", "version")
 
     client_addr: bytes
     client_port: int
@@ -110,13 +222,51 @@ class HandshakeFacts:
     suite: int  # the IANA cipher suite code
     extended_master_secret: bool
     encrypt_then_mac: bool
-    alpn: str | None = None
-    ts: float = 0.0  # packet time of the ServerHello
-    sni: str | None = None  # the ClientHello's server name (a picked-up connection's ``tls.sni``)
+    alpn: str | None
+    ts: float  # packet time of the ServerHello
+    sni: str | None  # the ClientHello's server name (a picked-up connection's ``tls.sni``)
+
+    def __init__(self, client_addr: bytes, client_port: int, server_addr: bytes, server_port: int, client_random: bytes,
+                 server_random: bytes, version: int, suite: int, extended_master_secret: bool, encrypt_then_mac: bool,
+                 alpn: str | None = None, ts: float = 0.0, sni: str | None = None) -> None:
+        self.client_addr = client_addr
+        self.client_port = client_port
+        self.server_addr = server_addr
+        self.server_port = server_port
+        self.client_random = client_random
+        self.server_random = server_random
+        self.version = version
+        self.suite = suite
+        self.extended_master_secret = extended_master_secret
+        self.encrypt_then_mac = encrypt_then_mac
+        self.alpn = alpn
+        self.ts = ts
+        self.sni = sni
 
     @property
     def four_tuple(self) -> tuple[bytes, int, bytes, int]:
         return (self.client_addr, self.client_port, self.server_addr, self.server_port)
+
+    def __repr__(self) -> str:
+        return (f"HandshakeFacts(client_addr={self.client_addr!r}, client_port={self.client_port!r}, "
+                f"server_addr={self.server_addr!r}, server_port={self.server_port!r}, "
+                f"client_random={self.client_random!r}, server_random={self.server_random!r}, "
+                f"version={self.version!r}, suite={self.suite!r}, "
+                f"extended_master_secret={self.extended_master_secret!r}, encrypt_then_mac={self.encrypt_then_mac!r}, "
+                f"alpn={self.alpn!r}, ts={self.ts!r}, sni={self.sni!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HandshakeFacts:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[HandshakeFacts], tuple[Any, ...]]:
+        return HandshakeFacts, (self.client_addr, self.client_port, self.server_addr, self.server_port,
+                                self.client_random, self.server_random, self.version, self.suite,
+                                self.extended_master_secret, self.encrypt_then_mac, self.alpn, self.ts, self.sni)
 
 
 TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome | HandshakeFacts

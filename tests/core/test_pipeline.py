@@ -3,7 +3,6 @@ property tests (reordered / duplicated / re-split segments, random and mutated i
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
@@ -133,8 +132,13 @@ def test_late_key_reaches_http() -> None:
 # ============================================================================ the key-wait time bound
 
 
+def _at(s: TcpSegment, ts: float) -> TcpSegment:
+    """The segment at another capture time."""
+    return TcpSegment(ts, s.src, s.dst, s.sport, s.dport, s.seq, s.ack, s.flags, s.payload)
+
+
 def _shift(segs: list[TcpSegment], start: int, dt: float) -> list[TcpSegment]:
-    return segs[:start] + [dataclasses.replace(s, ts=s.ts + dt) for s in segs[start:]]
+    return segs[:start] + [_at(s, s.ts + dt) for s in segs[start:]]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -280,7 +284,7 @@ def test_hold_budget_properties(budget: int, seed: int, keys_late: bool) -> None
     for k, i in enumerate(order):
         seg = runs[i][pos[i]]
         pos[i] += 1
-        run.segments([dataclasses.replace(seg, ts=1.0 + k * 0.001)])
+        run.segments([_at(seg, 1.0 + k * 0.001)])
         engine = run.engine
         assert engine.tls.charge == _charge(engine) <= budget
     if keys_late:
@@ -348,7 +352,7 @@ def reshaped(t: TlsTranscript, rnd: random.Random) -> list[TcpSegment]:
             if rnd.random() < 0.1:
                 out.append(s)  # retransmission
     out.extend(tail)
-    return [dataclasses.replace(s, ts=1.0 + i * 0.001) for i, s in enumerate(out)]
+    return [_at(s, 1.0 + i * 0.001) for i, s in enumerate(out)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import TlsParseError
 
@@ -38,36 +38,102 @@ def version_name(version: int) -> str:
     return VERSION_NAMES.get(version, f"0x{version:04x}")
 
 
-@dataclass(slots=True)
 class ClientHello:
+    __slots__ = ("alpn", "early_data", "ems", "etm", "psk", "random", "session_id", "sni", "suites", "ticket",
+                 "version", "versions")
+
     version: int
     random: bytes
     session_id: bytes
     suites: tuple[int, ...]
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    ticket: bytes = b""  # TLS 1.2 session_ticket extension content (non-empty: resumption attempt)
-    ems: bool = False
-    etm: bool = False
-    early_data: bool = False
-    psk: bool = False
-    versions: tuple[int, ...] = ()
+    sni: str | None
+    alpn: tuple[str, ...]
+    ticket: bytes  # TLS 1.2 session_ticket extension content (non-empty: resumption attempt)
+    ems: bool
+    etm: bool
+    early_data: bool
+    psk: bool
+    versions: tuple[int, ...]
+
+    def __init__(self, version: int, random: bytes, session_id: bytes, suites: tuple[int, ...], sni: str | None = None,
+                 alpn: tuple[str, ...] = (), ticket: bytes = b"", ems: bool = False, etm: bool = False,
+                 early_data: bool = False, psk: bool = False, versions: tuple[int, ...] = ()) -> None:
+        self.version = version
+        self.random = random
+        self.session_id = session_id
+        self.suites = suites
+        self.sni = sni
+        self.alpn = alpn
+        self.ticket = ticket
+        self.ems = ems
+        self.etm = etm
+        self.early_data = early_data
+        self.psk = psk
+        self.versions = versions
+
+    def __repr__(self) -> str:
+        return (f"ClientHello(version={self.version!r}, random={self.random!r}, session_id={self.session_id!r}, "
+                f"suites={self.suites!r}, sni={self.sni!r}, alpn={self.alpn!r}, ticket={self.ticket!r}, "
+                f"ems={self.ems!r}, etm={self.etm!r}, early_data={self.early_data!r}, psk={self.psk!r}, "
+                f"versions={self.versions!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ClientHello:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[ClientHello], tuple[Any, ...]]:
+        return ClientHello, (self.version, self.random, self.session_id, self.suites, self.sni, self.alpn, self.ticket,
+                             self.ems, self.etm, self.early_data, self.psk, self.versions)
 
 
-@dataclass(slots=True)
 class ServerHello:
+    __slots__ = ("alpn", "compression", "ems", "etm", "extensions", "is_hrr", "psk", "random", "session_id", "suite",
+                 "ticket_ack", "version")
+
     version: int  # negotiated: supported_versions if present, else legacy version
     random: bytes
     session_id: bytes
     suite: int
-    alpn: str | None = None
-    ems: bool = False
-    etm: bool = False
-    ticket_ack: bool = False
-    psk: bool = False
-    is_hrr: bool = False
-    compression: int = 0  # 1 = DEFLATE (RFC 3749)
-    extensions: list[int] = field(default_factory=list)
+    alpn: str | None
+    ems: bool
+    etm: bool
+    ticket_ack: bool
+    psk: bool
+    is_hrr: bool
+    compression: int  # 1 = DEFLATE (RFC 3749)
+    extensions: list[int]
+
+    def __init__(self, version: int, random: bytes, session_id: bytes, suite: int, alpn: str | None = None,
+                 ems: bool = False, etm: bool = False, ticket_ack: bool = False, psk: bool = False,
+                 is_hrr: bool = False, compression: int = 0, extensions: list[int] | None = None) -> None:
+        self.version = version
+        self.random = random
+        self.session_id = session_id
+        self.suite = suite
+        self.alpn = alpn
+        self.ems = ems
+        self.etm = etm
+        self.ticket_ack = ticket_ack
+        self.psk = psk
+        self.is_hrr = is_hrr
+        self.compression = compression
+        self.extensions = [] if extensions is None else extensions
+
+    def __repr__(self) -> str:
+        return (f"ServerHello(version={self.version!r}, random={self.random!r}, session_id={self.session_id!r}, "
+                f"suite={self.suite!r}, alpn={self.alpn!r}, ems={self.ems!r}, etm={self.etm!r}, "
+                f"ticket_ack={self.ticket_ack!r}, psk={self.psk!r}, is_hrr={self.is_hrr!r}, "
+                f"compression={self.compression!r}, extensions={self.extensions!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ServerHello:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[ServerHello], tuple[Any, ...]]:
+        return ServerHello, (self.version, self.random, self.session_id, self.suite, self.alpn, self.ems, self.etm,
+                             self.ticket_ack, self.psk, self.is_hrr, self.compression, self.extensions)
 
 
 def _vec(body: bytes, off: int, width: int) -> tuple[bytes, int]:

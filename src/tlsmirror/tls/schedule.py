@@ -6,7 +6,7 @@ Versions are wire integers: 0x0300 SSL 3.0, 0x0301 TLS 1.0, 0x0302 TLS 1.1, 0x03
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -114,21 +114,43 @@ def master_secret(
     return prf(version, suite, pre_master, b"master secret", client_random + server_random, 48)
 
 
-@dataclass(frozen=True, slots=True)
 class KeyBlock:
     """Per-direction keys for TLS <= 1.2. Export suites already hold the final (expanded) keys."""
 
-    client_mac: bytes = field(repr=False)
-    server_mac: bytes = field(repr=False)
-    client_key: bytes = field(repr=False)
-    server_key: bytes = field(repr=False)
-    client_iv: bytes = field(repr=False)
-    server_iv: bytes = field(repr=False)
+    __slots__ = ("client_iv", "client_key", "client_mac", "server_iv", "server_key", "server_mac")
+
+    client_mac: bytes
+    server_mac: bytes
+    client_key: bytes
+    server_key: bytes
+    client_iv: bytes
+    server_iv: bytes
+
+    def __init__(self, client_mac: bytes, server_mac: bytes, client_key: bytes, server_key: bytes, client_iv: bytes,
+                 server_iv: bytes) -> None:
+        self.client_mac = client_mac
+        self.server_mac = server_mac
+        self.client_key = client_key
+        self.server_key = server_key
+        self.client_iv = client_iv
+        self.server_iv = server_iv
 
     def __repr__(self) -> str:
         return (
             f"KeyBlock(mac={len(self.client_mac)}B, key={len(self.client_key)}B, iv={len(self.client_iv)}B)"
         )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not KeyBlock:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[KeyBlock], tuple[Any, ...]]:
+        return KeyBlock, (self.client_mac, self.server_mac, self.client_key, self.server_key, self.client_iv,
+                          self.server_iv)
 
 
 # export suites: expanded key length per cipher (RFC 2246 section 6.3 and appendix C)

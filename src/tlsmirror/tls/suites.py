@@ -6,13 +6,11 @@ just ``code -> name``; :func:`_describe` turns the name into key exchange, ciphe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["SUITES", "CipherSuite", "suite_by_name", "suite_for"]
 
 
-@dataclass(frozen=True, slots=True)
 class CipherSuite:
     """One cipher suite. Lengths are in bytes.
 
@@ -20,6 +18,9 @@ class CipherSuite:
     CBC, the 4-byte implicit salt for TLS 1.2 GCM/CCM, 12 bytes for ChaCha20 and all TLS 1.3 suites.
     ``key_len`` is the key block key length (5 for export suites, see ``export``).
     """
+
+    __slots__ = ("auth", "block_size", "cipher", "code", "export", "iv_len", "kex", "key_len", "mac", "mac_len", "name",
+                 "prf_hash", "supported", "tag_len")
 
     code: int
     name: str
@@ -33,8 +34,26 @@ class CipherSuite:
     block_size: int
     tag_len: int
     supported: bool
-    auth: str = ""  # "RSA", "DSS", "ECDSA", "anon", "PSK", ... ("" for TLS 1.3 and SCSVs)
-    export: bool = False  # 40-bit export suite: final keys are expanded from key_len bytes
+    auth: str  # "RSA", "DSS", "ECDSA", "anon", "PSK", ... ("" for TLS 1.3 and SCSVs)
+    export: bool  # 40-bit export suite: final keys are expanded from key_len bytes
+
+    def __init__(self, code: int, name: str, kex: str, cipher: str, mac: str, prf_hash: str, key_len: int, iv_len: int,
+                 mac_len: int, block_size: int, tag_len: int, supported: bool, auth: str = "",
+                 export: bool = False) -> None:
+        self.code = code
+        self.name = name
+        self.kex = kex
+        self.cipher = cipher
+        self.mac = mac
+        self.prf_hash = prf_hash
+        self.key_len = key_len
+        self.iv_len = iv_len
+        self.mac_len = mac_len
+        self.block_size = block_size
+        self.tag_len = tag_len
+        self.supported = supported
+        self.auth = auth
+        self.export = export
 
     @property
     def aead(self) -> bool:
@@ -43,6 +62,25 @@ class CipherSuite:
     @property
     def tls13(self) -> bool:
         return self.kex == "TLS13"
+
+    def __repr__(self) -> str:
+        return (f"CipherSuite(code={self.code!r}, name={self.name!r}, kex={self.kex!r}, cipher={self.cipher!r}, "
+                f"mac={self.mac!r}, prf_hash={self.prf_hash!r}, key_len={self.key_len!r}, iv_len={self.iv_len!r}, "
+                f"mac_len={self.mac_len!r}, block_size={self.block_size!r}, tag_len={self.tag_len!r}, "
+                f"supported={self.supported!r}, auth={self.auth!r}, export={self.export!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not CipherSuite:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[CipherSuite], tuple[Any, ...]]:
+        return CipherSuite, (self.code, self.name, self.kex, self.cipher, self.mac, self.prf_hash, self.key_len,
+                             self.iv_len, self.mac_len, self.block_size, self.tag_len, self.supported, self.auth,
+                             self.export)
 
 
 # cipher -> (key_len, iv_len for TLS 1.2 key block, block_size, tag_len, decryptable)

@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CaptureFileError
 
@@ -67,12 +67,14 @@ _OPT_IF_TSRESOL = 9
 _OPT_IF_TSOFFSET = 14
 
 
-@dataclass(slots=True, init=False)  # __init__ written out below
 class CapturedFrame:
     """One captured packet: *interface* numbers interfaces across the whole file (0 for pcap).
 
-    Built once per packet, so a plain slotted dataclass with a written-out ``__init__``, treated as
-    immutable: compiled, it costs a fraction of a NamedTuple (whose ``__new__`` is interpreted)."""
+    Built once per packet, so a plain slotted class with a written-out ``__init__`` (not a dataclass: see
+    ``http.events``), treated as immutable: compiled, it costs a fraction of a NamedTuple (whose ``__new__``
+    is interpreted)."""
+
+    __slots__ = ("data", "interface", "linktype", "ts")
 
     ts: float
     linktype: int
@@ -85,8 +87,19 @@ class CapturedFrame:
         self.data = data
         self.interface = interface
 
+    def __repr__(self) -> str:
+        return (f"CapturedFrame(ts={self.ts!r}, linktype={self.linktype!r}, data={self.data!r}, "
+                f"interface={self.interface!r})")
 
-@dataclass(frozen=True, slots=True)
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not CapturedFrame:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __reduce__(self) -> tuple[type[CapturedFrame], tuple[Any, ...]]:
+        return CapturedFrame, (self.ts, self.linktype, self.data, self.interface)
+
+
 class EmbeddedSecrets:
     """NSS key log text from a pcapng Decryption Secrets Block.
 
@@ -94,11 +107,28 @@ class EmbeddedSecrets:
     secrets.
     """
 
+    __slots__ = ("data", "ts")
+
     ts: float
     data: bytes
 
+    def __init__(self, ts: float, data: bytes) -> None:
+        self.ts = ts
+        self.data = data
+
     def __repr__(self) -> str:
         return f"EmbeddedSecrets(ts={self.ts!r}, data=<{len(self.data)} bytes>)"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not EmbeddedSecrets:
+            return NotImplemented
+        return self.__reduce__()[1] == other.__reduce__()[1]
+
+    def __hash__(self) -> int:
+        return hash(self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[type[EmbeddedSecrets], tuple[Any, ...]]:
+        return EmbeddedSecrets, (self.ts, self.data)
 
 
 class _Interface:

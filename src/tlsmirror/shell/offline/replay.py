@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -356,6 +357,9 @@ def _leftover_line(name: str, stats: dict[str, int], flush_timeout: float) -> st
     return f"{name}: flush timed out after {flush_timeout:g}s; left: {detail}"
 
 
+GC_YOUNG = 50_000  # allocations between collections of the youngest generation during a run (default 700)
+
+
 def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Sequence[str],
                 ports: Sequence[int], output: str = "-", fmt: str = "jsonl", body_limit: int = 128 * 1024,
                 rsa_password: bytes | None = None, extra_exporters: Sequence[Exporter] = (),
@@ -403,11 +407,18 @@ def replay_main(captures: Sequence[str], keylogs: Sequence[str], rsa_keys: Seque
     run = ReplayRun(make_engine(), exporters, progress=progress, warn=warn)
     if facts_out is not None:
         run.facts_out = FactsWriter(facts_out)
+    # as decrypt_main: start-up's objects frozen out of the collector's scans, the youngest generation
+    # collected less often (events and records are freed by reference counting); undone on return
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, threshold[1], threshold[2])
     try:
         for i, path in enumerate(captures, 1):
             run.run(path, i, len(captures))
         run.finish()
     finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
         leftovers = _flush_all(exporters, flush_timeout)
         if run.facts_out is not None:
             run.facts_out.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
+from typing import Final
 
 from tlsmirror.frames.events import ACK, FIN, RST, SYN, TcpSegment
 from tlsmirror.tcp.events import (
@@ -46,10 +47,12 @@ from tlsmirror.tcp.events import (
 
 __all__ = ["WELL_KNOWN_SERVER_PORTS", "TcpReassembler"]
 
-_M = 0xFFFFFFFF
-_HALF = 1 << 31
-_WRAP = 1 << 32
-_SFR = SYN | FIN | RST
+# Final: compiled, constants in the code (literals) or native statics, not a module dict lookup per segment
+_M: Final = 0xFFFFFFFF
+_HALF: Final = 1 << 31
+_WRAP: Final = 1 << 32
+_SFR: Final = SYN | FIN | RST
+_ACK: Final = ACK
 
 #: Ports (>= 1024) that mark the server side when a connection is picked up without its handshake.
 #: Any port below 1024 counts as well.
@@ -179,7 +182,7 @@ class TcpReassembler:
         ts = seg.ts
         conn.flow.ts_last = ts
         self._lru.move_to_end(conn)
-        if flags & ACK:
+        if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
             if peer.hstart:
@@ -255,7 +258,7 @@ class TcpReassembler:
             self._close(h.conn, ts, "rst", out)
             return out
         if flags & SYN:
-            h = self._syn_ack(seg, h, out) if flags & ACK else self._syn(seg, h, out)
+            h = self._syn_ack(seg, h, out) if flags & _ACK else self._syn(seg, h, out)
             if h is None:
                 return out
         elif h is None:
@@ -266,7 +269,7 @@ class TcpReassembler:
         conn = h.conn
         conn.flow.ts_last = ts
         self._lru.move_to_end(conn)
-        if flags & ACK:
+        if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
             if peer.hstart:

@@ -1372,20 +1372,12 @@ class TlsSession:
         if self.dirs[role ^ 1].buf:
             # what the other side sent before this record, held while its framing was unknown, goes first
             self.data((role ^ 1) ^ self.client_dir, b"", ts)
-        st = self.dirs[role]
         dec = decs[role]
         assert dec is not None
         dec.seq = seq
         try:
-            itype, pt = dec.decrypt(CT_APPDATA, ver, frag)
-            self.records_decrypted += 1
-            if itype == CT_APPDATA:
-                if pt:
-                    self._emit(TlsPlaintext(flow, role, ts, pt))
-            elif self.tls13:
-                self._inner13(role, st, E_APP, itype, pt, ts)
-            else:
-                self._inner12(role, st, itype, pt, ts)
+            # the keys are in force now: this record goes the way of every protected record
+            self._record(role, CT_APPDATA, ver, frag, ts)
         except UnsupportedError as exc:
             self.unsupported = str(exc)
         except TlsError as exc:

@@ -41,6 +41,7 @@ TLS12 = 0x0303
 MAX_TLS12_CIPHERTEXT: Final = 2**14 + 2048
 MAX_TLS13_CIPHERTEXT: Final = 2**14 + 256
 _SEQ_BITS: Final = 64
+_compare_digest: Final = compare_digest  # a native static: no module dict lookup per CBC record
 _SEQ_MASK: Final = (1 << 64) - 1  # a sequence number wraps at 2**64: tested by ``>> 64`` (a native shift),
 # the mask (a long int: a generic operation per use) applied only when it does
 
@@ -269,13 +270,15 @@ class _Cbc(RecordDecryptor):
             self._min = iv_part + (mac_len // bs + 1) * bs
         self.seq = 0
 
-    def _unpad(self, plain: bytes, reserve: int) -> tuple[int, bool]:
-        """(length of the data before padding (and the MAC, which takes ``reserve`` bytes), padding ok)."""
+    def _unpad(self, plain: bytes, start: int, reserve: int) -> tuple[int, bool]:
+        """(end of the data in ``plain``, which starts at ``start`` (after an explicit IV's block) and is
+        followed by the MAC (``reserve`` bytes) and the padding, padding ok). Offsets into the one
+        plaintext instead of a slice without the IV block: a copy of the record less per record."""
         n = len(plain)
         pad = plain[-1]
         end = n - pad - 1 - reserve
-        if end < 0:
-            return n - 1 - reserve, False
+        if end < start:
+            return max(start, n - 1 - reserve), False
         if self._ssl3:
             return end, pad < self._bs
         return end, plain[n - pad - 1 :] == _PADS[pad]
@@ -290,6 +293,7 @@ class _Cbc(RecordDecryptor):
         mac_len = mac.size
         if n > MAX_TLS12_CIPHERTEXT or n < self._min:
             raise TlsParseError(f"CBC record of {n} bytes")
+        start = bs if self._explicit else 0  # TLS 1.1+: the first block is the explicit IV's
         if self._etm:
             body_len = n - mac_len
             if body_len % bs:
@@ -297,23 +301,19 @@ class _Cbc(RecordDecryptor):
             body = fragment[:body_len]
             plain = self._update(body)  # first: keeps the TLS 1.0 IV chain in step even on a bad MAC
             expected = mac.compute(seq, content_type, record_version, body)
-            if not compare_digest(expected, fragment[body_len:]):
+            if not _compare_digest(expected, fragment[body_len:]):
                 raise DecryptError("bad record MAC")
-            if self._explicit:
-                plain = plain[bs:]
-            end, pad_ok = self._unpad(plain, 0)
+            end, pad_ok = self._unpad(plain, start, 0)
             if not pad_ok:
                 raise DecryptError("bad CBC padding")
-            return content_type, plain[:end]
+            return content_type, plain[start:end]
         if n % bs:
             raise TlsParseError(f"CBC record of {n} bytes is not whole blocks")
         plain = self._update(fragment)
-        if self._explicit:
-            plain = plain[bs:]
-        end, pad_ok = self._unpad(plain, mac_len)
-        data = plain[:end]  # the result, and what the MAC covers
+        end, pad_ok = self._unpad(plain, start, mac_len)
+        data = plain[start:end]  # the result, and what the MAC covers
         expected = mac.compute(seq, content_type, record_version, data)
-        mac_ok = compare_digest(expected, plain[end : end + mac_len])
+        mac_ok = _compare_digest(expected, plain[end : end + mac_len])
         if not (pad_ok and mac_ok):
             raise DecryptError("bad record MAC or padding")
         return content_type, data
@@ -347,7 +347,7 @@ class _Stream(RecordDecryptor):
         end = n - mac_len
         data = plain[:end]  # the result, and what the MAC covers
         expected = self._mac.compute(seq, content_type, record_version, data)
-        if not compare_digest(expected, plain[end:]):
+        if not _compare_digest(expected, plain[end:]):
             raise DecryptError("bad record MAC")
         return content_type, data
 

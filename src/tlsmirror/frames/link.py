@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from tlsmirror.frames.errors import FrameSkip
 from tlsmirror.frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6
 
 LINKTYPE_NULL = 0  # BSD loopback, 4-byte address family in the writer's byte order
-LINKTYPE_ETHERNET = 1
+LINKTYPE_ETHERNET: Final = 1  # Final: a constant in the frame decoder's per-frame test (compiled)
 LINKTYPE_RAW_DLT12 = 12  # DLT_RAW on most systems (LINKTYPE_RAW is the portable value)
 LINKTYPE_RAW_DLT14 = 14  # DLT_RAW on OpenBSD
 LINKTYPE_RAW = 101

@@ -2,7 +2,7 @@
 
 Design notes (hot path first):
 
-* One dict, ``_halves``, maps the 4-tuple *as seen on the wire* ``(src, sport, dst, dport)`` to the
+* One dict, ``_halves``, maps the 4-tuple *as seen on the wire* ``(src, dst, sport << 16 | dport)`` to the
   :class:`_Half` of the sender; both orientations of a connection are inserted, so a segment costs
   exactly one lookup and the direction comes with it.
 * Each half keeps ``seq`` (next expected sequence number, modulo 2**32) and ``off`` (the same
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
+from typing import Final
 
 from tlsmirror.frames.events import ACK, FIN, RST, SYN, TcpSegment
 from tlsmirror.tcp.events import (
@@ -46,10 +47,12 @@ from tlsmirror.tcp.events import (
 
 __all__ = ["WELL_KNOWN_SERVER_PORTS", "TcpReassembler"]
 
-_M = 0xFFFFFFFF
-_HALF = 1 << 31
-_WRAP = 1 << 32
-_SFR = SYN | FIN | RST
+# Final: compiled, constants in the code (literals) or native statics, not a module dict lookup per segment
+_M: Final = 0xFFFFFFFF
+_HALF: Final = 1 << 31
+_WRAP: Final = 1 << 32
+_SFR: Final = SYN | FIN | RST
+_ACK: Final = ACK
 
 #: Ports (>= 1024) that mark the server side when a connection is picked up without its handshake.
 #: Any port below 1024 counts as well.
@@ -90,6 +93,11 @@ _COUNTERS = (
 )
 
 
+# a direction's key in ``_halves``: (source address, destination address, sport << 16 | dport); the ports as
+# one int: per segment one int object and a 3-tuple to build and hash, where a 4-tuple boxed both ports
+_Key = tuple[bytes, bytes, int]
+
+
 class _Conn:
     __slots__ = ("flow", "halves", "keys")
 
@@ -100,7 +108,7 @@ class _Conn:
         c.peer = s
         s.peer = c
         self.halves = (c, s)
-        self.keys: tuple[tuple[bytes, int, bytes, int], ...] = ()
+        self.keys: tuple[_Key, ...] = ()
 
 
 class _Half:
@@ -140,7 +148,7 @@ class TcpReassembler:
         self.piece_overhead = piece_overhead
         self.buffered_bytes = 0  # bytes held out of order now
         self._pieces = 0  # pieces held out of order now
-        self._halves: dict[tuple[bytes, int, bytes, int], _Half] = {}
+        self._halves: dict[_Key, _Half] = {}
         self._lru: OrderedDict[_Conn, None] = OrderedDict()
         self._holding: dict[_Half, None] = {}
         # id of the next flow opened; a caller may set it (replay --workers numbers each flow by the
@@ -171,7 +179,7 @@ class TcpReassembler:
 
     def feed(self, seg: TcpSegment) -> list[TcpEvent]:
         self._segments += 1
-        h = self._halves.get((seg.src, seg.sport, seg.dst, seg.dport))
+        h = self._halves.get((seg.src, seg.dst, (seg.sport << 16) | seg.dport))
         flags = seg.flags
         if h is None or flags & _SFR:
             return self._feed_special(seg, h)
@@ -179,7 +187,7 @@ class TcpReassembler:
         ts = seg.ts
         conn.flow.ts_last = ts
         self._lru.move_to_end(conn)
-        if flags & ACK:
+        if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
             if peer.hstart:
@@ -230,7 +238,7 @@ class TcpReassembler:
     def swap_roles(self, flow: Flow) -> None:
         """Swap client and server of an open flow (``Flow.swap_roles`` plus the directions of
         later events). Unknown or closed flows are ignored."""
-        h = self._halves.get((flow.addr[CLIENT], flow.port[CLIENT], flow.addr[SERVER], flow.port[SERVER]))
+        h = self._halves.get((flow.addr[CLIENT], flow.addr[SERVER], (flow.port[CLIENT] << 16) | flow.port[SERVER]))
         if h is None or h.conn.flow is not flow:
             return
         c, s = h.conn.halves
@@ -255,7 +263,7 @@ class TcpReassembler:
             self._close(h.conn, ts, "rst", out)
             return out
         if flags & SYN:
-            h = self._syn_ack(seg, h, out) if flags & ACK else self._syn(seg, h, out)
+            h = self._syn_ack(seg, h, out) if flags & _ACK else self._syn(seg, h, out)
             if h is None:
                 return out
         elif h is None:
@@ -266,7 +274,7 @@ class TcpReassembler:
         conn = h.conn
         conn.flow.ts_last = ts
         self._lru.move_to_end(conn)
-        if flags & ACK:
+        if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
             if peer.hstart:
@@ -339,8 +347,8 @@ class TcpReassembler:
         conn = _Conn(flow)
         c, s = conn.halves
         mine, theirs = (c, s) if sender_is_client else (s, c)
-        fwd = (seg.src, seg.sport, seg.dst, seg.dport)
-        rev = (seg.dst, seg.dport, seg.src, seg.sport)
+        fwd = (seg.src, seg.dst, (seg.sport << 16) | seg.dport)
+        rev = (seg.dst, seg.src, (seg.dport << 16) | seg.sport)
         conn.keys = (fwd, rev)
         self._halves[rev] = theirs
         self._halves[fwd] = mine  # fwd == rev only for a self-connection: the sender wins

@@ -9,7 +9,9 @@ the record's explicit IV is fed through too (its output block is dropped), which
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from hmac import compare_digest
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
@@ -34,9 +36,14 @@ TLS10 = 0x0301
 TLS11 = 0x0302
 TLS12 = 0x0303
 
-MAX_TLS12_CIPHERTEXT = 2**14 + 2048
-MAX_TLS13_CIPHERTEXT = 2**14 + 256
-_SEQ_MASK = (1 << 64) - 1
+# Final: compiled, a Final literal is a constant in the code, where a plain module global is a dict
+# lookup per use (per record here)
+MAX_TLS12_CIPHERTEXT: Final = 2**14 + 2048
+MAX_TLS13_CIPHERTEXT: Final = 2**14 + 256
+_SEQ_BITS: Final = 64
+_compare_digest: Final = compare_digest  # a native static: no module dict lookup per CBC record
+_SEQ_MASK: Final = (1 << 64) - 1  # a sequence number wraps at 2**64: tested by ``>> 64`` (a native shift),
+# the mask (a long int: a generic operation per use) applied only when it does
 
 _SSL3_MAC_HDR = struct.Struct(">QBH")  # seq, type, length
 
@@ -68,6 +75,9 @@ class RecordDecryptor:
 # --------------------------------------------------------------------------- AEAD
 
 
+_Open = Callable[[bytes, bytes, bytes], bytes]  # an AEAD object's decrypt(nonce, data, associated_data)
+
+
 def _aead(cipher: str, key: bytes, tag_len: int) -> AESGCM | AESCCM | ChaCha20Poly1305:
     if cipher.endswith("_GCM") and cipher.startswith("AES"):
         return AESGCM(key)
@@ -81,10 +91,11 @@ def _aead(cipher: str, key: bytes, tag_len: int) -> AESGCM | AESCCM | ChaCha20Po
 class _Tls12Aead(RecordDecryptor):
     """TLS 1.2 AEAD: GCM/CCM with 4-byte salt + 8-byte explicit nonce, ChaCha20 with iv xor seq."""
 
-    __slots__ = ("_aead", "_explicit", "_iv_int", "_min", "_salt", "_tag")
+    __slots__ = ("_explicit", "_iv_int", "_min", "_open", "_salt", "_tag")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes) -> None:
-        self._aead = _aead(suite.cipher, key, suite.tag_len)
+        # the cipher object's bound decrypt, made once: compiled, a call of it skips the method lookup
+        self._open: _Open = _aead(suite.cipher, key, suite.tag_len).decrypt
         self._tag = suite.tag_len
         self._explicit = suite.cipher != "CHACHA20_POLY1305"
         self._salt = iv
@@ -94,7 +105,8 @@ class _Tls12Aead(RecordDecryptor):
 
     def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
-        self.seq = (seq + 1) & _SEQ_MASK
+        nxt = seq + 1
+        self.seq = nxt & _SEQ_MASK if nxt >> _SEQ_BITS else nxt
         n = len(fragment)
         if n < self._min or n > MAX_TLS12_CIPHERTEXT:
             raise TlsParseError(f"AEAD record of {n} bytes")
@@ -108,30 +120,31 @@ class _Tls12Aead(RecordDecryptor):
             body = fragment
         aad = _aad(seq, content_type, record_version, n - self._min)
         try:
-            return content_type, self._aead.decrypt(nonce, body, aad)
+            return content_type, self._open(nonce, body, aad)
         except InvalidTag:
             raise DecryptError("bad AEAD tag") from None
 
 
 class _Tls13Aead(RecordDecryptor):
-    __slots__ = ("_aead", "_iv_int", "_min")
+    __slots__ = ("_iv_int", "_min", "_open")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes) -> None:
-        self._aead = _aead(suite.cipher, key, suite.tag_len)
+        self._open: _Open = _aead(suite.cipher, key, suite.tag_len).decrypt  # see _Tls12Aead
         self._iv_int = int.from_bytes(iv, "big")
         self._min = suite.tag_len + 1
         self.seq = 0
 
     def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
-        self.seq = (seq + 1) & _SEQ_MASK
+        nxt = seq + 1
+        self.seq = nxt & _SEQ_MASK if nxt >> _SEQ_BITS else nxt
         n = len(fragment)
         if n < self._min or n > MAX_TLS13_CIPHERTEXT:
             raise TlsParseError(f"TLS 1.3 record of {n} bytes")
         nonce = (self._iv_int ^ seq).to_bytes(12, "big")
         aad = ((content_type << 32) | (record_version << 16) | n).to_bytes(5, "big")  # the record header
         try:
-            plain = self._aead.decrypt(nonce, fragment, aad)
+            plain = self._open(nonce, fragment, aad)
         except InvalidTag:
             raise DecryptError("bad AEAD tag") from None
         i = len(plain) - 1
@@ -148,14 +161,15 @@ class _Tls13Aead(RecordDecryptor):
 class _HmacMac:
     """TLS HMAC over seq || type || version || length || data."""
 
-    __slots__ = ("_base", "size")
+    __slots__ = ("_copy", "size")
 
     def __init__(self, algorithm: hashes.HashAlgorithm, key: bytes) -> None:
-        self._base = hmac.HMAC(key, algorithm)
+        # the keyed template's bound copy: each record's MAC starts from a copy of it
+        self._copy: Callable[[], hmac.HMAC] = hmac.HMAC(key, algorithm).copy
         self.size = algorithm.digest_size
 
     def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
-        h = self._base.copy()
+        h = self._copy()
         h.update(_aad(seq, content_type, version, len(data)) + data)  # one call: the copy is a memcpy
         return h.finalize()
 
@@ -206,6 +220,10 @@ def _mac(version: int, suite: CipherSuite, mac_key: bytes) -> _HmacMac | _Ssl3Ma
 # --------------------------------------------------------------------------- CBC and stream
 
 
+# the valid CBC padding of each length (pad + 1 bytes of value pad), made once instead of per record
+_PADS: Final = tuple(bytes((pad,)) * (pad + 1) for pad in range(256))
+
+
 def _block_algorithm(cipher: str, key: bytes) -> BlockCipherAlgorithm:
     if cipher.startswith("AES_"):
         return modern.AES(key)
@@ -225,7 +243,7 @@ def _block_algorithm(cipher: str, key: bytes) -> BlockCipherAlgorithm:
 
 
 class _Cbc(RecordDecryptor):
-    __slots__ = ("_bs", "_dec", "_etm", "_explicit", "_mac", "_min", "_ssl3")
+    __slots__ = ("_bs", "_etm", "_explicit", "_mac", "_min", "_ssl3", "_update")
 
     def __init__(
         self, version: int, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, etm: bool
@@ -237,7 +255,8 @@ class _Cbc(RecordDecryptor):
                 iv = bytes(bs)  # unused: every record carries its own IV
             else:
                 raise UnsupportedError(f"{suite.name}: IV of {len(iv)} bytes")
-        self._dec = Cipher(algorithm, modes.CBC(iv)).decryptor()
+        # one CBC context for the direction's life, its bound update made once
+        self._update: Callable[[bytes], bytes] = Cipher(algorithm, modes.CBC(iv)).decryptor().update
         self._bs = bs
         self._explicit = version >= TLS11
         self._mac = _mac(version, suite, mac_key)
@@ -251,50 +270,50 @@ class _Cbc(RecordDecryptor):
             self._min = iv_part + (mac_len // bs + 1) * bs
         self.seq = 0
 
-    def _unpad(self, plain: bytes, reserve: int) -> tuple[int, bool]:
-        """(length of the data before padding (and the MAC, which takes ``reserve`` bytes), padding ok)."""
+    def _unpad(self, plain: bytes, start: int, reserve: int) -> tuple[int, bool]:
+        """(end of the data in ``plain``, which starts at ``start`` (after an explicit IV's block) and is
+        followed by the MAC (``reserve`` bytes) and the padding, padding ok). Offsets into the one
+        plaintext instead of a slice without the IV block: a copy of the record less per record."""
         n = len(plain)
         pad = plain[-1]
         end = n - pad - 1 - reserve
-        if end < 0:
-            return n - 1 - reserve, False
+        if end < start:
+            return max(start, n - 1 - reserve), False
         if self._ssl3:
             return end, pad < self._bs
-        return end, plain[n - pad - 1 :] == bytes((pad,)) * (pad + 1)
+        return end, plain[n - pad - 1 :] == _PADS[pad]
 
     def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
-        self.seq = (seq + 1) & _SEQ_MASK
+        nxt = seq + 1
+        self.seq = nxt & _SEQ_MASK if nxt >> _SEQ_BITS else nxt
         n = len(fragment)
         bs = self._bs
         mac = self._mac
         mac_len = mac.size
         if n > MAX_TLS12_CIPHERTEXT or n < self._min:
             raise TlsParseError(f"CBC record of {n} bytes")
+        start = bs if self._explicit else 0  # TLS 1.1+: the first block is the explicit IV's
         if self._etm:
             body_len = n - mac_len
             if body_len % bs:
                 raise TlsParseError(f"CBC record of {n} bytes is not whole blocks")
             body = fragment[:body_len]
-            plain = self._dec.update(body)  # first: keeps the TLS 1.0 IV chain in step even on a bad MAC
+            plain = self._update(body)  # first: keeps the TLS 1.0 IV chain in step even on a bad MAC
             expected = mac.compute(seq, content_type, record_version, body)
-            if not compare_digest(expected, fragment[body_len:]):
+            if not _compare_digest(expected, fragment[body_len:]):
                 raise DecryptError("bad record MAC")
-            if self._explicit:
-                plain = plain[bs:]
-            end, pad_ok = self._unpad(plain, 0)
+            end, pad_ok = self._unpad(plain, start, 0)
             if not pad_ok:
                 raise DecryptError("bad CBC padding")
-            return content_type, plain[:end]
+            return content_type, plain[start:end]
         if n % bs:
             raise TlsParseError(f"CBC record of {n} bytes is not whole blocks")
-        plain = self._dec.update(fragment)
-        if self._explicit:
-            plain = plain[bs:]
-        end, pad_ok = self._unpad(plain, mac_len)
-        data = plain[:end]  # the result, and what the MAC covers
+        plain = self._update(fragment)
+        end, pad_ok = self._unpad(plain, start, mac_len)
+        data = plain[start:end]  # the result, and what the MAC covers
         expected = mac.compute(seq, content_type, record_version, data)
-        mac_ok = compare_digest(expected, plain[end : end + mac_len])
+        mac_ok = _compare_digest(expected, plain[end : end + mac_len])
         if not (pad_ok and mac_ok):
             raise DecryptError("bad record MAC or padding")
         return content_type, data
@@ -318,7 +337,8 @@ class _Stream(RecordDecryptor):
 
     def decrypt(self, content_type: int, record_version: int, fragment: bytes) -> tuple[int, bytes]:
         seq = self.seq
-        self.seq = (seq + 1) & _SEQ_MASK
+        nxt = seq + 1
+        self.seq = nxt & _SEQ_MASK if nxt >> _SEQ_BITS else nxt
         n = len(fragment)
         mac_len = self._mac.size
         if n > MAX_TLS12_CIPHERTEXT or n < mac_len:
@@ -327,7 +347,7 @@ class _Stream(RecordDecryptor):
         end = n - mac_len
         data = plain[:end]  # the result, and what the MAC covers
         expected = self._mac.compute(seq, content_type, record_version, data)
-        if not compare_digest(expected, plain[end:]):
+        if not _compare_digest(expected, plain[end:]):
             raise DecryptError("bad record MAC")
         return content_type, data
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Any
+from typing import Any, Final
 
 from ..keys import events as kl
 from ..keys.rsa import rsa_decrypt_premaster
@@ -52,22 +52,23 @@ from .events import (
 from .schedule import key_block, master_secret, tls13_next_secret
 from .suites import CipherSuite, suite_for
 
-CT_CCS = 20
-CT_ALERT = 21
-CT_HANDSHAKE = 22
-CT_APPDATA = 23
-CT_HEARTBEAT = 24
+# Final: compiled, each is a constant in the code instead of a module dict lookup per use (per record)
+CT_CCS: Final = 20
+CT_ALERT: Final = 21
+CT_HANDSHAKE: Final = 22
+CT_APPDATA: Final = 23
+CT_HEARTBEAT: Final = 24
 
-MAX_RECORD = (1 << 14) + 2048
-SEEK_LIMIT = 256 << 10  # bytes searched for the first whole record after a gap before giving up
-SEEK_MAX_RECORDS = 4096  # records a gap may have swallowed that a trial covers
-MIN_PROTECTED_RECORD = 22  # header + the smallest protected record (TLS 1.3: type byte + tag)
-MAX_HANDSHAKE_MESSAGE = 1 << 20
+MAX_RECORD: Final = (1 << 14) + 2048
+SEEK_LIMIT: Final = 256 << 10  # bytes searched for the first whole record after a gap before giving up
+SEEK_MAX_RECORDS: Final = 4096  # records a gap may have swallowed that a trial covers
+MIN_PROTECTED_RECORD: Final = 22  # header + the smallest protected record (TLS 1.3: type byte + tag)
+MAX_HANDSHAKE_MESSAGE: Final = 1 << 20
 
 # TLS 1.3 epochs of a direction's protected records, in the order they come
-E_EARLY = 0
-E_HS = 1
-E_APP = 2
+E_EARLY: Final = 0
+E_HS: Final = 1
+E_APP: Final = 2
 # the key log label of each epoch, per TLS role (the server sends no early data)
 _LABELS13: tuple[tuple[str | None, str, str], tuple[str | None, str, str]] = (
     (kl.CLIENT_EARLY_TRAFFIC_SECRET, kl.CLIENT_HANDSHAKE_TRAFFIC_SECRET, kl.CLIENT_TRAFFIC_SECRET_0),
@@ -1371,20 +1372,12 @@ class TlsSession:
         if self.dirs[role ^ 1].buf:
             # what the other side sent before this record, held while its framing was unknown, goes first
             self.data((role ^ 1) ^ self.client_dir, b"", ts)
-        st = self.dirs[role]
         dec = decs[role]
         assert dec is not None
         dec.seq = seq
         try:
-            itype, pt = dec.decrypt(CT_APPDATA, ver, frag)
-            self.records_decrypted += 1
-            if itype == CT_APPDATA:
-                if pt:
-                    self._emit(TlsPlaintext(flow, role, ts, pt))
-            elif self.tls13:
-                self._inner13(role, st, E_APP, itype, pt, ts)
-            else:
-                self._inner12(role, st, itype, pt, ts)
+            # the keys are in force now: this record goes the way of every protected record
+            self._record(role, CT_APPDATA, ver, frag, ts)
         except UnsupportedError as exc:
             self.unsupported = str(exc)
         except TlsError as exc:

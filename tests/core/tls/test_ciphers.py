@@ -783,3 +783,46 @@ def test_aes128gcm_throughput() -> None:
     rate = n / elapsed
     print(f"\nAES-128-GCM 16 KiB records: {rate:,.0f} records/s ({rate * 16384 / 1e6:,.0f} MB/s)")
     assert rate > 2000
+
+
+def _cbc_reference(version: int, suite: CipherSuite, kb: KeyBlock, seq: int, record: bytes) -> bytes | None:
+    """TLS 1.1+ MAC-then-encrypt CBC as RFC 5246 6.2.3.2 reads: the data, or None when the padding or the
+    MAC is bad (written plainly, with slices, to check the decryptor's offset arithmetic)."""
+    bs = suite.block_size
+    plain = Cipher(_block_alg(suite, kb.client_key), modes.CBC(record[:bs])).decryptor().update(record[bs:])
+    pad = plain[-1]
+    mac_len = suite.mac_len
+    if pad + 1 + mac_len > len(plain) or plain[len(plain) - pad - 1:] != bytes([pad]) * (pad + 1):
+        return None
+    data = plain[:len(plain) - pad - 1 - mac_len]
+    if plain[len(data):len(data) + mac_len] != _mac(version, suite, kb.client_mac, seq, 23, data):
+        return None
+    return data
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=80), pad=st.integers(0, 40), tail=st.binary(min_size=1, max_size=48),
+       forge=st.booleans())
+def test_cbc_padding_and_mac_checks_match_the_rfc(payload: bytes, pad: int, tail: bytes, forge: bool) -> None:
+    """Any plaintext layout (good or bad padding of any length, a short record): the decryptor accepts
+    exactly the records the plain reading accepts, with the same data."""
+    version = TLS12
+    suite = suite_by_name("TLS_RSA_WITH_AES_128_CBC_SHA256")
+    assert suite is not None
+    ms = master_secret(version, suite, bytes(range(48)), b"C" * 32, b"S" * 32)
+    kb = key_block(version, suite, ms, b"C" * 32, b"S" * 32)
+    bs = suite.block_size
+    if forge:  # arbitrary bytes ending the plaintext: mostly bad padding or a bad MAC
+        body = payload + tail
+    else:
+        body = payload + _mac(version, suite, kb.client_mac, 0, 23, payload) + bytes([pad]) * (pad + 1)
+    body += bytes(-len(body) % bs)  # whole blocks (a forged tail then ends in zeros or its own bytes)
+    iv = bytes(range(bs))
+    record = iv + Cipher(_block_alg(suite, kb.client_key), modes.CBC(iv)).encryptor().update(body)
+    want = _cbc_reference(version, suite, kb, 0, record)
+    dec = decryptor_from_key_block(version, suite, kb, True, False)
+    try:
+        got: bytes | None = dec.decrypt(23, version, record)[1]
+    except (DecryptError, TlsParseError):
+        got = None
+    assert got == want

@@ -323,3 +323,47 @@ def test_decrypt_never_imports_the_http_stage(setup: Setup, tmp_path: Path) -> N
     loaded = [m for m in proc.stdout.split() if any(m == n or m.startswith(n + ".") for n in NOT_FOR_DECRYPT)]
     assert loaded == []
     assert len(records((tmp_path / "out.jsonl").read_text())) == 3
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"sni": None, "alpn": None, "version": None, "suite": None, "reason": ""},
+    {"sni": "b\u00fccher.example\u2028", "alpn": 'h"2\\', "resumed": True, "late_key": True, "picked_up": True},
+    {"ts": 1.0e21, "first": 0.1 + 0.2},
+    {"ts": float("inf")},
+    {"ts": float("nan")},
+])
+def test_report_line_is_what_json_dumps_writes(values: dict[str, object]) -> None:
+    """The per-connection line is built by hand: it must be json.dumps's line of the same record, byte for
+    byte (escapes, floats, null/true/false, key order), and falls back to json for non-finite times."""
+    import io
+
+    from tlsmirror.pipeline import Engine
+    from tlsmirror.shell.offline.decrypt import DecryptRun, _Conn
+    from tlsmirror.tcp.events import Flow
+    from tlsmirror.tls.events import TlsOutcome
+
+    flow = Flow(7, (b"\x0a\x00\x00\x01", 40001), (b"\x20\x01" + bytes(13) + b"\x01", 443), 0.0, True)
+    flow.ts_first = float(values.get("first", 1700000000.1234567))  # type: ignore[arg-type]
+    ev = TlsOutcome(flow=flow, ts=float(values.get("ts", 1700000001.5)),  # type: ignore[arg-type]
+                    client_dir=0, outcome="decrypted",
+                    reason=str(values.get("reason", "why \x01 not")),
+                    version=values.get("version", "TLS 1.2"), suite=values.get("suite", "TLS_X"),  # type: ignore[arg-type]
+                    sni=values.get("sni", "api.example"), alpn=values.get("alpn", "http/1.1"),  # type: ignore[arg-type]
+                    resumed=bool(values.get("resumed", False)), late_key=bool(values.get("late_key", False)),
+                    records_decrypted=12, records_failed=1, held_dropped_bytes=0,
+                    picked_up=bool(values.get("picked_up", False)))
+    c = _Conn()
+    c.sha0.update(b"abc")
+    c.size0 = 3
+    out = io.StringIO()
+    DecryptRun(Engine(), out)._report(ev, c)
+    line = out.getvalue()
+    rec = {"id": 7, "client": "10.0.0.1:40001", "server": "[2001::1]:443", "start": round(flow.ts_first, 6),
+           "end": round(ev.ts, 6), "sni": ev.sni, "alpn": ev.alpn, "version": ev.version, "suite": ev.suite,
+           "resumed": ev.resumed, "outcome": ev.outcome, "reason": ev.reason, "picked_up": ev.picked_up,
+           "late_key": ev.late_key, "records_decrypted": 12, "records_failed": 1, "c2s_bytes": 3,
+           "c2s_sha256": hashlib.sha256(b"abc").hexdigest(), "s2c_bytes": 0,
+           "s2c_sha256": hashlib.sha256().hexdigest()}
+    assert list(rec) == FIELDS
+    assert line == json.dumps(rec) + "\n"

@@ -36,6 +36,9 @@ _RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9][ \r\n]")
 SEEK_TAIL = 64  # bytes kept while seeking, in case a start line straddles two chunks
 
 _CRLF = b"\r\n"
+# the parser classes held here: a module attribute read per message costs more (compiled)
+_REQUEST_PARSER: Final[type[httptools.HttpRequestParser]] = httptools.HttpRequestParser
+_RESPONSE_PARSER: Final[type[httptools.HttpResponseParser]] = httptools.HttpResponseParser
 _NO_FLAGS: Final[frozenset[str]] = frozenset()
 # What llhttp parsed, read from the bytes it accepted (each lookup saves a method call per message).
 _METHOD_TEXT: Final[dict[bytes, str]] = {m.encode(): m for m in (
@@ -488,8 +491,7 @@ class H1Connection(EventQueue):
                 return pos
             d.proto = _Head()
             # strict first (one call less per message); a refused head is parsed again leniently
-            d.parser = (httptools.HttpRequestParser(d.proto) if i == 0
-                        else httptools.HttpResponseParser(d.proto))
+            d.parser = _REQUEST_PARSER(d.proto) if i == 0 else _RESPONSE_PARSER(d.proto)
             d.head_ts = ts
             d.fed = pos
             d.scan = pos
@@ -566,7 +568,7 @@ class H1Connection(EventQueue):
         msg = _Msg(head_ts)
         _fields(head, msg)
         if i == 0:
-            assert isinstance(parser, httptools.HttpRequestParser)
+            assert isinstance(parser, _REQUEST_PARSER)
             raw_method = parser.get_method()
             method = _METHOD_TEXT.get(raw_method)
             msg.method = method if method is not None else raw_method.decode("ascii", "replace")
@@ -581,7 +583,7 @@ class H1Connection(EventQueue):
                 msg.upgrade = parser.should_upgrade()
             self._request_head(d, msg, ts)
         else:
-            assert isinstance(parser, httptools.HttpResponseParser)
+            assert isinstance(parser, _RESPONSE_PARSER)
             version = _RESPONSE_VERSIONS.get(buf[pos:pos + 9])  # the status line's start, else llhttp's
             msg.version = version if version is not None else parser.get_http_version()
             msg.status = parser.get_status_code()
@@ -690,7 +692,11 @@ class H1Connection(EventQueue):
                 for x in waiting[:waiting.index(before[-1])]:
                     x.flags.update(("no_response", "gap"))
                     x.resp_done = True
-        p = next((x for x in self._pending if x.resp is None and not x.resp_done), None)
+        p: _Pending | None = None
+        for x in self._pending:  # the oldest request still waiting (a loop: no generator per response)
+            if x.resp is None and not x.resp_done:
+                p = x
+                break
         if 100 <= status < 200 and status != 101:
             if p is not None:
                 p.flags.add("interim_response")

@@ -1,11 +1,12 @@
 """HTTP/1.0 and HTTP/1.1 as seen by a passive observer of both directions of one connection.
 
 llhttp (``httptools``) parses and validates every message head (start line and header fields),
-one fresh parser per message. Body framing is tracked here from the parsed head and, for a
-response, the paired request (HEAD, CONNECT): Content-Length bodies are sliced, chunked bodies
-de-chunked (with trailers), read-until-close bodies end at :meth:`H1Connection.close`. Knowing
-each message's exact end is what lets a fresh parser start on the next pipelined message, and
-lets a gap inside a body be skipped without losing the framing.
+one fresh parser per message; the fields are then read from the head it accepted (``_fields``).
+Body framing is tracked here from the parsed head and, for a response, the paired request (HEAD,
+CONNECT): Content-Length bodies are sliced, chunked bodies de-chunked (with trailers),
+read-until-close bodies end at :meth:`H1Connection.close`. Knowing each message's exact end is what
+lets a fresh parser start on the next pipelined message, and lets a gap inside a body be skipped
+without losing the framing.
 """
 
 from __future__ import annotations

@@ -242,14 +242,16 @@ class BodyCollector:
         self._done_decoding = False
         self.gapped = False
         self._decoders: list[_Decoder] = []
-        for name in reversed(encodings or []):  # the last applied is undone first
-            dec = _make(name)
-            if dec is None:
-                self._error = f"unsupported content-encoding: {name}"
-                self._decoders = []
-                break
-            self._decoders.append(dec)
-        self._outs: list[Sink] = [partial(self._push, j) for j in range(1, len(self._decoders) + 1)]
+        self._outs: list[Sink] = []
+        if encodings:  # most bodies have none
+            for name in reversed(encodings):  # the last applied is undone first
+                dec = _make(name)
+                if dec is None:
+                    self._error = f"unsupported content-encoding: {name}"
+                    self._decoders = []
+                    break
+                self._decoders.append(dec)
+            self._outs = [partial(self._push, j) for j in range(1, len(self._decoders) + 1)]
 
     @property
     def wire_size(self) -> int:

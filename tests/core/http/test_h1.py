@@ -521,11 +521,9 @@ def test_lf_only_line_ends_read_like_crlf(eols: list[str], step: int) -> None:
 
 
 def test_header_names_any_case_and_many_distinct_names() -> None:
-    """Framing fields are found in any case, also after the name cache saw other spellings or filled up."""
-    from tlsmirror.http import h1
-
+    """Framing fields are found in any case, also among many distinct names."""
     conn = HttpConnection()
-    names = "".join(f"X-Field-{i}: v\r\n" for i in range(1500))  # more distinct names than the cache keeps
+    names = "".join(f"X-Field-{i}: v\r\n" for i in range(1500))
     req = (f"POST /a HTTP/1.1\r\nHost: h\r\n{names}CONTENT-LENGTH: 2\r\n\r\nok"
            "POST /b HTTP/1.1\r\nHost: h\r\ncontent-length: 3\r\n\r\nabc").encode()
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 2\r\n\r\nyz"
@@ -533,7 +531,6 @@ def test_header_names_any_case_and_many_distinct_names() -> None:
     exs = [e for e in out if isinstance(e, Exchange)]
     assert [(e.path, e.request_body.data if e.request_body else None, e.response_body.data if e.response_body else None)
             for e in exs] == [("/a", b"ok", b"x"), ("/b", b"abc", b"yz")]
-    assert len(h1._KEYS) <= 1024
 
 
 def test_transfer_encoding_before_content_length_and_http10_versions() -> None:

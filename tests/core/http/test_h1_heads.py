@@ -159,3 +159,25 @@ def test_common_heads_and_their_bodies() -> None:
         assert ex.response_headers == (("Content-Length", "3"), ("X-Trail", ""))
         assert ex.request_body is not None and ex.request_body.data == b"{}"
         assert ex.response_body is not None and ex.response_body.data == b"abc"
+
+
+_RAW_VALUES = st.sampled_from([b"", b" ", b"a", b"\xe9t\xe9", b"caf\xc3\xa9", b"\xff", b" \t\xfe a\t", b"a: b",
+                               b"x\x80y", b"\t", b"1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"X-A", b"Accept", b"x-b", b"Host"]),
+                          st.sampled_from([b":", b": ", b":\t "]), _RAW_VALUES), max_size=5),
+       st.sampled_from([b"\r\n", b"\n"]), st.booleans())
+def test_fields_not_utf8_and_lf_only_read_as_llhttp_reads_them(fields: list[tuple[bytes, bytes, bytes]],
+                                                               eol: bytes, whole: bool) -> None:
+    """Fields that are not UTF-8 (each name and value then read as latin-1) and heads with LF-only line
+    ends (read as llhttp reads the same head with CRLF): the fields are llhttp's."""
+    lines = [b"GET /x HTTP/1.1", *(n + s + v for n, s, v in fields)]
+    head = eol.join(lines) + eol + eol
+    want = _llhttp(b"\r\n".join(lines) + b"\r\n\r\n", True)
+    assert want is not None
+    got = _stage(head, _RESPONSE, whole=whole)
+    exchanges = [e for e in got if type(e) is Exchange]
+    assert exchanges, got
+    assert list(exchanges[0].request_headers) == [(_as_stage(n), _as_stage(v)) for n, v in want[3]]

@@ -7,7 +7,7 @@ import sys
 from typing import IO, TYPE_CHECKING
 
 from ...calls import ApiCall
-from ...record import call_to_json_lines
+from ...record import call_to_json_line, call_to_json_lines
 from ..errors import InputError
 from . import FileSink, rotate_file
 
@@ -81,8 +81,10 @@ class JsonlExporter(FileSink):
         if self._closed:
             self.stats["dropped"] += 1
             return
-        for line in call_to_json_lines(call, body_mode=self.body_mode, graphql=self.graphql,
-                                       per_message=self.per_message):
+        if not self.per_message:  # one line per call: no list
+            self.write_line(call_to_json_line(call, body_mode=self.body_mode, graphql=self.graphql))
+            return
+        for line in call_to_json_lines(call, body_mode=self.body_mode, graphql=self.graphql, per_message=True):
             self.write_line(line)
 
     def write_line(self, line: bytes) -> None:

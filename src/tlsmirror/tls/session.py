@@ -1128,6 +1128,7 @@ class TlsSession:
             alpn = hs.parse_encrypted_extensions_alpn(body)
             if alpn:
                 self.alpn = alpn
+                self._facts_alpn()
         elif mtype == hs.FINISHED and self.tls13 and epoch >= 0:
             # This side's handshake is over: its next records are protected with the application key,
             # so from now on a record that fails to decrypt is a failure, not a skipped trial.
@@ -1228,6 +1229,14 @@ class TlsSession:
                                sh.random, self.version, sh.suite, sh.ems, sh.etm, self.alpn, ts, self.ch.sni)
         self.ctx.facts.add(facts)
         self._emit(facts)
+
+    def _facts_alpn(self) -> None:
+        """TLS 1.3: the ALPN comes in EncryptedExtensions, after the facts (ServerHello): the facts again,
+        with it, so a sensor picking the connection up reports it."""
+        ch, sh = self.ch, self.sh
+        old = self.ctx.facts.get(ch.random) if ch is not None else None
+        if old is not None and sh is not None and old.alpn != self.alpn and old.server_random == sh.random:
+            self._facts(sh, old.ts)
 
     def _resumable(self, ident: bytes, master: bytes) -> None:
         """A session id or ticket (``ident``: prefixed) of this session met its master secret: cache it,

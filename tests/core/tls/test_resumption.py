@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.tls.test_pickup import N, cut, first_run, second_run, transcript
 from tests.core.tls.test_session import _no_ticket_dir
 from tests.support.tlspair import TlsTranscript, run_session
 from tests.support.tlsruns import (
@@ -25,8 +26,9 @@ from tests.support.tlsruns import (
     openssl_suite_name,
     segments,
 )
+from tlsmirror.calls import ApiCall
 from tlsmirror.pipeline import EngineConfig
-from tlsmirror.tls.events import ResumptionState, TlsGap, TlsPlaintext
+from tlsmirror.tls.events import HandshakeFacts, ResumptionState, TlsGap, TlsPlaintext
 from tlsmirror.tls.handshake import parse_client_hello
 from tlsmirror.tls.suites import suite_for
 
@@ -117,3 +119,19 @@ def test_offline_engines_emit_nothing_and_unknown_states_are_ignored(tmp: Path) 
     b.events += b.engine.add_resumption(odd + short, 0.0)
     b.segments(segments(t2)).finish()
     assert b.outcome.outcome == "no_key"
+
+
+# ---------------------------------------------------------------------- TLS 1.3: the facts again with the ALPN
+def test_tls13_facts_are_emitted_again_with_the_alpn_and_a_picked_up_call_reports_it() -> None:
+    """Not resumption, but the same fabric path (issue 14, point 4): a TLS 1.3 connection's facts are made at
+    the ServerHello, before the ALPN (EncryptedExtensions) is known; they are emitted again with it."""
+    t = transcript("tls13")
+    first = first_run(t)
+    facts = first.of(HandshakeFacts)
+    assert [f.alpn for f in facts] == [None, "http/1.1"]
+    assert facts[0].client_random == facts[1].client_random and facts[0].ts == facts[1].ts
+    second = second_run(t, cut(t, 2), facts[-1:])
+    calls = second.of(ApiCall)
+    assert len(calls) == N - 2 and {c.connection.alpn for c in calls} == {"http/1.1"}
+    tls12 = first_run(transcript("tls12-gcm")).of(HandshakeFacts)
+    assert [f.alpn for f in tls12] == ["http/1.1"]  # known at the ServerHello: once

@@ -91,7 +91,7 @@ def _seen_key(item: Item) -> int:
     if type(item) is ResumptionState:
         return hash((RESUME, item.kind, item.digest))
     assert type(item) is HandshakeFacts
-    return hash((FACTS, item.client_random))
+    return hash((FACTS, item.client_random, item.alpn))  # TLS 1.3: sent again once its ALPN is known
 
 
 def _entries(item: Item) -> list[tuple[str, str]]:

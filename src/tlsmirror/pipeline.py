@@ -16,8 +16,8 @@ from .keys.events import RsaKey, Secret
 from .keys.store import KeyStore
 from .tcp.events import Flow, FlowClosed, FlowOpened, StreamData, StreamGap
 from .tcp.reassembly import FLOW_OVERHEAD, TcpReassembler
-from .tls.context import TlsContext
-from .tls.events import HandshakeFacts, TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
+from .tls.context import TlsContext, state_key
+from .tls.events import HandshakeFacts, ResumptionState, TlsEvent, TlsGap, TlsHandshake, TlsOutcome, TlsPlaintext
 from .tls.session import OPEN_SESSION_OVERHEAD, TlsSession, looks_like_client_hello, looks_like_tls
 
 if TYPE_CHECKING:  # the HTTP stage: imported by the first engine built with ``http`` (_load_http)
@@ -114,6 +114,7 @@ class EngineConfig:
         "max_total_buffer",
         "ports",
         "routes",
+        "share_resumption",
     )
 
     def __init__(self, *, ports: Iterable[int] | None = None, idle_timeout: float = 300.0,
@@ -121,7 +122,8 @@ class EngineConfig:
                  max_flows: int = 200_000, max_hold_bytes_per_session: int = 4 << 20,
                  max_hold_bytes_total: int = 256 << 20, expire_interval: float = 1.0,
                  http: bool = False, body_limit: int = 128 * 1024, key_ttl: float | None = None,
-                 max_keys: int = 1_000_000, routes: bool | dict[str, Any] = True) -> None:
+                 max_keys: int = 1_000_000, routes: bool | dict[str, Any] = True,
+                 share_resumption: bool = False) -> None:
         self.ports = frozenset(ports) if ports else None
         self.idle_timeout = idle_timeout
         self.key_wait = key_wait  # ciphertext held this long for a missing key is dropped (0: no wait)
@@ -140,6 +142,9 @@ class EngineConfig:
         # with ``http``: every API call gets its route template from one route table of this engine
         # (True: an empty one; a dict: RouteTable.to_dict() to start from: seeds, state; False: none)
         self.routes = routes
+        # emit ResumptionState events (TLS 1.2 session id / ticket -> master secret) and take other
+        # sensors' ones (Engine.add_resumption): for sensors that share their secrets (keys.fabric)
+        self.share_resumption = share_resumption
 
 
 def _connection(flow: Flow, client_dir: int, sess: TlsSession | None) -> Connection:
@@ -186,6 +191,7 @@ class Engine:
         self.tls = TlsContext(self.keys, rsa_keys,
                               max_hold_bytes_per_session=cfg.max_hold_bytes_per_session,
                               max_hold_bytes_total=cfg.max_hold_bytes_total)
+        self.tls.share_resumption = cfg.share_resumption
         self._waiting: dict[bytes, set[TlsSession]] = {}
         # Sessions holding ciphertext for a key, oldest first (value: held_since). Checked against
         # key_wait in _expire from the front only: no scan of all flows.
@@ -258,6 +264,27 @@ class Engine:
             sessions = self._waiting.get(s.ident)
             if sessions:
                 woken.extend(sessions)
+        self._wake(woken, ts, out)
+        return out
+
+    def add_resumption(self, states: Iterable[ResumptionState], ts: float) -> list[EngineEvent]:
+        """Resumption states of other sensors (session id or ticket digest -> master secret) became known
+        at ``ts``: cache them and wake the sessions resuming one. A state of an unknown kind is ignored."""
+        out: list[EngineEvent] = []
+        woken: list[TlsSession] = []
+        cache = self.tls.cache
+        for st in states:
+            key = state_key(st)
+            if key is None:
+                continue
+            cache.put_key(key, st.master)
+            sessions = self._waiting.get(key)
+            if sessions:
+                woken.extend(sessions)
+        self._wake(woken, ts, out)
+        return out
+
+    def _wake(self, woken: list[TlsSession], ts: float, out: list[EngineEvent]) -> None:
         for sess in dict.fromkeys(woken):
             sess.keys_changed(ts)
             self._drain(sess, out)
@@ -267,7 +294,6 @@ class Engine:
                 self._holding.pop(sess, None)
             if sess in self._deferred and not sess.blocked:
                 self._close_tls(sess, self._deferred[sess], out)  # the time it ended
-        return out
 
     def add_facts(self, facts: Iterable[HandshakeFacts]) -> None:
         """Handshake facts of connections (from another sensor, or an earlier run that saw their

@@ -7,9 +7,25 @@ from collections import OrderedDict
 
 from ..keys.events import RsaKey
 from ..keys.store import KeyStore
-from .events import HandshakeFacts
+from .events import HandshakeFacts, ResumptionState
 
 FourTuple = tuple[bytes, int, bytes, int]  # client address, client port, server address, server port
+
+ID_PREFIX = b"id:"  # resumption by session id
+TICKET_PREFIX = b"tk:"  # resumption by session ticket
+_KIND_PREFIX = {"id": ID_PREFIX, "ticket": TICKET_PREFIX}
+
+
+def resumption_key(ident: bytes) -> bytes:
+    """A cache ident (``id:`` or ``tk:`` then the raw session id or ticket) -> its key: the prefix and the
+    SHA-256 of the rest. The same key is what a session waits on for a state from another sensor."""
+    return ident[:3] + hashlib.sha256(ident[3:]).digest()
+
+
+def state_key(state: ResumptionState) -> bytes | None:
+    """The cache key of a resumption state (None: a kind this version does not know)."""
+    prefix = _KIND_PREFIX.get(state.kind)
+    return None if prefix is None or len(state.digest) != 32 else prefix + state.digest
 
 
 class SessionCache:
@@ -18,7 +34,8 @@ class SessionCache:
     Bounded in entries and in age (``ttl`` seconds of packet time, measured from the engine's last
     :meth:`expire`): an F5 sends the secrets of resumed sessions too, so this is a fallback for senders
     that do not, and it must not grow with every connection ever seen. Idents are stored hashed
-    (tickets can be kilobytes long).
+    (tickets can be kilobytes long): ``id:`` or ``tk:`` and the SHA-256 of the session id or ticket, the
+    digest that resumption states from other sensors (:class:`ResumptionState`) carry.
     """
 
     def __init__(self, max_entries: int = 100_000, ttl: float = 900.0) -> None:
@@ -27,19 +44,21 @@ class SessionCache:
         self.ttl = ttl
         self.clock = 0.0  # packet time of the last expire()
 
-    @staticmethod
-    def _key(ident: bytes) -> bytes:
-        return hashlib.blake2b(ident, digest_size=16).digest()
+    def put(self, ident: bytes, master: bytes) -> bytes:
+        """Store ``ident`` (``id:``/``tk:`` and the raw id or ticket) -> master; returns its key."""
+        key = resumption_key(ident)
+        self.put_key(key, master)
+        return key
 
-    def put(self, ident: bytes, master: bytes) -> None:
-        key = self._key(ident)
+    def put_key(self, key: bytes, master: bytes) -> None:
+        """Store by key (:func:`resumption_key`, :func:`state_key`)."""
         self._entries[key] = (master, self.clock)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
     def get(self, ident: bytes) -> bytes | None:
-        hit = self._entries.get(self._key(ident))
+        hit = self._entries.get(resumption_key(ident))
         return None if hit is None else hit[0]
 
     def expire(self, now: float) -> None:
@@ -107,6 +126,9 @@ class TlsContext:
         self.cache = SessionCache(cache_entries)
         self.facts = FactsIndex(cache_entries)  # handshake facts, for connections picked up mid-stream
         self.picked_up = 0  # connections decrypted from mid-stream (their handshake not seen)
+        # emit ResumptionState events for the resumable sessions seen, and wait for other sensors' states
+        # (Engine.add_resumption): set when the secrets are shared between sensors (keys.fabric)
+        self.share_resumption = False
         self.max_hold_bytes_per_session = max_hold_bytes_per_session
         self.max_hold_bytes_total = max_hold_bytes_total
         self.held_bytes = 0  # ciphertext held (and plaintext queued behind it) by all sessions now

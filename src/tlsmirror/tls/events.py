@@ -269,4 +269,43 @@ class HandshakeFacts:
                                 self.extended_master_secret, self.encrypt_then_mac, self.alpn, self.ts, self.sni)
 
 
-TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome | HandshakeFacts
+class ResumptionState:
+    """A resumable TLS 1.2 (1.1, 1.0) session seen here: a session id or ticket -> the master secret, for a
+    sensor that sees the abbreviated handshake resuming it but not the full one (and has no key log line
+    for the resumed connection).
+
+    Emitted by the tls stage (only when ``TlsContext.share_resumption`` is set) once a full handshake with a
+    session id, or a NewSessionTicket, meets its master secret; accepted by ``Engine.add_resumption``.
+    ``kind`` is "id" or "ticket"; ``digest`` is the SHA-256 of the session id or ticket (never the ticket
+    itself). It holds a secret: never logged. ``version`` and ``suite`` are the wire codes of the session
+    (informative: a resumed handshake's own ServerHello says which it uses).
+    """
+
+    __slots__ = ("digest", "extended_master_secret", "kind", "master", "suite", "ts", "version")
+
+    def __init__(self, kind: str, digest: bytes, master: bytes, version: int, suite: int,
+                 extended_master_secret: bool, ts: float = 0.0) -> None:
+        self.kind = kind
+        self.digest = digest
+        self.master = master
+        self.version = version
+        self.suite = suite
+        self.extended_master_secret = extended_master_secret
+        self.ts = ts  # packet time it was learnt
+
+    def __repr__(self) -> str:  # no master secret in here
+        return (f"ResumptionState(kind={self.kind!r}, digest={self.digest.hex()[:16]}..., "
+                f"version=0x{self.version:04x}, suite=0x{self.suite:04x}, "
+                f"extended_master_secret={self.extended_master_secret}, ts={self.ts})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ResumptionState:
+            return NotImplemented
+        return (self.kind == other.kind and self.digest == other.digest and self.master == other.master
+                and self.version == other.version and self.suite == other.suite
+                and self.extended_master_secret == other.extended_master_secret and self.ts == other.ts)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+TlsEvent = TlsHandshake | TlsPlaintext | TlsGap | TlsOutcome | HandshakeFacts | ResumptionState

@@ -30,7 +30,7 @@ from ..keys.rsa import rsa_decrypt_premaster
 from ..tcp.events import Flow
 from . import handshake as hs
 from .ciphers import RecordDecryptor, decryptor_from_key_block, tls13_decryptor
-from .context import TlsContext
+from .context import ID_PREFIX, TICKET_PREFIX, TlsContext, resumption_key
 from .errors import DecryptError, TlsError, TlsParseError, UnsupportedError
 from .events import (
     DECRYPT_FAILED,
@@ -43,6 +43,7 @@ from .events import (
     UNLOCKED,
     UNSUPPORTED,
     HandshakeFacts,
+    ResumptionState,
     TlsEvent,
     TlsGap,
     TlsHandshake,
@@ -1123,11 +1124,12 @@ class TlsSession:
         elif mtype == hs.NEW_SESSION_TICKET and d == 1 and not self.tls13:
             self.ticket = hs.parse_new_session_ticket_12(body)
             if self.master is not None and self.ticket:
-                self.ctx.cache.put(b"tk:" + self.ticket, self.master)
+                self._resumable(TICKET_PREFIX + self.ticket, self.master)
         elif mtype == hs.ENCRYPTED_EXTENSIONS and d == 1:
             alpn = hs.parse_encrypted_extensions_alpn(body)
             if alpn:
                 self.alpn = alpn
+                self._facts_alpn()
         elif mtype == hs.FINISHED and self.tls13 and epoch >= 0:
             # This side's handshake is over: its next records are protected with the application key,
             # so from now on a record that fails to decrypt is a failure, not a skipped trial.
@@ -1190,6 +1192,11 @@ class TlsSession:
                 self.resumed = True
             if sh.session_id:
                 self._wait_for(sh.session_id)
+            if self.ctx.share_resumption and ch is not None:  # another sensor's state may resume it
+                if self.resumed:
+                    self._wait_for(resumption_key(ID_PREFIX + sh.session_id))
+                if ch.ticket:
+                    self._wait_for(resumption_key(TICKET_PREFIX + ch.ticket))
         if self.tls13:
             if sh.alpn:
                 self.alpn = sh.alpn
@@ -1223,6 +1230,22 @@ class TlsSession:
                                sh.random, self.version, sh.suite, sh.ems, sh.etm, self.alpn, ts, self.ch.sni)
         self.ctx.facts.add(facts)
         self._emit(facts)
+
+    def _facts_alpn(self) -> None:
+        """TLS 1.3: the ALPN comes in EncryptedExtensions, after the facts (ServerHello): the facts again,
+        with it, so a sensor picking the connection up reports it."""
+        ch, sh = self.ch, self.sh
+        old = self.ctx.facts.get(ch.random) if ch is not None else None
+        if old is not None and sh is not None and old.alpn != self.alpn and old.server_random == sh.random:
+            self._facts(sh, old.ts)
+
+    def _resumable(self, ident: bytes, master: bytes) -> None:
+        """A session id or ticket (``ident``: prefixed) of this session met its master secret: cache it,
+        and emit it for other sensors when asked to (not a session id this connection resumed)."""
+        key = self.ctx.cache.put(ident, master)
+        if self.ctx.share_resumption and self.sh is not None and not (self.resumed and ident[:3] == ID_PREFIX):
+            self._emit(ResumptionState("id" if ident[:3] == ID_PREFIX else "ticket", key[3:], master,
+                                       self.version, self.sh.suite, self.sh.ems, self.ts_hello or 0.0))
 
     def _wait_for(self, ident: bytes) -> None:
         if ident and ident not in self.wait_idents:
@@ -1271,9 +1294,9 @@ class TlsSession:
         if master is None and sh.session_id:
             master = store.get(kl.RSA_SESSION, sh.session_id)
         if master is None and self.resumed:
-            master = self.ctx.cache.get(b"id:" + sh.session_id)
+            master = self.ctx.cache.get(ID_PREFIX + sh.session_id)
         if master is None and ch.ticket:
-            master = self.ctx.cache.get(b"tk:" + ch.ticket)
+            master = self.ctx.cache.get(TICKET_PREFIX + ch.ticket)
             if master is not None:
                 self.resumed = True
         if master is None:
@@ -1293,9 +1316,9 @@ class TlsSession:
                                    self.session_hash if sh.ems else None)
         self.master = master
         if sh.session_id:
-            self.ctx.cache.put(b"id:" + sh.session_id, master)
+            self._resumable(ID_PREFIX + sh.session_id, master)
         if self.ticket:
-            self.ctx.cache.put(b"tk:" + self.ticket, master)
+            self._resumable(TICKET_PREFIX + self.ticket, master)
         kb = key_block(self.version, suite, master, ch.random, sh.random)
         etm = sh.etm and suite.mac != "AEAD" and suite.block_size > 1
         for d, st in enumerate(self.dirs):

@@ -71,6 +71,7 @@ def test_a_standby_sensor_picks_up_the_connections_another_one_saw_from_the_fabr
         got: dict[str, list[tuple[str | None, str | None, int | None]]] = {}
         for c in out_b.calls:
             assert "picked_up" in c.exchange.flags
+            assert c.connection.alpn == "http/1.1"  # TLS 1.3 too: its facts sent again once the ALPN came
             got.setdefault(ports[c.connection.client_port], []).append(
                 (c.exchange.method, c.exchange.path, c.exchange.status))
         want = [(REQUESTS[i].split(b" ")[0].decode(), REQUESTS[i].split(b" ")[1].decode(), 201 if i == N - 1 else 200)

@@ -16,6 +16,7 @@ from tlsmirror.shell.errors import FabricEntryError
 from tlsmirror.shell.fabric.entries import (
     CHANNEL,
     FACTS,
+    RESUME,
     SECRETS,
     decode_message,
     encode_message,
@@ -25,12 +26,16 @@ from tlsmirror.shell.fabric.entries import (
     parse_entry,
     parse_facts_entry,
     parse_facts_lines,
+    parse_resumption_entry,
+    parse_resumption_lines,
     parse_secret_lines,
+    resumption_key,
+    resumption_line,
     secret_key,
     secret_line,
 )
 from tlsmirror.shell.offline.facts import facts_from_dict, facts_to_dict
-from tlsmirror.tls.events import HandshakeFacts
+from tlsmirror.tls.events import HandshakeFacts, ResumptionState
 
 
 def _secret(label: str) -> Secret:
@@ -141,3 +146,61 @@ def test_fuzzed_facts_entries_and_lines_only_raise_the_entry_error(value: bytes)
         parse_facts_entry(facts_key(f), facts_line(f)[:len(text)] + text)
     parse_facts_lines(text)
     parse_facts_lines(facts_line(f).replace("443", text.replace("\n", "")))
+
+
+# ---------------------------------------------------------------------- resumption states
+def _state(kind: str = "ticket") -> ResumptionState:
+    return ResumptionState(kind, os.urandom(32), os.urandom(48), 0x0303, 0xC02F, True, 1234.5)
+
+
+@pytest.mark.parametrize("kind", ["id", "ticket"])
+def test_resumption_states_round_trip_through_key_value_and_message_lines(kind: str) -> None:
+    s = _state(kind)
+    key, line = resumption_key(s), resumption_line(s)
+    assert key == f"tlsmirror:resume:{kind}:{s.digest.hex()}" and line.isascii()
+    assert parse_resumption_entry(key.encode(), line.encode()) == s
+    assert parse_resumption_entry(key.upper().replace("TLSMIRROR:RESUME:", "tlsmirror:resume:"), line) == s
+    msg = decode_message(encode_message(RESUME, "sensor-a", [line, "", "not json", resumption_line(_state())]))
+    states, bad = parse_resumption_lines(msg.body)
+    assert msg.kind == RESUME and states[0] == s and len(states) == 2 and bad == 1
+
+
+def test_a_resumption_value_that_does_not_match_its_key_or_parse_is_refused() -> None:
+    s = _state()
+    good = json.loads(resumption_line(s))
+    key = resumption_key(s)
+    broken = [{**good, "kind": "psk"}, {**good, "digest": good["digest"][:-2]},
+              {**good, "digest": good["digest"].upper()},
+              {**good, "master": good["master"][:-2]}, {**good, "master": 7}, {**good, "version": 0x0304},
+              {**good, "version": True}, {**good, "suite": 1 << 16}, {**good, "ems": 1}, {**good, "ts": -1},
+              {**good, "ts": "now"}, {k: v for k, v in good.items() if k != "suite"}, [good], "x"]
+    for value in [json.dumps(b) for b in broken] + ["{", "\xff", json.dumps({**good, "kind": "id"})]:
+        with pytest.raises(FabricEntryError) as err:
+            parse_resumption_entry(key, value)
+        assert s.master.hex() not in str(err.value) and s.digest.hex() not in str(err.value)
+    with pytest.raises(FabricEntryError, match="not a resumption key"):
+        parse_resumption_entry(secret_key(_secret(CLIENT_RANDOM)), resumption_line(s))
+    assert s.master.hex() not in repr(s)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=100),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                  max_size=8), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), _JSON,
+       st.dictionaries(st.sampled_from(["kind", "digest", "master", "version", "suite", "ems", "ts"]), _JSON))
+def test_fuzzed_resumption_entries_and_lines_only_raise_the_entry_error(
+        value: bytes, obj: object, fields: dict[str, object]) -> None:
+    s = _state()
+    good = json.loads(resumption_line(s))
+    for v in (value, json.dumps(obj), json.dumps({**good, **fields})):
+        with contextlib.suppress(FabricEntryError):
+            got = parse_resumption_entry(resumption_key(s), v)
+            assert got.kind in ("id", "ticket") and len(got.digest) == 32 and len(got.master) == 48
+        with contextlib.suppress(FabricEntryError):
+            parse_resumption_entry(value, v)
+    parse_resumption_lines(value.decode("latin-1"))
+    with contextlib.suppress(FabricEntryError):
+        decode_message(b"tlsmirror/1 resume s\n" + value)

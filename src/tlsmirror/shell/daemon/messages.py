@@ -10,12 +10,12 @@ sockets; with a capture file, each worker reads its flow share of it (:mod:`.pca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...calls import ApiCall
 from ...keys.events import Secret
-from ...tls.events import HandshakeFacts
+from ...tls.events import HandshakeFacts, ResumptionState
 
 FactsRow = tuple[bytes, int, bytes, int, bytes, bytes, int, int, bool, bool, "str | None", float, "str | None"]
 
@@ -38,12 +38,25 @@ def facts_of(rows: list[FactsRow]) -> list[HandshakeFacts]:
     return [HandshakeFacts(*r) for r in rows]
 
 
+ResumptionRow = tuple[str, bytes, bytes, int, int, bool, float]
+
+
+def resumption_rows(states: list[ResumptionState]) -> list[ResumptionRow]:
+    """Resumption states as plain tuples to cross the process boundary (they hold master secrets)."""
+    return [(s.kind, s.digest, s.master, s.version, s.suite, s.extended_master_secret, s.ts) for s in states]
+
+
+def resumption_of(rows: list[ResumptionRow]) -> list[ResumptionState]:
+    return [ResumptionState(*r) for r in rows]
+
+
 @dataclass(slots=True)
 class FactsGiven:
     """Handshake facts of connections another sensor saw (the key fabric): picked up from mid-stream here
-    (rows of :func:`facts_rows`)."""
+    (rows of :func:`facts_rows`), and resumption states of TLS 1.2 sessions it saw (:func:`resumption_rows`)."""
 
     facts: list[FactsRow]
+    resumption: list[ResumptionRow] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -78,10 +91,11 @@ class CallBatch:
 @dataclass(slots=True)
 class FactsSeen:
     """The handshake facts of the connections whose handshakes the worker saw (for the key fabric; rows of
-    :func:`facts_rows`)."""
+    :func:`facts_rows`), and the resumption states it learnt (:func:`resumption_rows`)."""
 
     worker: int
     facts: list[FactsRow]
+    resumption: list[ResumptionRow] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from ...keys.events import Secret
-from ...tls.events import HandshakeFacts
+from ...tls.events import HandshakeFacts, ResumptionState
 from ..config import Config, engine_kwargs
 from ..errors import InputError
 from ..export import Exporter
@@ -59,6 +59,8 @@ from .messages import (
     WorkerStats,
     facts_of,
     facts_rows,
+    resumption_of,
+    resumption_rows,
 )
 from .metrics import MetricsServer, MetricsState, make_registry
 from .outputs import jsonl_path, stats_of
@@ -120,6 +122,7 @@ class Daemon:
         self._replay_lock = threading.Lock()
         # with the key fabric: the handshake facts seen and taken in, for a restarted worker's pickup
         self._facts: collections.deque[HandshakeFacts] = collections.deque(maxlen=cfg.keys.replay)
+        self._resumption: collections.deque[ResumptionState] = collections.deque(maxlen=cfg.keys.replay)
         lossless = self.mode == "pcap"
         self.lossless = lossless
         self._export_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.output.queue_size)
@@ -236,7 +239,7 @@ class Daemon:
         from ..fabric.client import join_fabric
 
         self.fabric = join_fabric(self.cfg, lambda s: self._on_secrets(s, shared=True), self.preload,
-                                  self._on_facts)
+                                  self._on_facts, self._on_resumption)
         self.state.fabric = self.fabric.snapshot
 
     def _describe_input(self) -> str:
@@ -325,8 +328,9 @@ class Daemon:
         w.close()  # the worker holds the only write end: its death shows as EOF here
         with self._replay_lock:
             facts = list(self._facts)
-        if facts:  # a restarted worker picks its connections up again from the facts known here
-            ctl.put(FactsGiven(facts_rows(facts)))
+            states = list(self._resumption)
+        if facts or states:  # a restarted worker picks its connections up again from the facts known here
+            ctl.put(FactsGiven(facts_rows(facts), resumption_rows(states)))
         h = _Handle(index, proc, ctl, r, time.monotonic())
         self.state.alive[index] = True
         return h
@@ -402,7 +406,15 @@ class Daemon:
         """Other sensors' handshake facts (the fabric's thread): to every worker, for mid-stream pickup."""
         with self._replay_lock:
             self._facts.extend(facts)
-        msg = FactsGiven(facts_rows(facts))
+        self._to_workers(FactsGiven(facts_rows(facts)))
+
+    def _on_resumption(self, states: list[ResumptionState]) -> None:
+        """Other sensors' TLS 1.2 resumption states (the fabric's thread): to every worker."""
+        with self._replay_lock:
+            self._resumption.extend(states)
+        self._to_workers(FactsGiven([], resumption_rows(states)))
+
+    def _to_workers(self, msg: FactsGiven) -> None:
         with self._handles_lock:
             handles = list(self.handles)
         for h in handles:
@@ -513,10 +525,14 @@ class Daemon:
             self._export(msg.calls)
         elif type(msg) is FactsSeen:
             facts = facts_of(msg.facts)
+            states = resumption_of(msg.resumption)
             with self._replay_lock:
                 self._facts.extend(facts)
+                self._resumption.extend(states)
             if self.fabric is not None:
                 self.fabric.publish_facts(facts)
+                if states:
+                    self.fabric.publish_resumption(states)
         elif type(msg) is InventoryPart:
             if self.mode == "pcap":
                 h.parts.append(msg.part)  # taken in with the position the next stats report

@@ -14,7 +14,8 @@ the parent. It sends the parent
   ``engine.finish()`` and the exporters' flush on stop, :class:`~.messages.WorkerFailed` on a start-up
   error,
 - :class:`~.messages.FactsSeen` with the key fabric (``WorkerSpec.share_facts``): the handshake facts of
-  the connections whose handshakes it saw, a batch per timer tick, for the parent to publish,
+  the connections whose handshakes it saw and the TLS 1.2 resumption states it learnt, a batch per timer
+  tick, for the parent to publish,
 - :class:`~.messages.CallBatch` only when the exporters are the parent's (``WorkerSpec.config`` is None:
   exporters given to :class:`~.supervisor.Daemon`), through a bounded outbox (pickled at once into a fixed
   ring of ``outbox_bytes``, written to the pipe by a thread; full: the calls are dropped and counted,
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
 from ...pipeline import Engine, EngineConfig
-from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, TlsOutcome
+from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, ResumptionState, TlsOutcome
 from ..logs import get_logger
 from .messages import (
     CallBatch,
@@ -64,6 +65,8 @@ from .messages import (
     WorkerStats,
     facts_of,
     facts_rows,
+    resumption_of,
+    resumption_rows,
 )
 
 if TYPE_CHECKING:
@@ -346,13 +349,15 @@ class Worker:
         self.position = 0  # capture file items handled (see FlowShare.position)
         self.deadline = 0.0  # of the stop (time.monotonic()); 0: none given
         self.share: Any = None  # the capture file's FlowShare (mode "pcap")
-        self.engine = Engine(EngineConfig(**spec.engine))
+        # with the key fabric, the engine emits resumption states and takes the other sensors' ones
+        self.engine = Engine(EngineConfig(**spec.engine, share_resumption=spec.share_facts))
         if spec.key_ttl:
             self.engine.keys.ttl = spec.key_ttl
         self.stop = False
         self.eof = spec.mode != "pcap"
         self.calls: list[ApiCall] = []
         self.facts: list[HandshakeFacts] = []  # seen since the last FactsSeen (share_facts)
+        self.resumption: list[ResumptionState] = []  # learnt since the last FactsSeen (share_facts)
         self.packets = 0
         self.bytes = 0
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
@@ -413,12 +418,16 @@ class Worker:
                 self.http_issues += 1
             elif cls is HandshakeFacts and self.spec.share_facts and not self.silent:
                 self.facts.append(ev)
+            elif cls is ResumptionState and not self.silent:  # (emitted only with share_facts)
+                self.resumption.append(ev)
 
     def flush_facts(self) -> None:
         """The facts seen to the parent (the key fabric); an outbox that stays full loses them."""
-        if self.facts:
+        if self.facts or self.resumption:
             batch, self.facts = self.facts, []
-            self.out.put(FactsSeen(self.spec.index, facts_rows(batch)), block=True, timeout=0.2)
+            states, self.resumption = self.resumption, []
+            self.out.put(FactsSeen(self.spec.index, facts_rows(batch), resumption_rows(states)), block=True,
+                         timeout=0.2)
 
     def _record_hook(self, inventory: InventoryFeed) -> bool:
         """Let the JSON lines exporter hand the inventory each record it builds (one record per call, not
@@ -515,6 +524,8 @@ class Worker:
             self.secrets(msg.secrets)
         elif type(msg) is FactsGiven:
             self.engine.add_facts(facts_of(msg.facts))
+            if msg.resumption:
+                self.handle(self.engine.add_resumption(resumption_of(msg.resumption), self.now()))
         elif type(msg) is StopRequest:
             self.stop = True
             self.deadline = msg.deadline

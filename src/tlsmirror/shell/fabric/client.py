@@ -6,12 +6,14 @@ A :class:`Fabric` runs an asyncio loop in a thread of the daemon's parent proces
 - writes each secret it is given (key listener, key log files) as an entry with a TTL of
   ``engine.key_ttl`` and publishes it on the channel, in batches; the same for the handshake facts of
   the connections its workers saw (an entry per client random, the 4-tuple index entry), so a sensor
-  that takes over decrypts those connections from mid-stream;
+  that takes over decrypts those connections from mid-stream, and for the resumption states they learnt
+  (an entry per session id or ticket digest), so it decrypts the abbreviated handshakes resuming them;
 - subscribes to the channel and, once subscribed, reads every entry already there (the snapshot), so no
   secret published meanwhile is missed; the daemon reports ready only after that first snapshot (or after
   ``keys.fabric_timeout`` when the fabric cannot be reached);
 - hands every secret it has not seen yet to ``deliver`` (the daemon's path to its workers), and every
-  connection's facts to ``deliver_facts``, ignoring its own publications (by sensor id) and skipping
+  connection's facts to ``deliver_facts``, every TLS 1.2 session's resumption state (session id or
+  ticket digest -> master secret) to ``deliver_resumption``, ignoring its own publications (by sensor id) and skipping
   and counting entries that do not parse;
 - when Redis goes away or stops answering within ``keys.fabric_timeout``: counts the error, logs it
   (rate-limited), keeps what it was given to publish (bounded: the oldest are dropped and counted),
@@ -34,7 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ...keys.events import Secret
-from ...tls.events import HandshakeFacts
+from ...tls.events import HandshakeFacts, ResumptionState
 from ..config import Config
 from ..errors import FabricEntryError
 from ..logs import RateLimit, get_logger
@@ -44,6 +46,8 @@ from .entries import (
     FACTS,
     FACTS_PATTERN,
     FLOW_PATTERN,
+    RESUME,
+    RESUME_PATTERN,
     SECRET_PATTERN,
     SECRETS,
     SENSOR_PREFIX,
@@ -55,7 +59,11 @@ from .entries import (
     parse_entry,
     parse_facts_entry,
     parse_facts_lines,
+    parse_resumption_entry,
+    parse_resumption_lines,
     parse_secret_lines,
+    resumption_key,
+    resumption_line,
     secret_key,
     secret_line,
 )
@@ -63,7 +71,7 @@ from .entries import (
 log = get_logger("fabric")
 
 STATS = ("secrets_out", "secrets_in", "snapshot_entries", "bad_entries", "errors", "reconnects", "dropped",
-         "messages_in", "facts_out", "facts_in", "snapshot_facts")
+         "messages_in", "facts_out", "facts_in", "snapshot_facts", "resume_out", "resume_in", "snapshot_resume")
 BATCH = 512  # secrets or facts per write (one pipeline: SET each, one PUBLISH per kind)
 SCAN_COUNT = 1000
 BACKOFF_MIN = 0.5
@@ -71,20 +79,27 @@ BACKOFF_MAX = 30.0
 BEAT = 5.0  # seconds between presence refreshes (they also find a Redis that stopped answering)
 PRESENCE_TTL = 30
 
-Item = Secret | HandshakeFacts  # what the fabric carries: a secret, or a connection's handshake facts
+# what the fabric carries: a secret, a connection's handshake facts, a TLS 1.2 session's resumption state
+Item = Secret | HandshakeFacts | ResumptionState
+_OUT = {Secret: ("secrets_out", SECRETS), HandshakeFacts: ("facts_out", FACTS),
+        ResumptionState: ("resume_out", RESUME)}
 
 
 def _seen_key(item: Item) -> int:
     if type(item) is Secret:
         return hash((item.label, item.ident))
+    if type(item) is ResumptionState:
+        return hash((RESUME, item.kind, item.digest))
     assert type(item) is HandshakeFacts
-    return hash((FACTS, item.client_random))
+    return hash((FACTS, item.client_random, item.alpn))  # TLS 1.3: sent again once its ALPN is known
 
 
 def _entries(item: Item) -> list[tuple[str, str]]:
     """The Redis entries (key, value) of an item: one for a secret, the facts and the 4-tuple's index."""
     if type(item) is Secret:
         return [(secret_key(item), secret_line(item))]
+    if type(item) is ResumptionState:
+        return [(resumption_key(item), resumption_line(item))]
     assert type(item) is HandshakeFacts
     return [(facts_key(item), facts_line(item)), (flow_key(item), item.client_random.hex())]
 
@@ -94,10 +109,12 @@ class Fabric:
 
     def __init__(self, settings: FabricSettings, deliver: Callable[[list[Secret]], None], *,
                  deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None,
+                 deliver_resumption: Callable[[list[ResumptionState]], None] | None = None,
                  max_pending: int = 100_000, max_seen: int = 200_000, log_every: float = 10.0) -> None:
         self.settings = settings
         self.deliver = deliver
         self.deliver_facts = deliver_facts  # None: facts from the fabric are not read (nor counted)
+        self.deliver_resumption = deliver_resumption  # None: nor resumption states
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self.connected = False
         self.max_pending = max_pending
@@ -120,9 +137,10 @@ class Fabric:
 
     @classmethod
     def from_config(cls, cfg: Config, deliver: Callable[[list[Secret]], None],
-                    deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None) -> Fabric:
+                    deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None,
+                    deliver_resumption: Callable[[list[ResumptionState]], None] | None = None) -> Fabric:
         return cls(FabricSettings.from_config(cfg), deliver, deliver_facts=deliver_facts,
-                   max_pending=max(1000, cfg.keys.replay or 0))
+                   deliver_resumption=deliver_resumption, max_pending=max(1000, cfg.keys.replay or 0))
 
     # ------------------------------------------------------------------ any thread
     def start(self, wait: float | None = None) -> bool:
@@ -145,7 +163,11 @@ class Fabric:
         """Queue the handshake facts of connections seen here, like :meth:`publish`."""
         self._queue(facts)
 
-    def _queue(self, items: list[Secret] | list[HandshakeFacts]) -> None:
+    def publish_resumption(self, states: list[ResumptionState]) -> None:
+        """Queue the resumption states of sessions seen here, like :meth:`publish`."""
+        self._queue(states)
+
+    def _queue(self, items: list[Secret] | list[HandshakeFacts] | list[ResumptionState]) -> None:
         if not items:
             return
         expiry = time.monotonic() + self.settings.key_ttl
@@ -255,6 +277,19 @@ class Fabric:
         except Exception as exc:  # the daemon's side must not stop the fabric
             self._warn("deliver", "handing the facts of %d connections on failed: %s", len(new), exc)
 
+    def _give_resumption(self, states: list[ResumptionState]) -> None:
+        if self.deliver_resumption is None:
+            return
+        new = self._take_new(states)
+        if not new:
+            return
+        with self._lock:
+            self.stats["resume_in"] += len(new)
+        try:
+            self.deliver_resumption(new)
+        except Exception as exc:  # the daemon's side must not stop the fabric
+            self._warn("deliver", "handing %d resumption states on failed: %s", len(new), exc)
+
     def _bad(self, n: int, why: str) -> None:
         if n <= 0:
             return
@@ -340,6 +375,8 @@ class Fabric:
         await self._load_secrets(client)
         if self.deliver_facts is not None:
             await self._load_facts(client)
+        if self.deliver_resumption is not None:
+            await self._load_resumption(client)
 
     async def _scan(self, client: Any, pattern: str) -> AsyncIterator[tuple[list[Any], list[Any]]]:
         """(keys, values) of every entry matching *pattern*, a SCAN page at a time."""
@@ -376,6 +413,22 @@ class Fabric:
         self._bad(bad, "facts entries in the fabric that do not parse or do not match their key")
         for i in range(0, len(found), BATCH * 8):
             self._give_facts(found[i:i + BATCH * 8])
+
+    async def _load_resumption(self, client: Any) -> None:
+        async for keys, values in self._scan(client, RESUME_PATTERN):
+            found: list[ResumptionState] = []
+            bad = 0
+            for k, v in zip(keys, values, strict=True):
+                if v is None:  # expired between SCAN and MGET
+                    continue
+                try:
+                    found.append(parse_resumption_entry(k, v))
+                except FabricEntryError:
+                    bad += 1
+            with self._lock:
+                self.stats["snapshot_resume"] += len(found)
+            self._bad(bad, "resumption entries in the fabric that do not parse or do not match their key")
+            self._give_resumption(found)
 
     async def _load_secrets(self, client: Any) -> None:
         cursor = 0
@@ -440,6 +493,13 @@ class Fabric:
             self._bad(bad, f"lines of a message from {m.sender} are not handshake facts")
             self._give_facts(facts)
             return
+        if m.kind == RESUME and self.deliver_resumption is not None:
+            with self._lock:
+                self.stats["messages_in"] += 1
+            states, bad = parse_resumption_lines(m.body)
+            self._bad(bad, f"lines of a message from {m.sender} are not resumption states")
+            self._give_resumption(states)
+            return
         if m.kind != SECRETS:
             return  # a kind this version does not use (docs/fabric.md)
         with self._lock:
@@ -455,13 +515,13 @@ class Fabric:
 
     async def _write(self, client: Any, batch: list[Item]) -> None:
         ex = max(1, int(self.settings.key_ttl + 0.5))
-        lines: dict[str, list[str]] = {SECRETS: [], FACTS: []}
+        lines: dict[str, list[str]] = {SECRETS: [], FACTS: [], RESUME: []}
         pipe = client.pipeline(transaction=False)
         for s in batch:
             entries = _entries(s)
             for key, value in entries:
                 pipe.set(key, value, ex=ex)
-            lines[SECRETS if type(s) is Secret else FACTS].append(entries[0][1])
+            lines[_OUT[type(s)][1]].append(entries[0][1])
         for kind, body in lines.items():
             if body:
                 pipe.publish(CHANNEL, encode_message(kind, self.settings.sensor_id, body))
@@ -473,8 +533,8 @@ class Fabric:
             raise
         expiry = time.monotonic() + self.settings.key_ttl
         with self._lock:
-            self.stats["secrets_out"] += len(lines[SECRETS])
-            self.stats["facts_out"] += len(lines[FACTS])
+            for stat, kind in _OUT.values():
+                self.stats[stat] += len(lines[kind])
             self._recent.extend((expiry, s) for s in batch)
 
     async def _pump(self, client: Any) -> None:
@@ -507,15 +567,17 @@ class Fabric:
 
 
 def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: list[Secret],
-                deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None) -> Fabric:
-    """The daemon's fabric: publish the key log files' secrets, load the others' secrets and facts
-    (bounded wait), go on."""
-    fabric = Fabric.from_config(cfg, deliver, deliver_facts)
+                deliver_facts: Callable[[list[HandshakeFacts]], None] | None = None,
+                deliver_resumption: Callable[[list[ResumptionState]], None] | None = None) -> Fabric:
+    """The daemon's fabric: publish the key log files' secrets, load the others' secrets, facts and
+    resumption states (bounded wait), go on."""
+    fabric = Fabric.from_config(cfg, deliver, deliver_facts, deliver_resumption)
     fabric.publish(preload)
     if fabric.start():
         st = fabric.snapshot()
-        log.info("fabric: %d secrets loaded from %s (%d entries), the facts of %d connections, %d to publish",
-                 st["secrets_in"], fabric.settings.where, st["snapshot_entries"], st["facts_in"], len(preload))
+        log.info("fabric: %d secrets loaded from %s (%d entries), the facts of %d connections, %d resumption "
+                 "states, %d to publish", st["secrets_in"], fabric.settings.where, st["snapshot_entries"],
+                 st["facts_in"], st["resume_in"], len(preload))
     elif fabric.connected:
         log.warning("fabric: %s is slow to give its snapshot; ready now, its secrets follow",
                     fabric.settings.where)

@@ -8,9 +8,14 @@ Version 1 (docs/fabric.md is the reference):
   key ``tlsmirror:facts:<client random hex>``, value the JSON object of ``--facts-out`` files
   (:mod:`tlsmirror.shell.offline.facts`, one codec for both), and the index
   ``tlsmirror:flow:<client>:<server>`` -> client random hex, both with a TTL of ``engine.key_ttl``;
+- a TLS 1.2 session's resumption state (an abbreviated handshake resuming it, seen by another sensor):
+  key ``tlsmirror:resume:<kind>:<digest hex>`` (kind ``id`` or ``ticket``, the SHA-256 of the session
+  id or ticket: never the ticket), value one JSON object (:func:`resumption_line`) holding the master
+  secret, with a TTL of ``engine.key_ttl``;
 - the channel ``tlsmirror:fabric``: each message is a header line ``tlsmirror/1 <kind> <sensor id>``
   then its body; kind ``secrets`` has key log lines as its body, kind ``facts`` one JSON object of
-  facts per line. Other kinds are left to later versions and ignored by a sensor that does not know them;
+  facts per line, kind ``resume`` one resumption state per line. Other kinds are left to later versions
+  and ignored by a sensor that does not know them;
 - a sensor's presence: key ``tlsmirror:sensor:<sensor id>``, a small JSON object, refreshed while the
   sensor runs (``tlsmirror doctor`` lists the peers from them).
 
@@ -29,7 +34,7 @@ from ...frames.addresses import ip_text
 from ...keys.errors import KeyLogError
 from ...keys.events import RSA_SESSION, Secret
 from ...keys.keylog import parse_keylog_line
-from ...tls.events import HandshakeFacts
+from ...tls.events import HandshakeFacts, ResumptionState
 from ..errors import FabricEntryError
 from ..offline.facts import facts_from_dict, facts_to_dict
 
@@ -43,8 +48,11 @@ FACTS_PREFIX = "tlsmirror:facts:"
 FACTS_PATTERN = FACTS_PREFIX + "*"
 FLOW_PREFIX = "tlsmirror:flow:"
 FLOW_PATTERN = FLOW_PREFIX + "*"
+RESUME_PREFIX = "tlsmirror:resume:"
+RESUME_PATTERN = RESUME_PREFIX + "*"
 SECRETS = "secrets"
 FACTS = "facts"
+RESUME = "resume"
 PROBE = "probe"  # `tlsmirror doctor`'s round trip; sensors ignore it
 MAX_MESSAGE = 4 << 20  # bytes; a larger message is refused whole
 _SENSOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -184,6 +192,82 @@ def parse_facts_lines(body: str) -> tuple[list[HandshakeFacts], int]:
             continue
         try:
             out.append(parse_facts_line(line))
+        except FabricEntryError:
+            bad += 1
+    return out, bad
+
+
+# ---------------------------------------------------------------------- resumption state
+RESUME_KINDS = ("id", "ticket")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MASTER = re.compile(r"[0-9a-fA-F]{96}")  # 48 bytes
+
+
+def resumption_key(st: ResumptionState) -> str:
+    """The Redis key of a resumption state: ``tlsmirror:resume:<kind>:<digest hex>``."""
+    return f"{RESUME_PREFIX}{st.kind}:{st.digest.hex()}"
+
+
+def resumption_line(st: ResumptionState) -> str:
+    """A resumption state as one line of JSON (ASCII); it holds the master secret."""
+    return json.dumps({"kind": st.kind, "digest": st.digest.hex(), "master": st.master.hex(),
+                       "version": st.version, "suite": st.suite, "ems": st.extended_master_secret,
+                       "ts": st.ts}, separators=(",", ":"))
+
+
+def _int(obj: dict[str, object], name: str, low: int, high: int) -> int:
+    v = obj.get(name)
+    if type(v) is not int or not low <= v <= high:
+        raise FabricEntryError(f"resumption state: {name} is not an integer in {low:#x}..{high:#x}")
+    return v
+
+
+def parse_resumption_line(line: str) -> ResumptionState:
+    """One line of JSON -> ResumptionState; FabricEntryError saying what is wrong (never the values)."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise FabricEntryError("resumption state: not JSON") from None
+    if type(obj) is not dict:
+        raise FabricEntryError("resumption state: not a JSON object")
+    kind, digest, master = obj.get("kind"), obj.get("digest"), obj.get("master")
+    if kind not in RESUME_KINDS:
+        raise FabricEntryError("resumption state: kind is not 'id' nor 'ticket'")
+    if type(digest) is not str or _HEX64.fullmatch(digest) is None:
+        raise FabricEntryError("resumption state: digest is not 64 lower-case hex digits")
+    if type(master) is not str or _MASTER.fullmatch(master) is None:
+        raise FabricEntryError("resumption state: master is not 48 bytes in hex")
+    ems = obj.get("ems")
+    if type(ems) is not bool:
+        raise FabricEntryError("resumption state: ems is not a boolean")
+    ts = obj.get("ts", 0.0)
+    if type(ts) not in (int, float) or not 0.0 <= ts < 1e11:  # (NaN fails too)
+        raise FabricEntryError("resumption state: ts is not a time")
+    return ResumptionState(str(kind), bytes.fromhex(digest), bytes.fromhex(master),
+                           _int(obj, "version", 0x0300, 0x0303), _int(obj, "suite", 0, 0xFFFF), ems, float(ts))
+
+
+def parse_resumption_entry(key: bytes | str, value: bytes | str) -> ResumptionState:
+    """A resumption entry (key, value) -> ResumptionState; FabricEntryError when it does not parse or match
+    its key."""
+    k = _text(key, "key")
+    if not k.startswith(RESUME_PREFIX):
+        raise FabricEntryError("not a resumption key")
+    st = parse_resumption_line(_text(value, "value"))
+    if resumption_key(st) != k.lower():
+        raise FabricEntryError("key does not match its value's kind and digest")
+    return st
+
+
+def parse_resumption_lines(body: str) -> tuple[list[ResumptionState], int]:
+    """The lines of a ``resume`` message -> (states, number of lines that did not parse)."""
+    out: list[ResumptionState] = []
+    bad = 0
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(parse_resumption_line(line))
         except FabricEntryError:
             bad += 1
     return out, bad

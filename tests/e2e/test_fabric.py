@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,15 +80,6 @@ class Sensor:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _check_outputs(a: list[dict[str, object]], b: list[dict[str, object]], ports_a: set[int],

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.redis import RedisServer
 from tlsmirror.keys.events import CLIENT_RANDOM, Secret
@@ -26,17 +23,8 @@ ACL = ("resetkeys ~tlsmirror:* resetchannels &tlsmirror:fabric -@all +ping +set 
 PASSWORD = "acl-pw-93be-fabric"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    s = RedisServer(tmp_path / "redis").start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def _user(server: RedisServer, name: str, acl: str) -> None:
-    server.client().execute_command("ACL", "SETUSER", name, "on", f">{PASSWORD}", *acl.split())
+def _user(redis_server: RedisServer, name: str, acl: str) -> None:
+    redis_server.client().execute_command("ACL", "SETUSER", name, "on", f">{PASSWORD}", *acl.split())
 
 
 def _cfg(tmp_path: Path, url: str, password: str = PASSWORD) -> object:
@@ -48,9 +36,9 @@ def _cfg(tmp_path: Path, url: str, password: str = PASSWORD) -> object:
 
 
 def test_an_acl_user_with_the_documented_commands_passes_and_sees_the_sensors(tmp_path: Path,
-                                                                             server: RedisServer) -> None:
-    _user(server, "tlsmirror", ACL)
-    url = f"redis://tlsmirror@127.0.0.1:{server.port}/0"
+                                                                             redis_server: RedisServer) -> None:
+    _user(redis_server, "tlsmirror", ACL)
+    url = f"redis://tlsmirror@127.0.0.1:{redis_server.port}/0"
     sensor = Fabric(FabricSettings(url=url, sensor_id="sensor-a", password=PASSWORD, timeout=1.0), lambda s: None)
     assert sensor.start(5.0)
     sensor.publish([Secret(CLIENT_RANDOM, os.urandom(32), os.urandom(48)) for _ in range(3)])
@@ -62,7 +50,7 @@ def test_an_acl_user_with_the_documented_commands_passes_and_sees_the_sensors(tm
         assert r.status == "OK", r
         assert "3 secrets held" in r.message and "1 sensor on it (sensor-a)" in r.message
         assert r.data["peers"] == ["sensor-a"] and r.data["entries"] == 3
-        assert not server.client().keys("tlsmirror:probe:*")  # the probe cleans up
+        assert not redis_server.client().keys("tlsmirror:probe:*")  # the probe cleans up
         # the whole doctor run lists it
         cfg_file = tmp_path / "c.yaml"
         cfg_file.write_text(f"keys:\n  enabled: false\n  fabric: {url}\n  fabric_password_file: {tmp_path}/fabric.pw\n"
@@ -78,22 +66,22 @@ def test_an_acl_user_with_the_documented_commands_passes_and_sees_the_sensors(tm
     assert any("is `tlsmirror run` running" in a for a in r.advice)
 
 
-def test_what_goes_wrong_is_named(tmp_path: Path, server: RedisServer) -> None:
-    _user(server, "tlsmirror", ACL)
-    _user(server, "nosub", ACL.replace(" +subscribe", ""))
-    url = f"redis://tlsmirror@127.0.0.1:{server.port}/0"
+def test_what_goes_wrong_is_named(tmp_path: Path, redis_server: RedisServer) -> None:
+    _user(redis_server, "tlsmirror", ACL)
+    _user(redis_server, "nosub", ACL.replace(" +subscribe", ""))
+    url = f"redis://tlsmirror@127.0.0.1:{redis_server.port}/0"
     wrong = probe_fabric(_cfg(tmp_path, url, password="not-the-pw-11"), 2.0)  # type: ignore[arg-type]
     assert wrong.status == "FAIL" and "login refused" in wrong.message
     assert "not-the-pw-11" not in render_text([wrong])
-    nosub = probe_fabric(_cfg(tmp_path, f"redis://nosub@127.0.0.1:{server.port}/0"), 2.0)  # type: ignore[arg-type]
+    nosub = probe_fabric(_cfg(tmp_path, f"redis://nosub@127.0.0.1:{redis_server.port}/0"), 2.0)  # type: ignore[arg-type]
     assert nosub.status == "FAIL" and "may not do what the fabric needs" in nosub.message, nosub
     assert any("operations.md" in a for a in nosub.advice)
-    server.client().config_set("save", "3600 1")
-    plain = load_config(None, env={}, flags={"keys.fabric": f"redis://127.0.0.1:{server.port}/0"},
+    redis_server.client().config_set("save", "3600 1")
+    plain = load_config(None, env={}, flags={"keys.fabric": f"redis://127.0.0.1:{redis_server.port}/0"},
                         use_default_path=False)
     persisted = probe_fabric(plain, 2.0)
     assert persisted.status == "WARN" and any("writes its data to disk" in a for a in persisted.advice), persisted
-    server.stop()
+    redis_server.stop()
     down = probe_fabric(_cfg(tmp_path, url), 1.0)  # type: ignore[arg-type]
     assert down.status == "FAIL" and any("redis-cli" in a for a in down.advice), down
     none = probe_fabric(load_config(None, env={}, flags={}, use_default_path=False), 1.0)

@@ -182,12 +182,14 @@ def test_fabric_metrics_health_and_status_row() -> None:
 
     assert "fabric" not in generate_latest(make_registry(st)).decode()  # no keys.fabric: no families
     fabric = {"secrets_in": 7, "secrets_out": 20, "errors": 3, "bad_entries": 1, "reconnects": 2, "dropped": 0,
-              "connected": 0, "pending": 5, "facts_in": 4, "facts_out": 9}
+              "connected": 0, "pending": 5, "facts_in": 4, "facts_out": 9,
+              "resume_in": 6, "resume_out": 8}
     st.fabric = lambda: dict(fabric)
     text = generate_latest(make_registry(st)).decode()
     m = parse_metrics(text)
     assert m["tlsmirror_fabric_secrets_total"] == {(("direction", "in"),): 7, (("direction", "out"),): 20}
     assert m["tlsmirror_fabric_facts_total"] == {(("direction", "in"),): 4, (("direction", "out"),): 9}
+    assert m["tlsmirror_fabric_resumption_total"] == {(("direction", "in"),): 6, (("direction", "out"),): 8}
     assert m["tlsmirror_fabric_errors_total"][()] == 3 and m["tlsmirror_fabric_bad_entries_total"][()] == 1
     assert m["tlsmirror_fabric_reconnects_total"][()] == 2 and m["tlsmirror_fabric_pending"][()] == 5
     assert m["tlsmirror_fabric_connected"][()] == 0

@@ -271,6 +271,12 @@ def _fabric_metrics(f: dict[str, int]) -> Iterator[Metric]:
     fam.add_metric(["in"], f.get("facts_in", 0))
     fam.add_metric(["out"], f.get("facts_out", 0))
     yield fam
+    fam = CounterMetricFamily(P + "fabric_resumption", "TLS 1.2 resumption states (session id or ticket digest -> "
+                              "master secret) through the key fabric: out, seen here and published; in, new states "
+                              "taken from the other sensors (entries and messages)", labels=["direction"])
+    fam.add_metric(["in"], f.get("resume_in", 0))
+    fam.add_metric(["out"], f.get("resume_out", 0))
+    yield fam
     for name, key, doc in (
             ("fabric_errors", "errors", "Fabric operations that failed: Redis unreachable, refusing, or slower "
                                         "than keys.fabric_timeout"),

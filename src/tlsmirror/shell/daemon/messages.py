@@ -28,7 +28,7 @@ class KeysGiven:
 
 
 def facts_rows(facts: list[HandshakeFacts]) -> list[FactsRow]:
-    """Facts as plain tuples to cross the process boundary (a compiled HandshakeFacts does not pickle)."""
+    """Facts as plain tuples to cross the process boundary (pickled rows are smaller and quicker than objects)."""
     return [(f.client_addr, f.client_port, f.server_addr, f.server_port, f.client_random, f.server_random,
              f.version, f.suite, f.extended_master_secret, f.encrypt_then_mac, f.alpn, f.ts, f.sni)
             for f in facts]

@@ -293,15 +293,18 @@ class RouteTable:
     overflow: int = 0  # paths of services past max_services (templated by type only)
 
     def observe(self, host: str | None, path: str) -> None:
-        host = (host or "").lower()
+        raw = split_path(path)
+        self.observe_split((host or "").lower(), raw, typed(raw))
+
+    def observe_split(self, host: str, raw: tuple[str, ...], p: tuple[str, ...]) -> None:
+        """:meth:`observe` of a path already split (``raw``) and typed (``p``), ``host`` lower-cased."""
         svc = self.services.get(host)
         if svc is None:
             if len(self.services) >= self.config.max_services:
                 self.overflow += 1
                 return
             svc = self.services[host] = _Service()
-        p = typed(split_path(path))
-        if self._seeded(host, split_path(path)) is not None or p in svc.paths:
+        if p in svc.paths or (self.seeds and self._seeded(host, raw) is not None):
             return
         svc.paths.add(p)
         svc.dirty = True

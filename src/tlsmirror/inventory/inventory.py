@@ -77,6 +77,13 @@ class Stats:
     flagged: int = 0  # calls with flags (partial records)
     servers: dict[str, int] = field(default_factory=dict)  # scheme://authority
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Stats], tuple[Any, ...]]:
+        return Stats, (self.count, self.statuses, self.latency, self.timeline, self.timeline_counts,
+                       self.first_seen, self.last_seen, self.request_types, self.request_shape, self.responses,
+                       self.response_types, self.query, self.headers, self.auth, self.sensitive, self.flagged,
+                       self.servers)
+
     def merge(self, o: Stats) -> None:
         self.count += o.count
         for k, n in o.statuses.items():
@@ -203,6 +210,11 @@ class Inventory:
     calls: int = 0
     skipped: int = 0  # records without a method or a path (responses without requests, CONNECT)
     memo: FoldMemo | None = None  # made at the first call; None before pickling (InventoryFeed.take)
+
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Inventory], tuple[Any, ...]]:
+        return Inventory, (self.routes, self.rules, self.bucket_seconds, self.max_buckets, self.max_keys,
+                           self.keys, self.calls, self.skipped)  # not the memo
 
     def add(self, rec: Mapping[str, Any]) -> None:
         method = rec.get("method")

@@ -111,6 +111,13 @@ class Shape:
         self.items: Shape | None = None
         self.dropped = 0
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Shape], tuple[()], tuple[Any, ...]]:
+        return Shape, (), (self.count, self.types, self.formats, self.properties, self.items, self.dropped)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.count, self.types, self.formats, self.properties, self.items, self.dropped = state
+
     def observe(self, v: Any, depth: int = 0, memo: ValueMemo | None = None) -> None:
         self.count += 1
         t = _type_of(v)
@@ -241,6 +248,13 @@ class ParamSet:
         self.requests = 0
         self.params: dict[str, dict[str, int]] = {}  # name -> {"count": n, "t:integer": n, "f:uuid": n}
         self.dropped = 0
+
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[ParamSet], tuple[()], tuple[Any, ...]]:
+        return ParamSet, (), (self.requests, self.params, self.dropped)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.requests, self.params, self.dropped = state
 
     def observe(self, pairs: Iterable[tuple[str, str]], memo: ValueMemo | None = None) -> None:
         self.requests += 1

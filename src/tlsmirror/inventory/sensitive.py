@@ -91,6 +91,10 @@ class Rule:
     pattern: re.Pattern[str]
     validate: Callable[[str], bool] | None = None
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[Any, ...]:  # (the field "type" hides the builtin here)
+        return Rule, (self.type, self.pattern, self.validate)
+
 
 def _r(t: str, p: str, v: Callable[[str], bool] | None = None, flags: int = 0) -> Rule:
     return Rule(t, re.compile(p, flags), v)
@@ -123,6 +127,10 @@ class SensitiveRules:
     """The rules in force: the defaults minus ``disabled`` plus ``extra`` (type, regex) rules."""
 
     rules: tuple[Rule, ...] = DEFAULT_RULES
+
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[SensitiveRules], tuple[Any, ...]]:
+        return type(self), (self.rules,)  # QuickRules too: its alternation is made again
 
     @classmethod
     def configured(cls, disabled: Iterable[str] = (), extra: Mapping[str, str] | None = None) -> SensitiveRules:

@@ -495,9 +495,12 @@ def _enc(s: str) -> str:
     return "{" + s[1:] + "}" if s.startswith(_T) else s
 
 
+_DEC_TYPES = frozenset((*TYPES, "any"))
+
+
 def _dec(s: str) -> str:
     m = _PARAM.match(s)
-    if m and m.group(1) in (*TYPES, "any"):
+    if m and m.group(1) in _DEC_TYPES:
         return _T + m.group(1)
     return s
 

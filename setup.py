@@ -52,6 +52,10 @@ COMPILED = [
     "src/tlsmirror/http/connection.py",
     "src/tlsmirror/calls.py",
     "src/tlsmirror/record.py",
+    "src/tlsmirror/inventory/schema.py",
+    "src/tlsmirror/inventory/sensitive.py",
+    "src/tlsmirror/inventory/routes.py",
+    "src/tlsmirror/inventory/inventory.py",
 ]
 
 

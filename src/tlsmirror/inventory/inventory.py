@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .routes import Route, RouteConfig, RouteTable, split_path, typed
-from .schema import ParamSet, Shape, auth_schemes, form_pairs, header_params
+from .schema import ParamSet, Shape, ValueMemo, auth_schemes, form_pairs, header_params
 from .sensitive import SensitiveRules, scan_request
 
 INVENTORY_VERSION = 1
@@ -77,6 +77,13 @@ class Stats:
     flagged: int = 0  # calls with flags (partial records)
     servers: dict[str, int] = field(default_factory=dict)  # scheme://authority
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Stats], tuple[Any, ...]]:
+        return Stats, (self.count, self.statuses, self.latency, self.timeline, self.timeline_counts,
+                       self.first_seen, self.last_seen, self.request_types, self.request_shape, self.responses,
+                       self.response_types, self.query, self.headers, self.auth, self.sensitive, self.flagged,
+                       self.servers)
+
     def merge(self, o: Stats) -> None:
         self.count += o.count
         for k, n in o.statuses.items():
@@ -122,15 +129,18 @@ def _ct(value: Any) -> str | None:
     return value.split(";", 1)[0].strip().lower()[:100] or None
 
 
-def _json_body(side: Mapping[str, Any]) -> tuple[Any, str | None, bool]:
-    """(parsed JSON or form value or None, text for scanning or None, whether it parsed) of a record side."""
-    body = side.get("body")
+_NO_BODY: tuple[Any, str | None, bool] = (None, None, False)
+
+
+def _json_body(body: Any, ct: str | None) -> tuple[Any, str | None, bool]:
+    """(parsed JSON or form value or None, text for scanning or None, whether it parsed) of a record
+    side's body and content type."""
     if not isinstance(body, Mapping) or body.get("encoding") != "utf-8":
-        return None, None, False
+        return _NO_BODY
     text = body.get("text")
     if not isinstance(text, str):
-        return None, None, False
-    ct = _ct(side.get("content_type")) or ""
+        return _NO_BODY
+    ct = ct or ""
     if not body.get("truncated") and ("json" in ct or (not ct and text[:1] in "{[")):
         try:
             return orjson.loads(text), None, True
@@ -142,12 +152,41 @@ def _json_body(side: Mapping[str, Any]) -> tuple[Any, str | None, bool]:
 
 
 def _pairs(v: Any) -> list[tuple[str, str]]:
-    out = []
+    out: list[tuple[str, str]] = []
     if isinstance(v, (list, tuple)):
         for p in v:
-            if isinstance(p, (list, tuple)) and len(p) >= 2 and isinstance(p[0], str) and isinstance(p[1], str):
-                out.append((p[0], p[1]))
+            if isinstance(p, (list, tuple)) and len(p) >= 2:
+                a = p[0]
+                b = p[1]
+                if isinstance(a, str) and isinstance(b, str):
+                    out.append((a, b))
     return out
+
+
+MEMO_PATHS = 8192  # raw paths whose segments and typed segments are remembered
+
+
+class FoldMemo:
+    """What folding remembers from call to call, whatever the inventory (a worker's parts share one; it
+    never travels with a part): the segments and typed segments of raw paths, the formats and scalar
+    types of short values. Answers are the same as without it; bounded."""
+
+    __slots__ = ("paths", "values")
+
+    def __init__(self) -> None:
+        self.paths: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.values = ValueMemo()
+
+    def split(self, path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(segments, typed segments) of a request path."""
+        known = self.paths.get(path)
+        if known is None:
+            raw = split_path(path)
+            known = (raw, typed(raw))
+            if len(self.paths) >= MEMO_PATHS:
+                self.paths.clear()
+            self.paths[path] = known
+        return known
 
 
 @dataclass(slots=True)
@@ -170,6 +209,12 @@ class Inventory:
     keys: dict[tuple[str, str, tuple[str, ...]], Stats] = field(default_factory=dict)
     calls: int = 0
     skipped: int = 0  # records without a method or a path (responses without requests, CONNECT)
+    memo: FoldMemo | None = None  # made at the first call; None before pickling (InventoryFeed.take)
+
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Inventory], tuple[Any, ...]]:
+        return Inventory, (self.routes, self.rules, self.bucket_seconds, self.max_buckets, self.max_keys,
+                           self.keys, self.calls, self.skipped)  # not the memo
 
     def add(self, rec: Mapping[str, Any]) -> None:
         method = rec.get("method")
@@ -184,9 +229,11 @@ class Inventory:
             srv = rec.get("server")
             if isinstance(srv, Mapping):
                 host = f"{srv.get('ip')}:{srv.get('port')}"
-        self.routes.observe(host, path)
-        raw = split_path(path)
-        tp = typed(raw)
+        memo = self.memo
+        if memo is None:
+            memo = self.memo = FoldMemo()
+        raw, tp = memo.split(path)
+        self.routes.observe_split(host, raw, tp)
         key = (host, method.upper()[:16], tp)
         st = self.keys.get(key)
         if st is None:
@@ -196,13 +243,13 @@ class Inventory:
                 st = self.keys.get(key)
             if st is None:
                 st = self.keys[key] = Stats()
-        self._fold(st, rec, raw, host)
+        self._fold(st, rec, raw, host, memo)
 
     def add_all(self, records: Iterable[Mapping[str, Any]]) -> None:
         for r in records:
             self.add(r)
 
-    def _fold(self, st: Stats, rec: Mapping[str, Any], raw: tuple[str, ...], host: str) -> None:
+    def _fold(self, st: Stats, rec: Mapping[str, Any], raw: tuple[str, ...], host: str, memo: FoldMemo) -> None:
         st.count += 1
         status = rec.get("status")
         skey = str(status) if isinstance(status, int) else "none"
@@ -211,21 +258,27 @@ class Inventory:
         if not isinstance(ts, (int, float)):
             ts = rec.get("response_start_ts")
         dur = rec.get("duration_ms")
+        b = _bin(float(dur)) if isinstance(dur, (int, float)) and status is not None else None
         if isinstance(ts, (int, float)):
-            if st.first_seen is None or ts < st.first_seen:
-                st.first_seen = float(ts)
-            if st.last_seen is None or ts > st.last_seen:
-                st.last_seen = float(ts)
+            t = float(ts)
+            if st.first_seen is None or t < st.first_seen:
+                st.first_seen = t
+            if st.last_seen is None or t > st.last_seen:
+                st.last_seen = t
             bucket = int(ts // self.bucket_seconds * self.bucket_seconds)
-            st.timeline_counts[bucket] = st.timeline_counts.get(bucket, 0) + 1
-            if isinstance(dur, (int, float)) and status is not None:
-                _add(st.timeline.setdefault(bucket, {}), _bin(float(dur)), 1)
-            if len(st.timeline_counts) > self.max_buckets:
-                oldest = min(st.timeline_counts)
-                del st.timeline_counts[oldest]
+            counts = st.timeline_counts
+            counts[bucket] = counts.get(bucket, 0) + 1
+            if b is not None:
+                hist = st.timeline.get(bucket)
+                if hist is None:
+                    hist = st.timeline[bucket] = {}
+                hist[b] = hist.get(b, 0) + 1
+            if len(counts) > self.max_buckets:
+                oldest = min(counts)
+                del counts[oldest]
                 st.timeline.pop(oldest, None)
-        if isinstance(dur, (int, float)) and status is not None:
-            _add(st.latency, _bin(float(dur)), 1)
+        if b is not None:
+            st.latency[b] = st.latency.get(b, 0) + 1
         if rec.get("flags"):
             st.flagged += 1
         scheme = rec.get("scheme")
@@ -236,30 +289,40 @@ class Inventory:
         resp = resp if isinstance(resp, Mapping) else {}
         headers = _pairs(req.get("headers"))
         query = _pairs(rec.get("query"))
-        st.query.observe(query)
-        st.headers.observe(header_params(headers))
-        for a in sorted(auth_schemes(headers, query)):
-            _add(st.auth, a, 1, MAX_AUTH)
+        values = memo.values
+        st.query.observe(query, values)
+        st.headers.observe(header_params(headers), values)
+        auth = auth_schemes(headers, query)
+        if auth:
+            for a in sorted(auth):
+                _add(st.auth, a, 1, MAX_AUTH)
         req_ct = _ct(req.get("content_type"))
-        req_val, req_text, req_parsed = _json_body(req)
-        if req.get("body") is not None and req_ct:
+        req_body = req.get("body")
+        req_val, req_text, req_parsed = _json_body(req_body, req_ct) if req_body is not None else _NO_BODY
+        if req_body is not None and req_ct:
             _add(st.request_types, req_ct, 1, MAX_CT)
         if req_parsed:
             if st.request_shape is None:
                 st.request_shape = Shape()
-            st.request_shape.observe(req_val)
+            st.request_shape.observe(req_val, 0, values)
         resp_ct = _ct(resp.get("content_type"))
-        resp_val, resp_text, resp_parsed = _json_body(resp)
+        resp_body = resp.get("body")
+        resp_val, resp_text, resp_parsed = (_json_body(resp_body, resp_ct) if resp_body is not None
+                                                       else _NO_BODY)
         if status is not None:
-            if resp.get("body") is not None and resp_ct:
+            if resp_body is not None and resp_ct:
                 _add(st.response_types.setdefault(skey, {}), resp_ct, 1, MAX_CT)
             if resp_parsed and (skey in st.responses or len(st.responses) < MAX_STATUSES):
-                st.responses.setdefault(skey, Shape()).observe(resp_val)
+                shape = st.responses.get(skey)
+                if shape is None:
+                    shape = st.responses[skey] = Shape()
+                shape.observe(resp_val, 0, values)
         found = scan_request(self.rules, raw, query, headers, _pairs(resp.get("headers")),
                              req_val if req_parsed else None, resp_val if resp_parsed else None,
                              req_text, resp_text)
-        for t, loc in sorted(found):
-            _add(st.sensitive, f"{t}\t{loc}", 1, MAX_SENSITIVE)
+        if found:
+            for kind, loc in sorted(found):
+                _add(st.sensitive, f"{kind}\t{loc}", 1, MAX_SENSITIVE)
 
     def merge(self, other: Inventory) -> None:
         """Fold another inventory (the calls another worker saw) into this one: the result is the

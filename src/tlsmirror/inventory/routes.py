@@ -142,6 +142,10 @@ class RouteConfig:
     max_paths: int = 5000  # distinct typed paths kept per service (then they are compacted)
     max_services: int = 1000
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[RouteConfig], tuple[Any, ...]]:
+        return RouteConfig, (self.max_routes, self.max_siblings, self.max_paths, self.max_services)
+
     def to_dict(self) -> dict[str, int]:
         return {"max_routes": self.max_routes, "max_siblings": self.max_siblings,
                 "max_paths": self.max_paths, "max_services": self.max_services}
@@ -155,6 +159,10 @@ class Route:
     params: tuple[tuple[str, str], ...]  # (name, type) in path order; type "any" for merged statics
     seeded: bool = False
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Route], tuple[Any, ...]]:
+        return Route, (self.template, self.params, self.seeded)
+
 
 class _Node:
     __slots__ = ("children", "route", "terminal")
@@ -163,6 +171,13 @@ class _Node:
         self.children: dict[str, _Node] = {}
         self.terminal = False
         self.route: Route | None = None
+
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[_Node], tuple[()], tuple[Any, ...]]:
+        return _Node, (), (self.children, self.terminal, self.route)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.children, self.terminal, self.route = state
 
 
 def _shape(suffix: tuple[str, ...]) -> tuple[str, ...]:
@@ -281,6 +296,13 @@ class _Service:
         self.root: _Node | None = None
         self.routes: list[Route] = []
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[_Service], tuple[()], tuple[Any, ...]]:
+        return _Service, (), (self.paths, self.dirty, self.root, self.routes)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.paths, self.dirty, self.root, self.routes = state
+
 
 @dataclass(slots=True)
 class RouteTable:
@@ -292,16 +314,23 @@ class RouteTable:
     seeds: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)  # host ("*" = every host)
     overflow: int = 0  # paths of services past max_services (templated by type only)
 
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[RouteTable], tuple[Any, ...]]:
+        return RouteTable, (self.config, self.services, self.seeds, self.overflow)
+
     def observe(self, host: str | None, path: str) -> None:
-        host = (host or "").lower()
+        raw = split_path(path)
+        self.observe_split((host or "").lower(), raw, typed(raw))
+
+    def observe_split(self, host: str, raw: tuple[str, ...], p: tuple[str, ...]) -> None:
+        """:meth:`observe` of a path already split (``raw``) and typed (``p``), ``host`` lower-cased."""
         svc = self.services.get(host)
         if svc is None:
             if len(self.services) >= self.config.max_services:
                 self.overflow += 1
                 return
             svc = self.services[host] = _Service()
-        p = typed(split_path(path))
-        if self._seeded(host, split_path(path)) is not None or p in svc.paths:
+        if p in svc.paths or (self.seeds and self._seeded(host, raw) is not None):
             return
         svc.paths.add(p)
         svc.dirty = True
@@ -466,9 +495,12 @@ def _enc(s: str) -> str:
     return "{" + s[1:] + "}" if s.startswith(_T) else s
 
 
+_DEC_TYPES = frozenset((*TYPES, "any"))
+
+
 def _dec(s: str) -> str:
     m = _PARAM.match(s)
-    if m and m.group(1) in (*TYPES, "any"):
+    if m and m.group(1) in _DEC_TYPES:
         return _T + m.group(1)
     return s
 

@@ -7,6 +7,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 MAX_FIELDS = 64  # properties kept per object (further ones are counted in ``dropped``)
 MAX_DEPTH = 8  # nesting kept (deeper values count as "object"/"array" without properties/items)
@@ -59,6 +60,43 @@ def _type_of(v: Any) -> str:
     return "object"
 
 
+MEMO_TEXT = 256  # values up to this length have their format / scalar type remembered
+MEMO_SIZE = 16384  # remembered values per table; then the memory starts again
+
+
+class ValueMemo:
+    """What :func:`string_format` and :func:`scalar_type` said of short values, remembered: field values,
+    query and header values repeat from call to call (one dict look-up instead of up to eight regular
+    expressions). The same answers; bounded."""
+
+    __slots__ = ("formats", "scalars")
+
+    def __init__(self) -> None:
+        self.formats: dict[str, str] = {}  # value -> format ("" for none)
+        self.scalars: dict[str, tuple[str, str]] = {}  # value -> ("t:" + scalar type, "f:" + format or "")
+
+    def format_of(self, s: str) -> str:
+        f = self.formats.get(s)
+        if f is None:
+            f = string_format(s) or ""
+            if len(s) <= MEMO_TEXT:
+                if len(self.formats) >= MEMO_SIZE:
+                    self.formats.clear()
+                self.formats[s] = f
+        return f
+
+    def scalar_of(self, s: str) -> tuple[str, str]:
+        ts = self.scalars.get(s)
+        if ts is None:
+            f = self.format_of(s)
+            ts = ("t:" + scalar_type(s), "f:" + f if f else "")
+            if len(s) <= MEMO_TEXT:
+                if len(self.scalars) >= MEMO_SIZE:
+                    self.scalars.clear()
+                self.scalars[s] = ts
+        return ts
+
+
 class Shape:
     """The summary of the JSON values seen at one place: types, string formats, object properties (with
     how often each was present, for optionality) and array items."""
@@ -73,12 +111,19 @@ class Shape:
         self.items: Shape | None = None
         self.dropped = 0
 
-    def observe(self, v: Any, depth: int = 0) -> None:
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[Shape], tuple[()], tuple[Any, ...]]:
+        return Shape, (), (self.count, self.types, self.formats, self.properties, self.items, self.dropped)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.count, self.types, self.formats, self.properties, self.items, self.dropped = state
+
+    def observe(self, v: Any, depth: int = 0, memo: ValueMemo | None = None) -> None:
         self.count += 1
         t = _type_of(v)
         self.types[t] = self.types.get(t, 0) + 1
         if t == "string":
-            f = string_format(v) or ""
+            f = memo.format_of(v) if memo is not None else string_format(v) or ""
             self.formats[f] = self.formats.get(f, 0) + 1
         elif depth >= MAX_DEPTH:
             return
@@ -92,12 +137,13 @@ class Shape:
                         self.dropped += 1
                         continue
                     p = self.properties[k] = Shape()
-                p.observe(sub, depth + 1)
+                p.observe(sub, depth + 1, memo)
         elif t == "array":
-            if self.items is None:
-                self.items = Shape()
+            items = self.items
+            if items is None:
+                items = self.items = Shape()
             for sub in v[:MAX_FIELDS]:
-                self.items.observe(sub, depth + 1)
+                items.observe(sub, depth + 1, memo)
 
     def merge(self, other: Shape) -> None:
         """Add what ``other`` saw (same caps)."""
@@ -203,7 +249,14 @@ class ParamSet:
         self.params: dict[str, dict[str, int]] = {}  # name -> {"count": n, "t:integer": n, "f:uuid": n}
         self.dropped = 0
 
-    def observe(self, pairs: Iterable[tuple[str, str]]) -> None:
+    # parts travel pickled from the workers to the daemon; a compiled class needs this
+    def __reduce__(self) -> tuple[type[ParamSet], tuple[()], tuple[Any, ...]]:
+        return ParamSet, (), (self.requests, self.params, self.dropped)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.requests, self.params, self.dropped = state
+
+    def observe(self, pairs: Iterable[tuple[str, str]], memo: ValueMemo | None = None) -> None:
         self.requests += 1
         seen: set[str] = set()
         for name, value in pairs:
@@ -217,11 +270,15 @@ class ParamSet:
                     continue
                 p = self.params[name] = {"count": 0}
             p["count"] += 1
-            t = "t:" + scalar_type(value)
+            if memo is not None:
+                t, f = memo.scalar_of(value)
+            else:
+                t = "t:" + scalar_type(value)
+                f = string_format(value) or ""
+                f = "f:" + f if f else ""
             p[t] = p.get(t, 0) + 1
-            f = string_format(value)
             if f:
-                p["f:" + f] = p.get("f:" + f, 0) + 1
+                p[f] = p.get(f, 0) + 1
 
     def merge(self, other: ParamSet) -> None:
         self.requests += other.requests
@@ -339,6 +396,4 @@ def auth_schemes(headers: Sequence[Sequence[str]], query: Sequence[Sequence[str]
 
 def form_pairs(text: str) -> list[tuple[str, str]]:
     """An application/x-www-form-urlencoded body as (name, value) pairs."""
-    from urllib.parse import parse_qsl
-
     return parse_qsl(text, keep_blank_values=True)[:MAX_FIELDS]

@@ -17,78 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
 from ...inventory.inventory import Inventory
 from ...inventory.routes import RouteTable
-from ...inventory.sensitive import SCAN_LIMIT, SensitiveRules
+from ...inventory.sensitive import QuickRules, SensitiveRules
 from ...record import call_to_dict
 
 if TYPE_CHECKING:
     from ..config import Config
 
 TITLE = "API inventory (live)"
-CACHE_TEXT = 256  # strings up to this length have their types remembered (header values, ids, fields)
-CACHE_SIZE = 16384  # remembered strings; then the memory starts again
-
-
-@dataclass(slots=True)
-class QuickRules(SensitiveRules):
-    """The same rules, the same answers (:meth:`types_in`), for less CPU: almost every string a call
-    carries holds no sensitive data, and one search for all the rules' patterns at once (an
-    alternation) says so where the rules one by one take a search each; only a string where some
-    pattern matches is scanned rule by rule (with its validators). Short strings' answers are
-    remembered: header values and body fields repeat from call to call. Patterns with groups of their
-    own are left out of the alternation and always searched alone."""
-
-    _any: re.Pattern[str] | None = None
-    _alone: tuple[Any, ...] = ()
-    _cache: dict[str, frozenset[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        parts = []
-        alone = []
-        for r in self.rules:
-            p = r.pattern
-            if p.groups:
-                alone.append(r)
-                continue
-            src = p.pattern
-            if src.startswith("(?i)"):
-                src = src[4:]
-            flags = "i" if p.flags & re.IGNORECASE else ""
-            flags += "m" if p.flags & re.MULTILINE else ""
-            flags += "s" if p.flags & re.DOTALL else ""
-            flags += "x" if p.flags & re.VERBOSE else ""
-            parts.append(f"(?{flags}:{src})" if flags else f"(?:{src})")
-        try:
-            self._any = re.compile("|".join(parts)) if parts else None
-            self._alone = tuple(alone)
-        except re.error:  # a pattern that does not combine: every rule alone, as SensitiveRules does
-            self._any, self._alone = None, tuple(self.rules)
-
-    def types_in(self, text: str) -> set[str]:
-        short = len(text) <= CACHE_TEXT
-        if short:
-            known = self._cache.get(text)
-            if known is not None:
-                return set(known)
-        scan = text[:SCAN_LIMIT]
-        if (self._any is None or self._any.search(scan) is not None
-                or any(r.pattern.search(scan) is not None for r in self._alone)):
-            found = SensitiveRules.types_in(self, text)
-        else:
-            found = set()
-        if short:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache[text] = frozenset(found)
-        return found
 
 
 class LiveInventory:

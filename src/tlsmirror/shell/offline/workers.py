@@ -18,6 +18,7 @@ to every worker: any flow may need them. So that the records do not depend on N:
 from __future__ import annotations
 
 import contextlib
+import gc
 import mmap
 import multiprocessing
 import os
@@ -90,6 +91,9 @@ class PartWriter:
         self.flush()
 
     def close(self) -> None:
+        """Close the part file and sort the index here, in the worker: the parent then merges sorted
+        runs (one comparison per record, not a sort)."""
+        self.index.sort()
         fh, self._fh = self._fh, None
         if fh is not None:
             try:
@@ -150,6 +154,10 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
             stream.flush()
     procs: list[tuple[Any, Connection]] = []
     answers: list[tuple[str, Any]] = []
+    collect = gc.isenabled()
+    # what the parent built stays out of the workers' collections; no collection runs in the parent
+    # while the answers (the workers' indexes: thousands of tuples) are unpickled
+    gc.freeze()
     try:
         for k in range(count):
             reader, writer = ctx.Pipe(duplex=False)
@@ -157,6 +165,7 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
             proc.start()
             writer.close()
             procs.append((proc, reader))
+        gc.disable()
         for proc, reader in procs:
             try:
                 answers.append(reader.recv())
@@ -172,6 +181,9 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
     finally:
         for proc, _reader in procs:
             proc.join()
+        gc.unfreeze()
+        if collect:
+            gc.enable()
     for kind, value in answers:
         if kind == "input":
             raise InputError(value)
@@ -185,27 +197,43 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
 def merge_parts(parts: Sequence[tuple[str, list[IndexEntry]]], out: IO[bytes], *, head: bytes = b"",
                 first: bytes = b"", sep: bytes = b"", tail: bytes = b"") -> int:
     """Write the records of every part to ``out`` sorted by their index keys: ``head``, the records
-    (``first`` before the first one, ``sep`` before each other one) and ``tail``. Returns the count."""
-    order = sorted((entry, k) for k, (_path, index) in enumerate(parts) for entry in index)
-    maps: list[Any] = []
+    (``first`` before the first one, ``sep`` before each other one) and ``tail``. Returns the count.
+
+    Compiled; an index sorted already (:meth:`PartWriter.close`) makes the sort a merge of runs."""
+    order: list[tuple[IndexEntry, int]] = []
+    for k, (_path, index) in enumerate(parts):
+        for entry in index:
+            order.append((entry, k))
+    order.sort()
+    maps: list[mmap.mmap | None] = []
     files = []
+    collect = gc.isenabled()
+    gc.disable()  # nothing here makes cycles: a collection would only walk the records
     try:
         for path, index in parts:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
             files.append(fh)
             maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if index else None)
         chunk: list[bytes] = [head]
-        for n, ((_start, _conn, _seq, off, length), k) in enumerate(order):
-            if first or sep:
-                chunk.append(sep if n else first)
-            chunk.append(maps[k][off:off + length])
-            if len(chunk) >= 2048:
-                out.writelines(chunk)
-                chunk = []
+        joined = bool(first or sep)
+        lead = first
+        for entry, k in order:
+            if joined:
+                chunk.append(lead)
+                lead = sep
+            m = maps[k]
+            assert m is not None
+            off = entry[3]
+            chunk.append(m[off:off + entry[4]])
+            if len(chunk) >= 4096:
+                out.write(b"".join(chunk))
+                chunk.clear()
         chunk.append(tail)
-        out.writelines(chunk)
+        out.write(b"".join(chunk))
         out.flush()
     finally:
+        if collect:
+            gc.enable()
         for m in maps:
             if m is not None:
                 m.close()

@@ -52,6 +52,7 @@ class FlowShare(FrameFilter):
         self.frame_no = 0
         self.own_frames = 0
         self.skipped = 0  # the other workers' frames dropped in the reader's buffer
+        self.full_frames = 0  # frames not of a common shape: hashed from the whole frame
         self.decided = _UNDECIDED  # what skip() found about the frame on_frame gets next
 
     def skip(self, linktype: int, buf: bytes, start: int, stop: int, ts: float) -> bool:
@@ -92,6 +93,7 @@ class FlowShare(FrameFilter):
             self._own(frame)
             return
         # not of a common shape: hashed and (the other workers' frames) decoded in full, for the clock
+        self.full_frames += 1
         if self.hasher(frame.linktype, data) % self.count == self.index:
             self._own(frame)
             return

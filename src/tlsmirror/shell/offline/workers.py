@@ -1,9 +1,10 @@
 """``replay --workers N`` and ``decrypt --workers N``: N processes share the flows of the capture files.
 
 Every worker reads the whole of every file itself (no frame goes through the parent) and keeps the frames
-of its share of the flows (:class:`~.share.FlowShare`): those whose flow hash
+of its share of the flows (:class:`~.share.FlowShare`): flows are told apart by their flow hash
 (:class:`~tlsmirror.frames.flowhash.FlowHasher`, the one the daemon's ``--pcap`` feed uses, symmetric like
-the kernel's fanout) falls to it. Secrets blocks go
+the kernel's fanout) and take the workers in turn as they first appear; the other workers' common frames
+are dropped in the reader's buffer, unread. Secrets blocks go
 to every worker: any flow may need them. So that the records do not depend on N:
 
 - flows are numbered by the capture frame that opened them (1 for the file's first frame, counted on

@@ -261,3 +261,23 @@ def test_skipped_frames_keep_the_clock(tmp_path: Path, capsys: pytest.CaptureFix
     recs = {r["path"]: r for r in (json.loads(x) for x in outs[1].splitlines())}
     assert set(recs) == {"/a1", "/a2", "/b"}
     assert recs["/a1"]["connection_id"] != recs["/a2"]["connection_id"]  # A expired while idle
+
+
+def test_merge_parts_orders_records_of_unsorted_indexes(tmp_path: Path) -> None:
+    from tlsmirror.shell.offline.workers import merge_parts
+
+    records = {0: [(3.0, 7, b"c"), (1.0, 7, b"a"), (5.0, 2, b"e")], 1: [(2.0, 4, b"b"), (2.0, 9, b"bb")],
+               2: [], 3: [(4.0, 1, b"d"), (1.0, 8, b"aa")]}
+    parts = []
+    for k, recs in records.items():
+        path = tmp_path / f"part{k}"
+        path.write_bytes(b"".join(r[2] for r in recs))
+        index, pos = [], 0
+        for seq, (start, conn, data) in enumerate(recs):
+            index.append((start, conn, seq, pos, len(data)))
+            pos += len(data)
+        parts.append((str(path), index))
+    out = tmp_path / "out"
+    with out.open("wb") as fh:
+        assert merge_parts(parts, fh, head=b"[", first=b"<", sep=b",", tail=b"]") == 7
+    assert out.read_bytes() == b"[<a,aa,b,bb,c,d,e]"

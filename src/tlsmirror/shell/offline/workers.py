@@ -200,47 +200,71 @@ def merge_parts(parts: Sequence[tuple[str, list[IndexEntry]]], out: IO[bytes], *
     """Write the records of every part to ``out`` sorted by their index keys: ``head``, the records
     (``first`` before the first one, ``sep`` before each other one) and ``tail``. Returns the count.
 
-    Compiled; an index sorted already (:meth:`PartWriter.close`) makes the sort a merge of runs."""
-    order: list[tuple[IndexEntry, int]] = []
-    for k, (_path, index) in enumerate(parts):
-        for entry in index:
-            order.append((entry, k))
-    order.sort()
+    Compiled. Each index is sorted on its own (a pass over it when :meth:`PartWriter.close` sorted it
+    already) and the parts merged, the smallest head first; the entries stay Python tuples (unboxed
+    and boxed again, they cost more than the comparisons) and the records are slices of views of the
+    part files, joined in chunks."""
+    runs: list[list[Any]] = [sorted(index) for _path, index in parts]
+    count = len(runs)
+    heads: list[Any] = [run[0] if run else None for run in runs]
+    pos = [0] * count
     maps: list[mmap.mmap | None] = []
+    views: list[Any] = []
     files = []
+    chunk: list[Any] = [head]
+    total = 0
     collect = gc.isenabled()
     gc.disable()  # nothing here makes cycles: a collection would only walk the records
     try:
         for path, index in parts:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
             files.append(fh)
-            maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if index else None)
-        chunk: list[bytes] = [head]
+            m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if index else None
+            maps.append(m)
+            views.append(memoryview(m) if m is not None else None)
         joined = bool(first or sep)
         lead = first
-        for entry, k in order:
+        while True:
+            best = -1
+            entry: Any = None
+            for k in range(count):
+                e = heads[k]
+                if e is not None and (best < 0 or e < entry):
+                    best = k
+                    entry = e
+            if best < 0:
+                break
             if joined:
                 chunk.append(lead)
                 lead = sep
-            m = maps[k]
-            assert m is not None
-            off = entry[3]
-            chunk.append(m[off:off + entry[4]])
+            off: int = entry[3]
+            size: int = entry[4]
+            chunk.append(views[best][off:off + size])
+            total += 1
+            run = runs[best]
+            p = pos[best] + 1
+            pos[best] = p
+            heads[best] = run[p] if p < len(run) else None
             if len(chunk) >= 4096:
                 out.write(b"".join(chunk))
                 chunk.clear()
         chunk.append(tail)
         out.write(b"".join(chunk))
+        chunk.clear()
         out.flush()
     finally:
+        chunk.clear()  # the slices first: a view cannot be released, nor a map closed, under them
         if collect:
             gc.enable()
+        for v in views:
+            if v is not None:
+                v.release()
         for m in maps:
             if m is not None:
                 m.close()
         for fh in files:
             fh.close()
-    return len(order)
+    return total
 
 
 def open_output(output: str, append: bool) -> tuple[IO[bytes], bool]:

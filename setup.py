@@ -42,6 +42,7 @@ COMPILED = [
     "src/tlsmirror/shell/offline/decrypt.py",
     "src/tlsmirror/shell/offline/replay.py",
     "src/tlsmirror/shell/offline/share.py",
+    "src/tlsmirror/shell/offline/workers.py",
     "src/tlsmirror/shell/export/jsonl.py",
     "src/tlsmirror/shell/export/sharedjsonl.py",
     "src/tlsmirror/shell/daemon/pcapfeed.py",

@@ -18,6 +18,50 @@ from tlsmirror.frames.link import LINKTYPE_ETHERNET, ethernet_payload, link_payl
 _PROTO_TCP = 6
 _PROTO_UDP = 17
 _IPV6_EXT = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options (fragment: 44)
+_NO_KEY = (0, 0, 0)
+
+
+def tcp_key_at(buf: bytes, start: int, stop: int) -> tuple[int, int, int]:
+    """Where the flow key of an Ethernet frame at ``buf[start:stop]`` lies, read at fixed offsets
+    without decoding: ``(key offset, key length, TCP header offset)``; key length 0 if the frame is
+    not of a common shape. Common: Ethernet with up to two 802.1Q/802.1ad tags, IPv4 without options
+    and not a fragment, or IPv6 with TCP as its next header, and a TCP header that
+    :class:`~tlsmirror.frames.decoder.FrameDecoder` takes as it is (so the frame is one segment).
+    The key is the source and destination address and port, contiguous in such a frame (IPv4: 12
+    bytes, IPv6: 36); :meth:`FlowHasher.key_hash` of it is what :class:`FlowHasher` gives the frame.
+    Tunnels, fragments, IP options, extension headers and odd lengths are for the full decoder."""
+    off = start + 14
+    if off > stop:
+        return _NO_KEY
+    etype = (buf[off - 2] << 8) | buf[off - 1]
+    for _ in range(2):
+        if etype != 0x8100 and etype != 0x88A8:
+            break
+        if off + 4 > stop:
+            return _NO_KEY
+        etype = (buf[off + 2] << 8) | buf[off + 3]
+        off += 4
+    if etype == 0x0800:
+        if off + 20 > stop or buf[off] != 0x45 or buf[off + 9] != _PROTO_TCP or buf[off + 6] & 0x3F \
+                or buf[off + 7]:
+            return _NO_KEY
+        total = (buf[off + 2] << 8) | buf[off + 3]
+        if total < 40 or off + total > stop:  # (total 0, segmentation offload: the full decoder)
+            return _NO_KEY
+        l4, pend, key, klen = off + 20, off + total, off + 12, 12
+    elif etype == 0x86DD:
+        if off + 40 > stop or buf[off] >> 4 != 6 or buf[off + 6] != _PROTO_TCP:
+            return _NO_KEY
+        plen = (buf[off + 4] << 8) | buf[off + 5]
+        if plen < 20 or off + 40 + plen > stop:
+            return _NO_KEY
+        l4, pend, key, klen = off + 40, off + 40 + plen, off + 8, 36
+    else:
+        return _NO_KEY
+    hl = (buf[l4 + 12] >> 4) << 2
+    if hl < 20 or l4 + hl > pend:
+        return _NO_KEY
+    return key, klen, l4
 
 
 class FlowHasher:
@@ -47,6 +91,15 @@ class FlowHasher:
             return self._ipv6(data, off)
         except (FrameSkip, IndexError, struct.error):
             return 0
+
+    def key_hash(self, key: bytes) -> int:
+        """The hash of a TCP frame from its key (:func:`tcp_key_at`): source address, destination
+        address, source port, destination port."""
+        n = (len(key) - 4) >> 1
+        x, y = key[:n] + key[2 * n:2 * n + 2], key[n:2 * n] + key[2 * n + 2:]
+        if y < x:
+            x, y = y, x
+        return zlib.crc32(x + y + b"\x06")
 
     def _ports(self, data: bytes, off: int) -> tuple[int, int]:
         if off + 4 > len(data):

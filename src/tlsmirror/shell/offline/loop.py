@@ -15,7 +15,7 @@ from ...keys.events import Secret
 from ...keys.keylog import parse_keylog
 from ...pipeline import Engine
 from .inputs import report_problems
-from .pcapfile import CapturedFrame, CaptureReader
+from .pcapfile import CapturedFrame, CaptureReader, FrameFilter
 
 
 class CaptureSink(Protocol):
@@ -75,10 +75,16 @@ def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], 
     a stop request); it returns True to stop reading. Skipped key log lines are reported through ``warn``
     naming the file and the block; the reader's own notes (a truncated file, corrupt data skipped with its
     offset and byte count) too, at the end. A capture of which nothing could be read raises
-    :class:`~tlsmirror.shell.errors.CaptureFileError` when its end is reached.
+    :class:`~tlsmirror.shell.errors.CaptureFileError` when its end is reached. A sink that is also a
+    :class:`~.pcapfile.FrameFilter` sees every packet in the reader's buffer first, and gets only the
+    frames it does not skip (``every`` then counts those).
     """
     stats = PumpStats()
     frames = 0
+    filtered = isinstance(sink, FrameFilter)
+    if filtered:
+        assert isinstance(sink, FrameFilter)
+        reader.filter = sink
     for item in reader:
         if type(item) is CapturedFrame:
             frames += 1
@@ -96,7 +102,7 @@ def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], 
             sink.on_secrets(secrets, item.ts)
             if tick is not None and tick(frames):
                 break
-    stats.frames = frames
+    stats.frames = reader.frames if filtered else frames
     stats.corrupt_bytes = reader.corrupt_bytes
     for note in reader.warnings:
         warn(note)

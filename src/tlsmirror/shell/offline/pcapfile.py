@@ -131,6 +131,16 @@ class EmbeddedSecrets:
         return EmbeddedSecrets, (self.ts, self.data)
 
 
+class FrameFilter:
+    """Looks at every packet where it lies in the reader's buffer before a :class:`CapturedFrame` is
+    made of it (``CaptureReader.filter``): ``replay --workers`` drops the other workers' frames there,
+    without copying them out. This one keeps every frame."""
+
+    def skip(self, linktype: int, buf: bytes, start: int, stop: int, ts: float) -> bool:
+        """True: the packet ``buf[start:stop]`` at ``ts`` is not yielded (it is still counted)."""
+        return False
+
+
 class _Interface:
     __slots__ = ("divisor", "index", "linktype", "offset", "snaplen")
 
@@ -159,6 +169,7 @@ class CaptureReader:
         self.format = ""
         self.frames = 0
         self.skipped = 0  # packets not yielded (unknown interface)
+        self.filter: FrameFilter | None = None  # sees each packet first; counted in ``frames`` either way
         self.secrets_blocks = 0
         self.corrupt_bytes = 0  # bytes skipped to resynchronise after corrupt data
         self.corrupt_regions = 0
@@ -314,6 +325,7 @@ class CaptureReader:
         linktype = self.linktype
         limit = self._limit
         little = self._order == "<"
+        filt = self.filter
         last_sec = -1  # seconds of the last good record (-1: none yet), for resynchronising
         while True:
             buf, pos = self._buf, self._pos
@@ -349,7 +361,10 @@ class CaptureReader:
             self._pos = stop
             self.frames += 1
             last_sec = sec
-            yield CapturedFrame(sec + frac / divisor, linktype, buf[start:stop], 0)
+            ts = sec + frac / divisor
+            if filt is not None and filt.skip(linktype, buf, start, stop, ts):
+                continue
+            yield CapturedFrame(ts, linktype, buf[start:stop], 0)
 
     def _pcap_plausible(self, rec: struct.Struct, pos: int, near: int) -> int:
         """The captured length of a plausible record header at *pos* of the buffer, else -1: a time with
@@ -393,6 +408,7 @@ class CaptureReader:
         head = struct.Struct("<II")
         epb = struct.Struct("<IIIII")
         ifaces: list[_Interface] = []
+        filt = self.filter
         n_ifaces = 0
         last_ts = 0.0
         btype: int  # declared for native arithmetic when compiled (struct gives Any)
@@ -468,6 +484,8 @@ class CaptureReader:
                 iface = ifaces[if_id]
                 last_ts = ((ts_hi << 32) | ts_lo) / iface.divisor + iface.offset
                 self.frames += 1
+                if filt is not None and filt.skip(iface.linktype, buf, body + 20, body + 20 + caplen, last_ts):
+                    continue
                 yield CapturedFrame(last_ts, iface.linktype, buf[body + 20:body + 20 + caplen], iface.index)
                 continue
             if btype == _BT_SHB:

@@ -472,6 +472,9 @@ def _replay_shared(captures: Sequence[str], workers: int, make_engine: Callable[
                           for e in exporters],
                 "leftovers": [exporters.index(e) for e in leftovers]}
 
+    # the summary's engine, built before the workers start: its HTTP stage is imported once, here, and
+    # the workers have it from the fork
+    total = ReplayRun(make_engine(), [])
     try:
         results = run_workers(workers, job)
         name = "HarExporter" if fmt == "har" else "JsonlExporter"
@@ -492,7 +495,6 @@ def _replay_shared(captures: Sequence[str], workers: int, make_engine: Callable[
     finally:
         close_output(out, close)
         remove_parts(tmp)
-    total = ReplayRun(make_engine(), [])
     views: list[tuple[str, dict[str, int], str | None]] = []
     leftover: dict[int, dict[str, int]] = {}
     for k, r in enumerate(results):

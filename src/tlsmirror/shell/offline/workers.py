@@ -1,9 +1,10 @@
 """``replay --workers N`` and ``decrypt --workers N``: N processes share the flows of the capture files.
 
 Every worker reads the whole of every file itself (no frame goes through the parent) and keeps the frames
-of its share of the flows (:class:`~.share.FlowShare`): those whose flow hash
+of its share of the flows (:class:`~.share.FlowShare`): flows are told apart by their flow hash
 (:class:`~tlsmirror.frames.flowhash.FlowHasher`, the one the daemon's ``--pcap`` feed uses, symmetric like
-the kernel's fanout) falls to it. Secrets blocks go
+the kernel's fanout) and take the workers in turn as they first appear; the other workers' common frames
+are dropped in the reader's buffer, unread. Secrets blocks go
 to every worker: any flow may need them. So that the records do not depend on N:
 
 - flows are numbered by the capture frame that opened them (1 for the file's first frame, counted on
@@ -18,6 +19,7 @@ to every worker: any flow may need them. So that the records do not depend on N:
 from __future__ import annotations
 
 import contextlib
+import gc
 import mmap
 import multiprocessing
 import os
@@ -90,6 +92,9 @@ class PartWriter:
         self.flush()
 
     def close(self) -> None:
+        """Close the part file and sort the index here, in the worker: the parent then merges sorted
+        runs (one comparison per record, not a sort)."""
+        self.index.sort()
         fh, self._fh = self._fh, None
         if fh is not None:
             try:
@@ -150,6 +155,10 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
             stream.flush()
     procs: list[tuple[Any, Connection]] = []
     answers: list[tuple[str, Any]] = []
+    collect = gc.isenabled()
+    # what the parent built stays out of the workers' collections; no collection runs in the parent
+    # while the answers (the workers' indexes: thousands of tuples) are unpickled
+    gc.freeze()
     try:
         for k in range(count):
             reader, writer = ctx.Pipe(duplex=False)
@@ -157,6 +166,7 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
             proc.start()
             writer.close()
             procs.append((proc, reader))
+        gc.disable()
         for proc, reader in procs:
             try:
                 answers.append(reader.recv())
@@ -172,6 +182,9 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
     finally:
         for proc, _reader in procs:
             proc.join()
+        gc.unfreeze()
+        if collect:
+            gc.enable()
     for kind, value in answers:
         if kind == "input":
             raise InputError(value)
@@ -185,33 +198,73 @@ def run_workers(count: int, job: Callable[[int], Any]) -> list[Any]:
 def merge_parts(parts: Sequence[tuple[str, list[IndexEntry]]], out: IO[bytes], *, head: bytes = b"",
                 first: bytes = b"", sep: bytes = b"", tail: bytes = b"") -> int:
     """Write the records of every part to ``out`` sorted by their index keys: ``head``, the records
-    (``first`` before the first one, ``sep`` before each other one) and ``tail``. Returns the count."""
-    order = sorted((entry, k) for k, (_path, index) in enumerate(parts) for entry in index)
-    maps: list[Any] = []
+    (``first`` before the first one, ``sep`` before each other one) and ``tail``. Returns the count.
+
+    Compiled. Each index is sorted on its own (a pass over it when :meth:`PartWriter.close` sorted it
+    already) and the parts merged, the smallest head first; the entries stay Python tuples (unboxed
+    and boxed again, they cost more than the comparisons) and the records are slices of views of the
+    part files, joined in chunks."""
+    runs: list[list[Any]] = [sorted(index) for _path, index in parts]
+    count = len(runs)
+    heads: list[Any] = [run[0] if run else None for run in runs]
+    pos = [0] * count
+    maps: list[mmap.mmap | None] = []
+    views: list[Any] = []
     files = []
+    chunk: list[Any] = [head]
+    total = 0
+    collect = gc.isenabled()
+    gc.disable()  # nothing here makes cycles: a collection would only walk the records
     try:
         for path, index in parts:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
             files.append(fh)
-            maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if index else None)
-        chunk: list[bytes] = [head]
-        for n, ((_start, _conn, _seq, off, length), k) in enumerate(order):
-            if first or sep:
-                chunk.append(sep if n else first)
-            chunk.append(maps[k][off:off + length])
-            if len(chunk) >= 2048:
-                out.writelines(chunk)
-                chunk = []
+            m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if index else None
+            maps.append(m)
+            views.append(memoryview(m) if m is not None else None)
+        joined = bool(first or sep)
+        lead = first
+        while True:
+            best = -1
+            entry: Any = None
+            for k in range(count):
+                e = heads[k]
+                if e is not None and (best < 0 or e < entry):
+                    best = k
+                    entry = e
+            if best < 0:
+                break
+            if joined:
+                chunk.append(lead)
+                lead = sep
+            off: int = entry[3]
+            size: int = entry[4]
+            chunk.append(views[best][off:off + size])
+            total += 1
+            run = runs[best]
+            p = pos[best] + 1
+            pos[best] = p
+            heads[best] = run[p] if p < len(run) else None
+            if len(chunk) >= 4096:
+                out.write(b"".join(chunk))
+                chunk.clear()
         chunk.append(tail)
-        out.writelines(chunk)
+        out.write(b"".join(chunk))
+        chunk.clear()
         out.flush()
     finally:
+        chunk.clear()  # the slices first: a view cannot be released, nor a map closed, under them
+        if collect:
+            gc.enable()
+        for v in views:
+            if v is not None:
+                v.release()
         for m in maps:
             if m is not None:
                 m.close()
         for fh in files:
             fh.close()
-    return len(order)
+    return total
 
 
 def open_output(output: str, append: bool) -> tuple[IO[bytes], bool]:

@@ -495,6 +495,23 @@ class Worker:
         if frames:
             self._count(len(frames), size, frames[-1][0])
 
+    def live_frames(self, linktype: int, frames: list[bytes], stamps: list[float]) -> None:
+        """The frames of one socket read with their capture times (:attr:`.capture.LiveSocket.stamps`;
+        the read's last time for all of them if the two do not pair up)."""
+        if len(stamps) != len(frames):
+            self.frames(linktype, frames, stamps[-1] if stamps else time.time())
+            return
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for data, fts in zip(frames, stamps, strict=True):
+            size += len(data)
+            ev = feed(linktype, data, fts)
+            if ev:
+                handle(ev)
+        if frames:
+            self._count(len(frames), size, stamps[-1])
+
     def _count(self, n: int, size: int, ts: float) -> None:
         if n:
             self.packets += n
@@ -661,7 +678,7 @@ class Worker:
                 batch.clear()
                 s.read_batch(limit, batch)
                 if batch:
-                    self.file_frames(s.stamped(batch))  # per-packet capture times
+                    self.live_frames(s.linktype, batch, s.stamps)  # per-packet capture times
             # the control queue when its pipe polls readable (and every CONTROL_EVERY s), not per block:
             # a multiprocessing queue's get_nowait takes a lock and polls the pipe
             mono = time.monotonic()

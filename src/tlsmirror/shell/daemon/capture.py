@@ -74,6 +74,8 @@ _BLOCK = struct.Struct("=IIIII")  # version .. blk_len (block_status at 8, num_p
 # struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, tp_net,
 # then tpacket_hdr_variant1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid
 _PKT = struct.Struct("=IIIIIIHHIIH")
+_PKT_HEAD = struct.Struct("=IIII4xIH")  # what every frame needs: next, sec, nsec, snaplen, status, mac
+_VLAN = struct.Struct("=IH")  # tp_vlan_tci, tp_vlan_tpid (at 32 from the header), read when VLAN_VALID
 _STATUS = struct.Struct("=I")
 _REQ_SIZE = 28  # struct tpacket_req3: seven u32
 
@@ -378,7 +380,7 @@ class LiveSocket:
         ring = self._ring
         assert ring is not None
         unpack_block = _BLOCK.unpack_from
-        unpack_pkt = _PKT.unpack_from
+        unpack_pkt = _PKT_HEAD.unpack_from
         append = out.append
         stamps: list[float] = []
         stamp = stamps.append
@@ -393,10 +395,11 @@ class LiveSocket:
                 break
             off = base + first
             for _ in range(count):
-                nxt, sec, nsec, snap, _len, st, mac, _net, _hash, tci, tpid = unpack_pkt(ring, off)
+                nxt, sec, nsec, snap, st, mac = unpack_pkt(ring, off)
                 start = off + mac
                 data = ring[start:start + snap]
                 if st & TP_STATUS_VLAN_VALID and ether and snap >= 12:  # the tag the NIC took off
+                    tci, tpid = _VLAN.unpack_from(ring, off + 32)
                     tag = struct.pack("!HH", tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100, tci)
                     data = data[:12] + tag + data[12:]
                 append(data)

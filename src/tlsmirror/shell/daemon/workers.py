@@ -80,6 +80,10 @@ GAUGES = frozenset({"held_bytes", "flows_open", "tcp_buffered", "rss", "keys_sto
                     "spool_bytes"})
 
 FILE_BATCH = 1024  # API calls of a capture file written (their position, inventory part reported) together
+# Live: the calls of the blocks read go to the exporters together, at most this long after they were read (each
+# flush of the shared JSON lines file is a lock, two stats and a write), or at FILE_BATCH calls
+LIVE_FLUSH = 0.05
+CONTROL_EVERY = 0.2  # live: the control queue is also looked at this often when its pipe did not poll readable
 
 # Key lag histogram buckets (seconds): an F5 sends a session's secrets right after its handshake (ms);
 # a relay or a High Speed Logging pool may add seconds; beyond engine.key_wait (30 s) nothing is held.
@@ -380,6 +384,7 @@ class Worker:
         # the engine keeps one Connection per connection (a new one when its ALPN comes late): its copy
         self._conns: dict[int, tuple[Any, Any]] = {}  # engine's connection id -> (engine's, renumbered)
         self._next_expire = time.monotonic() + spec.expire_interval
+        self._next_flush = 0.0  # live: when the calls read since the last flush go to the exporters
 
     # ------------------------------------------------------------------ events
     def handle(self, events: list[Any]) -> None:
@@ -499,6 +504,23 @@ class Worker:
         if frames:
             self._count(len(frames), size, frames[-1][0])
 
+    def live_frames(self, linktype: int, frames: list[bytes], stamps: list[float]) -> None:
+        """The frames of one socket read with their capture times (:attr:`.capture.LiveSocket.stamps`;
+        the read's last time for all of them if the two do not pair up)."""
+        if len(stamps) != len(frames):
+            self.frames(linktype, frames, stamps[-1] if stamps else time.time())
+            return
+        feed = self.engine.feed_frame
+        handle = self.handle
+        size = 0
+        for data, fts in zip(frames, stamps, strict=True):
+            size += len(data)
+            ev = feed(linktype, data, fts)
+            if ev:
+                handle(ev)
+        if frames:
+            self._count(len(frames), size, stamps[-1])
+
     def _count(self, n: int, size: int, ts: float) -> None:
         if n:
             self.packets += n
@@ -537,8 +559,9 @@ class Worker:
                     log.error("exporter %s: reopen failed: %s", type(ex).__name__, exc)
 
     # ------------------------------------------------------------------ timers
-    def timers(self, force_stats: bool = False) -> None:
-        mono = time.monotonic()
+    def timers(self, force_stats: bool = False, mono: float | None = None) -> None:
+        if mono is None:
+            mono = time.monotonic()
         if mono >= self._next_expire:
             self._next_expire = mono + self.spec.expire_interval
             now = self.now()
@@ -550,8 +573,10 @@ class Worker:
         if self.facts:
             self.flush_facts()
         share = self.share
-        if share is None:  # live: calls out at once, stats every stats_interval
-            self.flush_calls()
+        if share is None:  # live: calls out every LIVE_FLUSH s (or FILE_BATCH calls), stats every stats_interval
+            if self.calls and (due or mono >= self._next_flush or len(self.calls) >= FILE_BATCH):
+                self._next_flush = mono + LIVE_FLUSH
+                self.flush_calls()
         elif self.silent:
             return  # catching up: a predecessor exported and reported all of this already
         else:  # a capture file: calls in batches, each followed by the position they were exported up to
@@ -652,17 +677,26 @@ class Worker:
         self.out.put(WorkerReady(spec.index, os.getpid()), block=True, timeout=5.0)
         batch: list[bytes] = []
         limit = spec.batch
+        next_drain = 0.0
         while not self.stop:
-            for fd, _ev in poller.poll(200 if ctl_fd is not None else 20):
+            ready = poller.poll(200 if ctl_fd is not None else 20)
+            ctl_ready = ctl_fd is None or not ready
+            for fd, _ev in ready:
                 s = by_fd.get(fd)
                 if s is None:
+                    ctl_ready = True
                     continue
                 batch.clear()
                 s.read_batch(limit, batch)
                 if batch:
-                    self.file_frames(s.stamped(batch))  # per-packet capture times
-            _drain(ctl, self.control)
-            self.timers()
+                    self.live_frames(s.linktype, batch, s.stamps)  # per-packet capture times
+            # the control queue when its pipe polls readable (and every CONTROL_EVERY s), not per block:
+            # a multiprocessing queue's get_nowait takes a lock and polls the pipe
+            mono = time.monotonic()
+            if ctl_ready or mono >= next_drain:
+                next_drain = mono + CONTROL_EVERY
+                _drain(ctl, self.control)
+            self.timers(mono=mono)
         for s in self.sockets:
             s.read_stats()
 

@@ -65,6 +65,14 @@ class MetricsState:
         """API calls handed to the exporters: counted by the workers when they own them."""
         return int(totals.get("exported", 0)) if self.worker_exporters else self.counters["exported"]
 
+    @staticmethod
+    def unread(totals: dict[str, Any]) -> int:
+        """Frames the kernel passed to the capture sockets (not dropped: PACKET_STATISTICS counts drops in
+        its packets too) that no worker has read, as of the workers' last stats; 0 with a capture file.
+        At the stop these are the frames left in the rings (socket buffers): decoded by no one."""
+        passed = int(totals.get("kernel_packets", 0)) - int(totals.get("kernel_drops", 0))
+        return max(0, passed - int(totals.get("packets", 0)))
+
     def update(self, index: int, stats: dict[str, Any]) -> None:
         with self.lock:
             self.latest[index] = stats

@@ -673,6 +673,10 @@ class Daemon:
         outcomes = ", ".join(f"{k} {v}" for k, v in t.get("outcomes", {}).items() if v) or "none"
         log.info("stopped: %d packets, %d API calls exported, TLS connections: %s, %d worker restarts",
                  t.get("packets", 0), self.state.exported(t), outcomes, self.state.restarts)
+        unread = self.state.unread(t)
+        if unread:  # the workers stop reading at the stop: what the kernel still held is decoded by no one
+            log.warning("stopped with %d captured frames unread (left in the capture rings: not decoded, "
+                        "not in kernel drops)", unread)
 
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():

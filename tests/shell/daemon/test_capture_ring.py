@@ -199,3 +199,27 @@ def test_falls_back_to_recv_when_the_ring_cannot_be_set_up(
         tx.close()
         ls.close()
         off.close()
+
+
+def test_at_a_stop_what_the_ring_holds_is_read_and_a_silent_ring_ends_it_at_once(veth: tuple[str, str]) -> None:
+    tx_if, rx_if = veth
+    ls = LiveSocket(rx_if, program=None, fanout_group=None, ring_bytes=4 << 20)
+    tx = _sender(tx_if)
+    try:
+        sent = [_frame(i) for i in range(2_000)]  # several blocks: more than one batch of 64 frames
+        for f in sent:
+            tx.send(f)
+        time.sleep(0.1)  # the last block retires (RING_RETIRE_MS) and nothing more arrives
+        got: list[bytes] = []
+        n = capture.read_what_is_left([ls], 64, time.monotonic() + 20, lambda s, frames: got.extend(frames))
+        assert [f for f in got if _ours([f])] == sent and n == len(got)  # all of it, in order
+        start = time.monotonic()
+        assert capture.read_what_is_left([ls], 64, start + 20, lambda s, frames: got.extend(frames)) == 0
+        assert time.monotonic() - start < 1  # nothing left: the stop does not wait for its bound
+        for f in sent:  # and a bound in the past reads nothing: the stop's time is not overrun
+            tx.send(f)
+        time.sleep(0.1)
+        assert capture.read_what_is_left([ls], 64, time.monotonic() - 1, lambda s, frames: None) == 0
+    finally:
+        tx.close()
+        ls.close()

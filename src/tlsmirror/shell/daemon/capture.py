@@ -33,7 +33,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ...frames.link import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ..errors import InputError
@@ -463,3 +463,28 @@ def check_capture_permission(interfaces: Sequence[str]) -> None:
         except PermissionError:
             raise InputError("live capture needs CAP_NET_RAW and CAP_NET_ADMIN (run as root, or grant the "
                              "capabilities; see docs/operations.md)") from None
+
+
+def read_what_is_left(sockets: Sequence[LiveSocket], limit: int, until: float,
+                      handle: Callable[[LiveSocket, list[bytes]], object]) -> int:
+    """At a stop: read what the sockets (their rings) still hold, batch by batch, handing each batch to
+    *handle*, until a pass over all of them finds nothing or ``time.monotonic()`` reaches *until* (traffic
+    that goes on arriving must not hold the stop up). Returns the frames read; what is left after *until*
+    shows as unread at the stop (kernel packets less drops less packets)."""
+    batch: list[bytes] = []
+    n = 0
+    busy = True
+    while busy and time.monotonic() < until:
+        busy = False
+        for s in sockets:
+            batch.clear()
+            try:
+                s.read_batch(limit, batch)
+            except OSError as exc:  # the interface went away at the stop: nothing more to read from it
+                log.warning("capture %s: reading what was left at the stop failed: %s", s.interface, exc)
+                continue
+            if batch:
+                busy = True
+                n += len(batch)
+                handle(s, batch)
+    return n

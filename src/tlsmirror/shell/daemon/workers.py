@@ -659,7 +659,7 @@ class Worker:
 
     # ------------------------------------------------------------------ loops
     def run_live(self, ctl: Any) -> None:
-        from .capture import LiveSocket
+        from .capture import LiveSocket, read_what_is_left
 
         spec = self.spec
         for name, group in spec.interfaces:
@@ -697,6 +697,11 @@ class Worker:
                 next_drain = mono + CONTROL_EVERY
                 _drain(ctl, self.control)
             self.timers(mono=mono)
+        if not self.eof:  # stopping, not orphaned: what the rings hold was captured; read it first, in up to
+            # half the time the stop left (the rest: finish and flush); anything later is logged as unread
+            left = (self.deadline or time.monotonic() + spec.drain_timeout) - time.monotonic()
+            read_what_is_left(self.sockets, limit, time.monotonic() + max(0.0, left) / 2,
+                              lambda s, frames: self.live_frames(s.linktype, frames, s.stamps))
         for s in self.sockets:
             s.read_stats()
 

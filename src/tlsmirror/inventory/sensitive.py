@@ -160,6 +160,7 @@ class SensitiveRules:
 
 CACHE_TEXT = 256  # strings up to this length have their types remembered (header values, ids, fields)
 CACHE_SIZE = 16384  # remembered strings; then the memory starts again
+LONG_CACHE_CHARS = 1 << 20  # longer strings (up to SCAN_LIMIT) remembered, at most this many characters
 
 
 @dataclass(slots=True)
@@ -168,12 +169,17 @@ class QuickRules(SensitiveRules):
     carries holds no sensitive data, and one search for all the rules' patterns at once (an
     alternation) says so where the rules one by one take a search each; only a string where some
     pattern matches is scanned rule by rule (with its validators). Short strings' answers are
-    remembered: header values and body fields repeat from call to call. Patterns with groups of their
+    remembered: header values and body fields repeat from call to call; so are longer ones (up to
+    :data:`SCAN_LIMIT`, keyed by their content, at most :data:`LONG_CACHE_CHARS` characters, then that
+    memory starts again): a long request field repeated at every call is searched once. An answer depends
+    on the string only, so what is remembered never changes an inventory. Patterns with groups of their
     own are left out of the alternation and always searched alone."""
 
     _any: re.Pattern[str] | None = None
     _alone: tuple[Rule, ...] = ()
     _cache: dict[str, frozenset[str]] = field(default_factory=dict)
+    _long: dict[str, frozenset[str]] = field(default_factory=dict)
+    _long_chars: int = 0
 
     def __post_init__(self) -> None:
         parts = []
@@ -198,16 +204,27 @@ class QuickRules(SensitiveRules):
             self._any, self._alone = None, tuple(self.rules)
 
     def types_in(self, text: str) -> AbstractSet[str]:
-        short = len(text) <= CACHE_TEXT
-        if short:
+        n = len(text)
+        if n <= CACHE_TEXT:
             known = self._cache.get(text)
             if known is not None:
                 return known
-        found = frozenset(self.scan(text)) if self._may_match(text[:SCAN_LIMIT]) else _NONE
-        if short:
+            found = frozenset(self.scan(text)) if self._may_match(text) else _NONE
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
             self._cache[text] = found
+            return found
+        if n > SCAN_LIMIT:
+            return frozenset(self.scan(text)) if self._may_match(text[:SCAN_LIMIT]) else _NONE
+        known = self._long.get(text)
+        if known is not None:
+            return known
+        found = frozenset(self.scan(text)) if self._may_match(text) else _NONE
+        if self._long_chars + n > LONG_CACHE_CHARS:
+            self._long.clear()
+            self._long_chars = 0
+        self._long[text] = found
+        self._long_chars += n
         return found
 
     def _may_match(self, scan: str) -> bool:

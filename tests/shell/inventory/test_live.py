@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.support.daemon import ENV, KEYLOG, SAMPLE, config, free_port, scrape, value, wait_for
 from tlsmirror.calls import ApiCall
+from tlsmirror.inventory import sensitive
 from tlsmirror.inventory.inventory import Inventory
 from tlsmirror.inventory.routes import RouteTable
 from tlsmirror.inventory.sensitive import SensitiveRules
@@ -189,3 +190,18 @@ def test_quick_rules_find_what_the_rules_find(parts: list[str]) -> None:
         assert quick.types_in(text) == plain.types_in(text)
         assert quick.types_in(text) == plain.types_in(text)  # from its memory when short
         assert quick.types_in(text + " TK-1234 ORDER-123") == plain.types_in(text + " TK-1234 ORDER-123")
+
+
+def test_quick_rules_remember_long_strings_by_content() -> None:
+    quick, plain = QuickRules(), SensitiveRules()
+    texts = [f"{'x' * 300} {piece} {i}" for i, piece in enumerate(_PIECES)]
+    for _ in range(2):  # the second time from its memory of long strings, the same answers
+        for text in texts:
+            assert quick.types_in("".join(list(text))) == plain.types_in(text)  # a new string, same content
+    assert len(quick._long) == len(texts)
+    quick._long_chars = sensitive.LONG_CACHE_CHARS  # full: the memory starts again, answers unchanged
+    assert quick.types_in(texts[0] + " a@b.example") == plain.types_in(texts[0] + " a@b.example")
+    assert len(quick._long) == 1
+    huge = "y" * (sensitive.SCAN_LIMIT + 1) + " a@b.example"  # past the scan limit: not remembered
+    assert quick.types_in(huge) == plain.types_in(huge) == set()
+    assert len(quick._long) == 1

@@ -33,7 +33,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ...keys.events import Secret
 from ...tls.events import HandshakeFacts, ResumptionState
@@ -68,6 +68,7 @@ from .entries import (
     secret_line,
 )
 
+T = TypeVar("T")
 log = get_logger("fabric")
 
 STATS = ("secrets_out", "secrets_in", "snapshot_entries", "bad_entries", "errors", "reconnects", "dropped",
@@ -400,13 +401,7 @@ class Fabric:
         found: list[HandshakeFacts] = []
         bad = 0
         async for keys, values in self._scan(client, FACTS_PATTERN):
-            for k, v in zip(keys, values, strict=True):
-                if v is None:  # expired between SCAN and MGET
-                    continue
-                try:
-                    found.append(parse_facts_entry(k, v))
-                except FabricEntryError:
-                    bad += 1
+            bad += _parse_entries(keys, values, parse_facts_entry, found)
         found.sort(key=lambda f: (f.client_random in current, f.ts))
         with self._lock:
             self.stats["snapshot_facts"] += len(found)
@@ -417,14 +412,7 @@ class Fabric:
     async def _load_resumption(self, client: Any) -> None:
         async for keys, values in self._scan(client, RESUME_PATTERN):
             found: list[ResumptionState] = []
-            bad = 0
-            for k, v in zip(keys, values, strict=True):
-                if v is None:  # expired between SCAN and MGET
-                    continue
-                try:
-                    found.append(parse_resumption_entry(k, v))
-                except FabricEntryError:
-                    bad += 1
+            bad = _parse_entries(keys, values, parse_resumption_entry, found)
             with self._lock:
                 self.stats["snapshot_resume"] += len(found)
             self._bad(bad, "resumption entries in the fabric that do not parse or do not match their key")
@@ -437,14 +425,7 @@ class Fabric:
             if keys:
                 values = await self._with_timeout(client.mget(keys))
                 found: list[Secret] = []
-                bad = 0
-                for k, v in zip(keys, values, strict=True):
-                    if v is None:  # expired between SCAN and MGET
-                        continue
-                    try:
-                        found.append(parse_entry(k, v))
-                    except FabricEntryError:
-                        bad += 1
+                bad = _parse_entries(keys, values, parse_entry, found)
                 with self._lock:
                     self.stats["snapshot_entries"] += len(found)
                 self._bad(bad, "entries in the fabric that are not key log lines of their key")
@@ -585,3 +566,17 @@ def join_fabric(cfg: Config, deliver: Callable[[list[Secret]], None], preload: l
         log.warning("fabric: %s not reachable within %g s; ready without its secrets, retrying in the "
                     "background", fabric.settings.where, fabric.settings.timeout)
     return fabric
+
+
+def _parse_entries(keys: list[Any], values: list[Any], parse: Callable[[Any, Any], T], into: list[T]) -> int:
+    """The entries of one SCAN/MGET round parsed into *into* (those that expired in between skipped);
+    returns how many do not parse or do not match their key."""
+    bad = 0
+    for k, v in zip(keys, values, strict=True):
+        if v is None:  # expired between SCAN and MGET
+            continue
+        try:
+            into.append(parse(k, v))
+        except FabricEntryError:
+            bad += 1
+    return bad

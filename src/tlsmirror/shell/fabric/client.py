@@ -255,41 +255,27 @@ class Fabric:
         return new
 
     def _give(self, secrets: list[Secret]) -> None:
-        new = self._take_new(secrets)
-        if not new:
-            return
-        with self._lock:
-            self.stats["secrets_in"] += len(new)
-        try:
-            self.deliver(new)
-        except Exception as exc:  # the daemon's side must not stop the fabric
-            self._warn("deliver", "handing %d secrets on failed: %s", len(new), exc)
+        self._hand_on(self.deliver, secrets, "secrets_in", "%d secrets")
 
     def _give_facts(self, facts: list[HandshakeFacts]) -> None:
-        if self.deliver_facts is None:
-            return
-        new = self._take_new(facts)
-        if not new:
-            return
-        with self._lock:
-            self.stats["facts_in"] += len(new)
-        try:
-            self.deliver_facts(new)
-        except Exception as exc:  # the daemon's side must not stop the fabric
-            self._warn("deliver", "handing the facts of %d connections on failed: %s", len(new), exc)
+        self._hand_on(self.deliver_facts, facts, "facts_in", "the facts of %d connections")
 
     def _give_resumption(self, states: list[ResumptionState]) -> None:
-        if self.deliver_resumption is None:
+        self._hand_on(self.deliver_resumption, states, "resume_in", "%d resumption states")
+
+    def _hand_on(self, deliver: Callable[[list[T]], object] | None, items: list[T], stat: str, what: str) -> None:
+        """What the fabric gave that is new here, counted under *stat*, to the daemon's side (*deliver*)."""
+        if deliver is None:
             return
-        new = self._take_new(states)
+        new = self._take_new(items)
         if not new:
             return
         with self._lock:
-            self.stats["resume_in"] += len(new)
+            self.stats[stat] += len(new)
         try:
-            self.deliver_resumption(new)
+            deliver(new)
         except Exception as exc:  # the daemon's side must not stop the fabric
-            self._warn("deliver", "handing %d resumption states on failed: %s", len(new), exc)
+            self._warn("deliver", f"handing {what} on failed: %s", len(new), exc)
 
     def _bad(self, n: int, why: str) -> None:
         if n <= 0:

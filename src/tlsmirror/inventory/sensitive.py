@@ -306,16 +306,16 @@ def scan_request(rules: SensitiveRules, path_segments: Sequence[str], query: Seq
         found = rules.types_in(h[1])
         if found:
             out.add(found, f"response.header:{h[0].lower()[:64]}")
-    if request_body is not None:
-        _walk(rules, request_body, "", "request.body", out)
-    elif request_text:
-        found = rules.types_in(request_text)
-        if found:
-            out.add(found, "request.body:$")
-    if response_body is not None:
-        _walk(rules, response_body, "", "response.body", out)
-    elif response_text:
-        found = rules.types_in(response_text)
-        if found:
-            out.add(found, "response.body:$")
+    _scan_body(rules, request_body, request_text, "request.body", out)
+    _scan_body(rules, response_body, response_text, "response.body", out)
     return out.items
+
+
+def _scan_body(rules: SensitiveRules, body: Any, text: str | None, where: str, out: Findings) -> None:
+    """A body's values (*body*: parsed JSON or a form) or, not parsed, its *text* as one value."""
+    if body is not None:
+        _walk(rules, body, "", where, out)
+    elif text:
+        found = rules.types_in(text)
+        if found:
+            out.add(found, where + ":$")

@@ -64,7 +64,7 @@ class CaptureConfig:
     buffer_bytes: int = field(default=64 << 20, metadata=_k(
         "socket receive buffer per worker and interface when capturing without a ring (ring_bytes: 0)", "size",
         minimum=65536))
-    ring_bytes: int = field(default=32 << 20, metadata=_k(
+    ring_bytes: int = field(default=128 << 20, metadata=_k(
         "TPACKET_V3 ring (memory-mapped, per-packet kernel timestamps) per worker and interface; 0, or a "
         "kernel without it: one packet per recv into a socket buffer of buffer_bytes", "size", minimum=0,
         maximum=4 << 30))

@@ -64,7 +64,8 @@ TP_STATUS_VLAN_TPID_VALID = 1 << 6
 # per block; a ring smaller than 4 blocks gets smaller blocks. Small blocks on purpose: below the rate that
 # fills a block within RING_RETIRE_MS, each block is handed over part-filled, so the ring holds (blocks x
 # RING_RETIRE_MS) of traffic: 32 blocks of 1 MiB held 0.64 s and dropped 40 % of a 41,000 pps replay while a
-# worker caught up; 256 blocks of 128 KiB hold 5 s at low rates and the same 32 MiB at high ones
+# worker caught up; 256 blocks of 128 KiB hold 5 s at low rates and the same 32 MiB at high ones (the default
+# 128 MiB: 1,024 blocks, about 20 s)
 RING_BLOCK_BYTES = 1 << 17
 RING_FRAME_BYTES = 2048  # tp_frame_size: only checked by the kernel for V3 (blocks are packed)
 RING_RETIRE_MS = 20  # a block that is not full is handed over this long after its first packet
@@ -249,7 +250,7 @@ class LiveSocket:
 
     def __init__(self, interface: str, *, program: BpfProgram | None, fanout_group: int | None,
                  buffer_bytes: int = 64 << 20, snaplen: int = 65535, promisc: bool = True,
-                 ring_bytes: int = 32 << 20) -> None:
+                 ring_bytes: int = 128 << 20) -> None:
         self.interface = interface
         self.linktype, _ = interface_linktype(interface)
         self.arphrd = interface_arphrd(interface)

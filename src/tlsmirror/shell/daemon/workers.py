@@ -123,7 +123,7 @@ class WorkerSpec:
     bpf: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     snaplen: int = 65535
     buffer_bytes: int = 64 << 20
-    ring_bytes: int = 32 << 20  # TPACKET_V3 ring per socket (0: one packet per recv)
+    ring_bytes: int = 128 << 20  # TPACKET_V3 ring per socket (0: one packet per recv)
     batch: int = 256
     stats_interval: float = 1.0
     expire_interval: float = 1.0

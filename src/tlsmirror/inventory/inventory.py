@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from .routes import Route, RouteConfig, RouteTable, split_path, typed
-from .schema import ParamSet, Shape, ValueMemo, auth_schemes, form_pairs, header_params
-from .sensitive import SensitiveRules, scan_request
+from .schema import (
+    API_KEY_HEADERS,
+    API_KEY_QUERY,
+    SESSION_COOKIE,
+    STANDARD_HEADERS,
+    ParamSet,
+    Shape,
+    ValueMemo,
+    _is_jwt,
+    form_pairs,
+)
+from .sensitive import NO_HITS, Hits, SensitiveRules, body_hits, path_hits, scan_request
 
 INVENTORY_VERSION = 1
 _G = 1.04  # latency histogram: bins grow by 4% (percentiles within 2%)
@@ -129,26 +140,36 @@ def _ct(value: Any) -> str | None:
     return value.split(";", 1)[0].strip().lower()[:100] or None
 
 
-_NO_BODY: tuple[Any, str | None, bool] = (None, None, False)
+_NONE: Final = 0  # what a record side's body is to the inventory: nothing to read,
+_JSON: Final = 1  # JSON to parse,
+_FORM: Final = 2  # a form to parse,
+_TEXT: Final = 3  # text to scan as one value
 
 
-def _json_body(body: Any, ct: str | None) -> tuple[Any, str | None, bool]:
-    """(parsed JSON or form value or None, text for scanning or None, whether it parsed) of a record
-    side's body and content type."""
-    if not isinstance(body, Mapping) or body.get("encoding") != "utf-8":
-        return _NO_BODY
+def _body_kind(body: Any, ct: str | None) -> tuple[int, str]:
+    """What to do with a record side's body (given its content type), and its text."""
+    if not isinstance(body, (dict, Mapping)):
+        return _NONE, ""
+    if body.get("encoding") != "utf-8":
+        return _NONE, ""
     text = body.get("text")
     if not isinstance(text, str):
-        return _NO_BODY
+        return _NONE, ""
     ct = ct or ""
     if not body.get("truncated") and ("json" in ct or (not ct and text[:1] in "{[")):
-        try:
-            return orjson.loads(text), None, True
-        except orjson.JSONDecodeError:
-            return None, text, False
+        return _JSON, text
     if ct == "application/x-www-form-urlencoded" and not body.get("truncated"):
-        return dict(form_pairs(text)), None, True
-    return None, text, False
+        return _FORM, text
+    return _TEXT, text
+
+
+def _side(v: Any) -> Mapping[str, Any]:
+    if isinstance(v, (dict, Mapping)):
+        return v
+    return _EMPTY
+
+
+_EMPTY: Final[Mapping[str, Any]] = {}
 
 
 def _pairs(v: Any) -> list[tuple[str, str]]:
@@ -163,30 +184,172 @@ def _pairs(v: Any) -> list[tuple[str, str]]:
     return out
 
 
-MEMO_PATHS = 8192  # raw paths whose segments and typed segments are remembered
+MEMO_PATHS: Final = 8192  # raw paths whose segments, typed segments and sensitive types are remembered
+MEMO_NAMES: Final = 4096  # header names, content types and auth values remembered; then that memory starts again
+MEMO_AUTH_TEXT: Final = 4096  # longer Authorization / Cookie values are not remembered
+BODY_MEMO_CHARS: Final = 1 << 20  # characters of remembered bodies (each counts 256 more); then it starts again
+BODY_MEMO_TEXT: Final = 64 * 1024  # longer bodies are never remembered
+_ENTRY_CHARS: Final = 256
+
+# what a request header is to the inventory (header_params and auth_schemes in one look-up)
+_H_PARAM: Final = 0  # an API parameter
+_H_SKIP: Final = 1  # standard (transport, negotiation) or a pseudo-header
+_H_AUTHZ: Final = 2  # Authorization, Proxy-Authorization
+_H_KEY: Final = 3  # an API-key header
+_H_COOKIE: Final = 4
+
+
+def _header_kind(name: str) -> int:
+    if name in ("authorization", "proxy-authorization"):
+        return _H_AUTHZ
+    if name in API_KEY_HEADERS:
+        return _H_KEY
+    if name == "cookie":
+        return _H_COOKIE
+    if name in STANDARD_HEADERS or name.startswith(":"):
+        return _H_SKIP
+    return _H_PARAM
+
+
+def _authz_scheme(value: str) -> str:
+    """The auth scheme id of an Authorization value (as :func:`~.schema.auth_schemes` names it), "" for
+    a bare token (``apiKey:header:<name>``)."""
+    scheme, _, cred = value.strip().partition(" ")
+    s = scheme.lower()
+    if not s or len(s) > 32 or not s.replace("-", "").isalnum():
+        return ""
+    if s == "bearer":
+        return "bearer:jwt" if _is_jwt(cred.strip()) else "bearer"
+    return s
+
+
+def _session_cookies(value: str) -> tuple[str, ...]:
+    """The session-like cookie names of a Cookie value, in order."""
+    out = []
+    for part in value.strip().split(";"):
+        cname = part.split("=", 1)[0].strip()
+        if cname and len(cname) <= 64 and SESSION_COOKIE.search(cname):
+            out.append(cname)
+    return tuple(out)
+
+
+class BodyFold:
+    """What one JSON body text gives the inventory, remembered: whether it parses, the shape a fresh
+    :class:`Shape` takes observing it (None when a cap was met: then the body is observed again), the
+    sensitive types its values hold."""
+
+    __slots__ = ("hits", "parsed", "shape")
+
+    def __init__(self, parsed: bool, shape: Shape | None, hits: Hits) -> None:
+        self.parsed = parsed
+        self.shape = shape
+        self.hits = hits
+
+
+_SEEN: Final = BodyFold(False, None, NO_HITS)  # a body seen once: remembered at its second call
 
 
 class FoldMemo:
     """What folding remembers from call to call, whatever the inventory (a worker's parts share one; it
-    never travels with a part): the segments and typed segments of raw paths, the formats and scalar
-    types of short values. Answers are the same as without it; bounded."""
+    never travels with a part), for one set of sensitive-data rules: the segments, typed segments and
+    sensitive types of raw paths, the formats and scalar types of short values, header names' kinds,
+    content types, auth values' schemes, and JSON bodies that repeat (keyed by their text: whether they
+    parse, their shape, their sensitive types). Answers are the same as without it; bounded."""
 
-    __slots__ = ("paths", "values")
+    __slots__ = ("auth", "bodies", "body_chars", "cookies", "cts", "names", "paths", "rules", "values")
 
-    def __init__(self) -> None:
-        self.paths: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    def __init__(self, rules: SensitiveRules | None = None) -> None:
+        self.rules = rules if rules is not None else SensitiveRules()
+        self.paths: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[AbstractSet[str], ...]]] = {}
         self.values = ValueMemo()
+        self.names: dict[str, tuple[int, str]] = {}  # raw header name -> (kind, lowercased name)
+        self.cts: dict[str, str | None] = {}  # raw content type -> _ct of it
+        self.auth: dict[str, str] = {}  # Authorization value -> _authz_scheme of it
+        self.cookies: dict[str, tuple[str, ...]] = {}  # Cookie value -> _session_cookies of it
+        self.bodies: dict[str, BodyFold] = {}
+        self.body_chars = 0
 
-    def split(self, path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(segments, typed segments) of a request path."""
+    def split(self, path: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[AbstractSet[str], ...]]:
+        """(segments, typed segments, the sensitive types of the segments: :func:`.sensitive.path_hits`)
+        of a request path."""
         known = self.paths.get(path)
         if known is None:
             raw = split_path(path)
-            known = (raw, typed(raw))
+            known = (raw, typed(raw), path_hits(self.rules, raw))
             if len(self.paths) >= MEMO_PATHS:
                 self.paths.clear()
             self.paths[path] = known
         return known
+
+    def ct(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return None
+        cts = self.cts
+        if value in cts:
+            return cts[value]
+        c = _ct(value)
+        if len(cts) >= MEMO_NAMES:
+            cts.clear()
+        cts[value] = c
+        return c
+
+    def header(self, name: str) -> tuple[int, str]:
+        known = self.names.get(name)
+        if known is None:
+            low = name.lower()
+            known = (_header_kind(low), low)
+            if len(self.names) >= MEMO_NAMES:
+                self.names.clear()
+            self.names[name] = known
+        return known
+
+    def authz(self, value: str) -> str:
+        known = self.auth.get(value)
+        if known is None:
+            known = _authz_scheme(value)
+            if len(value) <= MEMO_AUTH_TEXT:
+                if len(self.auth) >= MEMO_NAMES:
+                    self.auth.clear()
+                self.auth[value] = known
+        return known
+
+    def cookie(self, value: str) -> tuple[str, ...]:
+        known = self.cookies.get(value)
+        if known is None:
+            known = _session_cookies(value)
+            if len(value) <= MEMO_AUTH_TEXT:
+                if len(self.cookies) >= MEMO_NAMES:
+                    self.cookies.clear()
+                self.cookies[value] = known
+        return known
+
+    def body(self, text: str) -> BodyFold | None:
+        """The remembered fold of a JSON body text, made at its second call (None: not remembered, the
+        first call or too long)."""
+        n = len(text)
+        if n > BODY_MEMO_TEXT:
+            return None
+        known = self.bodies.get(text)
+        if known is not None and known is not _SEEN:
+            return known
+        if known is None:
+            fold = _SEEN
+        else:
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                fold = BodyFold(False, None, NO_HITS)
+            else:
+                shape = Shape()
+                shape.observe(value, 0, self.values)
+                fold = BodyFold(True, shape if shape.clean() else None, body_hits(self.rules, value))
+        if known is None:
+            if self.body_chars + n + _ENTRY_CHARS > BODY_MEMO_CHARS:
+                self.bodies.clear()
+                self.body_chars = 0
+            self.body_chars += n + _ENTRY_CHARS
+        self.bodies[text] = fold
+        return None if fold is _SEEN else fold
 
 
 @dataclass(slots=True)
@@ -227,12 +390,12 @@ class Inventory:
         host = authority.lower() if isinstance(authority, str) else ""
         if not host:
             srv = rec.get("server")
-            if isinstance(srv, Mapping):
+            if isinstance(srv, (dict, Mapping)):
                 host = f"{srv.get('ip')}:{srv.get('port')}"
         memo = self.memo
-        if memo is None:
-            memo = self.memo = FoldMemo()
-        raw, tp = memo.split(path)
+        if memo is None or memo.rules is not self.rules:
+            memo = self.memo = FoldMemo(self.rules)
+        raw, tp, path_found = memo.split(path)
         self.routes.observe_split(host, raw, tp)
         key = (host, method.upper()[:16], tp)
         st = self.keys.get(key)
@@ -243,13 +406,14 @@ class Inventory:
                 st = self.keys.get(key)
             if st is None:
                 st = self.keys[key] = Stats()
-        self._fold(st, rec, raw, host, memo)
+        self._fold(st, rec, raw, path_found, host, memo)
 
     def add_all(self, records: Iterable[Mapping[str, Any]]) -> None:
         for r in records:
             self.add(r)
 
-    def _fold(self, st: Stats, rec: Mapping[str, Any], raw: tuple[str, ...], host: str, memo: FoldMemo) -> None:
+    def _fold(self, st: Stats, rec: Mapping[str, Any], raw: tuple[str, ...],
+              path_found: tuple[AbstractSet[str], ...], host: str, memo: FoldMemo) -> None:
         st.count += 1
         status = rec.get("status")
         skey = str(status) if isinstance(status, int) else "none"
@@ -283,46 +447,94 @@ class Inventory:
             st.flagged += 1
         scheme = rec.get("scheme")
         _add(st.servers, f"{scheme if isinstance(scheme, str) else 'https'}://{host}", 1, 8)
-        req = rec.get("request")
-        req = req if isinstance(req, Mapping) else {}
-        resp = rec.get("response")
-        resp = resp if isinstance(resp, Mapping) else {}
+        req = _side(rec.get("request"))
+        resp = _side(rec.get("response"))
         headers = _pairs(req.get("headers"))
         query = _pairs(rec.get("query"))
         values = memo.values
         st.query.observe(query, values)
-        st.headers.observe(header_params(headers), values)
-        auth = auth_schemes(headers, query)
+        # header parameters and auth schemes in one pass (schema.header_params, schema.auth_schemes)
+        params: list[tuple[str, str]] = []
+        auth: set[str] = set()
+        for name, value in headers:
+            kind, low = memo.header(name)
+            if kind == _H_PARAM:
+                params.append((low, value))
+            elif kind == _H_AUTHZ:
+                a = memo.authz(value)
+                auth.add(a if a else "apiKey:header:" + low)
+            elif kind == _H_KEY:
+                auth.add("apiKey:header:" + low)
+            elif kind == _H_COOKIE:
+                for cname in memo.cookie(value):
+                    auth.add("apiKey:cookie:" + cname)
+        for q in query:
+            if q[0].lower() in API_KEY_QUERY:
+                auth.add("apiKey:query:" + q[0])
+        st.headers.observe(params, values)
         if auth:
             for a in sorted(auth):
                 _add(st.auth, a, 1, MAX_AUTH)
-        req_ct = _ct(req.get("content_type"))
         req_body = req.get("body")
-        req_val, req_text, req_parsed = _json_body(req_body, req_ct) if req_body is not None else _NO_BODY
+        req_ct = memo.ct(req.get("content_type"))
         if req_body is not None and req_ct:
             _add(st.request_types, req_ct, 1, MAX_CT)
-        if req_parsed:
+        req_val, req_text, req_hits, req_fold = self._body(req_body, req_ct, memo)
+        if req_fold is not None or req_hits is not None:
             if st.request_shape is None:
                 st.request_shape = Shape()
-            st.request_shape.observe(req_val, 0, values)
-        resp_ct = _ct(resp.get("content_type"))
+            if req_fold is not None:
+                st.request_shape.add_observed(req_fold)
+            else:
+                st.request_shape.observe(req_val, 0, values)
         resp_body = resp.get("body")
-        resp_val, resp_text, resp_parsed = (_json_body(resp_body, resp_ct) if resp_body is not None
-                                                       else _NO_BODY)
+        resp_ct = memo.ct(resp.get("content_type"))
+        resp_val, resp_text, resp_hits, resp_fold = self._body(resp_body, resp_ct, memo)
         if status is not None:
             if resp_body is not None and resp_ct:
                 _add(st.response_types.setdefault(skey, {}), resp_ct, 1, MAX_CT)
-            if resp_parsed and (skey in st.responses or len(st.responses) < MAX_STATUSES):
+            if ((resp_fold is not None or resp_hits is not None)
+                    and (skey in st.responses or len(st.responses) < MAX_STATUSES)):
                 shape = st.responses.get(skey)
                 if shape is None:
                     shape = st.responses[skey] = Shape()
-                shape.observe(resp_val, 0, values)
-        found = scan_request(self.rules, raw, query, headers, _pairs(resp.get("headers")),
-                             req_val if req_parsed else None, resp_val if resp_parsed else None,
-                             req_text, resp_text)
+                if resp_fold is not None:
+                    shape.add_observed(resp_fold)
+                else:
+                    shape.observe(resp_val, 0, values)
+        found = scan_request(self.rules, raw, query, headers, _pairs(resp.get("headers")), None, None,
+                             req_text, resp_text, path_found=path_found, request_hits=req_hits,
+                             response_hits=resp_hits)
         if found:
-            for kind, loc in sorted(found):
-                _add(st.sensitive, f"{kind}\t{loc}", 1, MAX_SENSITIVE)
+            for kind_s, loc in sorted(found):
+                _add(st.sensitive, f"{kind_s}\t{loc}", 1, MAX_SENSITIVE)
+
+    def _body(self, body: Any, ct: str | None, memo: FoldMemo) -> tuple[Any, str | None, Hits | None, Shape | None]:
+        """A record side's body: (the parsed value, the text to scan as one value, what the values hold
+        for the sensitive scan, a remembered shape to fold). Parsed: hits is not None, and either the
+        value is given or the remembered shape."""
+        if body is None:
+            return None, None, None, None
+        kind, text = _body_kind(body, ct)
+        if kind == _JSON:
+            fold = memo.body(text)
+            if fold is not None:
+                if not fold.parsed:
+                    return None, text, None, None
+                if fold.shape is not None:
+                    return None, None, fold.hits, fold.shape
+                return orjson.loads(text), None, fold.hits, None  # a cap met: observed again
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return None, text, None, None
+            return value, None, body_hits(self.rules, value), None
+        if kind == _FORM:
+            value = dict(form_pairs(text))
+            return value, None, body_hits(self.rules, value), None
+        if kind == _TEXT:
+            return None, text, None, None
+        return None, None, None, None
 
     def merge(self, other: Inventory) -> None:
         """Fold another inventory (the calls another worker saw) into this one: the result is the

@@ -145,6 +145,44 @@ class Shape:
             for sub in v[:MAX_FIELDS]:
                 items.observe(sub, depth + 1, memo)
 
+    def clean(self) -> bool:
+        """Whether nothing was dropped here or below (no cap on properties met)."""
+        if self.dropped:
+            return False
+        for p in self.properties.values():
+            if not p.clean():
+                return False
+        return self.items is None or self.items.clean()
+
+    def add_observed(self, seen: Shape) -> None:
+        """Fold a remembered observation: ``seen`` is a fresh shape that observed one value (at depth 0)
+        and is :meth:`clean`; this shape ends exactly as if it had observed that value itself, caps
+        included (a property new here when this object is full is dropped once per occurrence, as
+        :meth:`observe` drops it; occurrences come in the order ``seen`` met them)."""
+        self.count += seen.count
+        types = self.types
+        for k, n in seen.types.items():
+            types[k] = types.get(k, 0) + n
+        if seen.formats:
+            formats = self.formats
+            for k, n in seen.formats.items():
+                formats[k] = formats.get(k, 0) + n
+        if seen.properties:
+            props = self.properties
+            for k, p in seen.properties.items():
+                mine = props.get(k)
+                if mine is None:
+                    if len(props) >= MAX_FIELDS:
+                        self.dropped += p.count
+                        continue
+                    mine = props[k] = Shape()
+                mine.add_observed(p)
+        if seen.items is not None:
+            items = self.items
+            if items is None:
+                items = self.items = Shape()
+            items.add_observed(seen.items)
+
     def merge(self, other: Shape) -> None:
         """Add what ``other`` saw (same caps)."""
         self.count += other.count

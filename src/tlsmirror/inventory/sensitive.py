@@ -262,38 +262,62 @@ class Findings:
                 self.items.add((t, location))
 
 
-def _walk(rules: SensitiveRules, v: Any, path: str, loc: str, out: Findings, depth: int = 0) -> None:
+Hits = tuple[tuple[AbstractSet[str], str], ...]  # (types, location) of one part of a call, in scan order
+NO_HITS: Hits = ()
+
+
+def _walk(rules: SensitiveRules, v: Any, path: str, out: list[tuple[AbstractSet[str], str]], depth: int = 0) -> None:
     if isinstance(v, str):
         found = rules.types_in(v)
         if found:
-            out.add(found, f"{loc}:{path or '$'}")
+            out.append((found, path or "$"))
     elif isinstance(v, bool) or v is None:
         return
     elif isinstance(v, int):
         if v > 10**12:
             found = rules.types_in(str(v))
             if found:
-                out.add(found, f"{loc}:{path or '$'}")
+                out.append((found, path or "$"))
     elif depth >= MAX_DEPTH:
         return
     elif isinstance(v, dict):
         for k, sub in list(v.items())[:256]:
-            _walk(rules, sub, f"{path}.{k}" if path else str(k), loc, out, depth + 1)
+            _walk(rules, sub, f"{path}.{k}" if path else str(k), out, depth + 1)
     elif isinstance(v, list):
         for sub in v[:256]:
-            _walk(rules, sub, path + "[]", loc, out, depth + 1)
+            _walk(rules, sub, path + "[]", out, depth + 1)
+
+
+def body_hits(rules: SensitiveRules, body: Any) -> Hits:
+    """What a body's values (parsed JSON or a form) hold: (types, field path or ``$``) in scan order. The
+    answer depends on the body and the rules only: a body that repeats can be answered from memory."""
+    out: list[tuple[AbstractSet[str], str]] = []
+    _walk(rules, body, "", out)
+    return tuple(out) if out else NO_HITS
+
+
+def path_hits(rules: SensitiveRules, path_segments: Sequence[str]) -> tuple[AbstractSet[str], ...]:
+    """The types each path segment holds (segments with none left out), in order."""
+    out = []
+    for seg in path_segments:
+        found = rules.types_in(unquote(seg) if "%" in seg else seg)
+        if found:
+            out.append(found)
+    return tuple(out)
 
 
 def scan_request(rules: SensitiveRules, path_segments: Sequence[str], query: Sequence[Sequence[str]],
                  headers: Sequence[Sequence[str]], response_headers: Sequence[Sequence[str]] = (),
                  request_body: Any = None, response_body: Any = None,
-                 request_text: str | None = None, response_text: str | None = None) -> set[tuple[str, str]]:
-    """Findings of one API call. Bodies: parsed JSON (``*_body``) or raw text (``*_text``)."""
+                 request_text: str | None = None, response_text: str | None = None, *,
+                 path_found: Sequence[AbstractSet[str]] | None = None, request_hits: Hits | None = None,
+                 response_hits: Hits | None = None) -> set[tuple[str, str]]:
+    """Findings of one API call. Bodies: parsed JSON (``*_body``) or raw text (``*_text``), or what a
+    body holds already known (``*_hits``, :func:`body_hits`); ``path_found``: :func:`path_hits` of the
+    segments, already known. The same findings either way."""
     out = Findings()
-    for seg in path_segments:
-        found = rules.types_in(unquote(seg) if "%" in seg else seg)
-        if found:
-            out.add(found, "path")
+    for found in (path_found if path_found is not None else path_hits(rules, path_segments)):
+        out.add(found, "path")
     for q in query:
         found = rules.types_in(q[1])
         if found:
@@ -306,15 +330,20 @@ def scan_request(rules: SensitiveRules, path_segments: Sequence[str], query: Seq
         found = rules.types_in(h[1])
         if found:
             out.add(found, f"response.header:{h[0].lower()[:64]}")
-    _scan_body(rules, request_body, request_text, "request.body", out)
-    _scan_body(rules, response_body, response_text, "response.body", out)
+    _scan_body(rules, request_body, request_text, request_hits, "request.body", out)
+    _scan_body(rules, response_body, response_text, response_hits, "response.body", out)
     return out.items
 
 
-def _scan_body(rules: SensitiveRules, body: Any, text: str | None, where: str, out: Findings) -> None:
-    """A body's values (*body*: parsed JSON or a form) or, not parsed, its *text* as one value."""
-    if body is not None:
-        _walk(rules, body, "", where, out)
+def _scan_body(rules: SensitiveRules, body: Any, text: str | None, hits: Hits | None, where: str,
+               out: Findings) -> None:
+    """A body's values (*body*: parsed JSON or a form; or *hits*, what they hold) or, not parsed, its
+    *text* as one value."""
+    if hits is None and body is not None:
+        hits = body_hits(rules, body)
+    if hits is not None:
+        for found, path in hits:
+            out.add(found, f"{where}:{path}")
     elif text:
         found = rules.types_in(text)
         if found:

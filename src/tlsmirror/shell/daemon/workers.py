@@ -678,25 +678,29 @@ class Worker:
         batch: list[bytes] = []
         limit = spec.batch
         next_drain = 0.0
-        while not self.stop:
-            ready = poller.poll(200 if ctl_fd is not None else 20)
-            ctl_ready = ctl_fd is None or not ready
-            for fd, _ev in ready:
-                s = by_fd.get(fd)
-                if s is None:
-                    ctl_ready = True
-                    continue
-                batch.clear()
-                s.read_batch(limit, batch)
-                if batch:
-                    self.live_frames(s.linktype, batch, s.stamps)  # per-packet capture times
-            # the control queue when its pipe polls readable (and every CONTROL_EVERY s), not per block:
-            # a multiprocessing queue's get_nowait takes a lock and polls the pipe
-            mono = time.monotonic()
-            if ctl_ready or mono >= next_drain:
-                next_drain = mono + CONTROL_EVERY
-                _drain(ctl, self.control)
-            self.timers(mono=mono)
+        threshold = _collect_less()
+        try:
+            while not self.stop:
+                ready = poller.poll(200 if ctl_fd is not None else 20)
+                ctl_ready = ctl_fd is None or not ready
+                for fd, _ev in ready:
+                    s = by_fd.get(fd)
+                    if s is None:
+                        ctl_ready = True
+                        continue
+                    batch.clear()
+                    s.read_batch(limit, batch)
+                    if batch:
+                        self.live_frames(s.linktype, batch, s.stamps)  # per-packet capture times
+                # the control queue when its pipe polls readable (and every CONTROL_EVERY s), not per block:
+                # a multiprocessing queue's get_nowait takes a lock and polls the pipe
+                mono = time.monotonic()
+                if ctl_ready or mono >= next_drain:
+                    next_drain = mono + CONTROL_EVERY
+                    _drain(ctl, self.control)
+                self.timers(mono=mono)
+        finally:
+            _collect_as_before(threshold)
         if not self.eof:  # stopping, not orphaned: what the rings hold was captured; read it first, in up to
             # half the time the stop left (the rest: finish and flush); anything later is logged as unread
             left = (self.deadline or time.monotonic() + spec.drain_timeout) - time.monotonic()
@@ -746,7 +750,11 @@ class Worker:
                 # every worker reads the file: one (the first) reports its problems
                 warn = ((lambda note: log.warning("capture file: %s", note)) if spec.index == 0
                         else (lambda note: None))
-                pump(reader, share, warn, every=128, tick=tick)  # control queue and timers
+                threshold = _collect_less()
+                try:
+                    pump(reader, share, warn, every=128, tick=tick)  # control queue and timers
+                finally:
+                    _collect_as_before(threshold)
         except CaptureFileError as exc:
             log.error("capture file: %s", exc)
         self.silent = self.stop and share.catching_up  # read to the end: caught up, whatever was last
@@ -761,6 +769,30 @@ class Worker:
                 time.sleep(0.05)
             _drain(ctl, self.control)
             self.timers()
+
+# Allocations between collections of the youngest generation while frames are read (default 700), as in replay
+GC_YOUNG = 50_000
+
+
+def _collect_less() -> tuple[int, int, int]:
+    """Start-up's objects (modules, classes, tables, the preloaded secrets) frozen out of the collector's
+    scans, and the youngest generation collected less often, while the worker reads frames: events and
+    records are freed by reference counting, so frequent scans find next to nothing (as replay does).
+    Returns the thresholds to restore."""
+    import gc
+
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, threshold[1], threshold[2])
+    return threshold
+
+
+def _collect_as_before(threshold: tuple[int, int, int]) -> None:
+    import gc
+
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
+
 
 def _exporter_name(ex: Any, i: int) -> str:
     return f"{type(ex).__name__.lower()}{i if i else ''}"

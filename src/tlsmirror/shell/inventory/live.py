@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall
-from ...inventory.inventory import Inventory
+from ...inventory.inventory import FoldMemo, Inventory
 from ...inventory.routes import RouteTable
 from ...inventory.sensitive import QuickRules, SensitiveRules
 from ...record import call_to_dict
@@ -117,11 +117,13 @@ class InventoryFeed:
         self.max_endpoints = max_endpoints
         self.bucket_seconds = bucket_seconds
         self.rules = QuickRules()
+        self.memo = FoldMemo(self.rules)  # what folding remembers lives as long as the feed, not a part
         self.current = self._new()
 
     def _new(self) -> Inventory:
         table = RouteTable(self._config, seeds={h: list(ts) for h, ts in self._seeds.items()})
-        return Inventory(table, self.rules, bucket_seconds=self.bucket_seconds, max_keys=self.max_endpoints)
+        return Inventory(table, self.rules, bucket_seconds=self.bucket_seconds, max_keys=self.max_endpoints,
+                         memo=self.memo)
 
     def add(self, call: ApiCall) -> None:
         self.current.add(call_to_dict(call))

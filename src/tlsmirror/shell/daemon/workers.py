@@ -335,6 +335,11 @@ class Outbox:
         self.thread.join(timeout)
 
 
+# The engine's events Worker.handle does something with (a list of none of them, mostly decrypted records, is
+# not handed to it)
+HANDLED: tuple[type, ...] = (ApiCall, TlsOutcome, HttpIssue, HandshakeFacts, ResumptionState)
+
+
 class Worker:
     """The state and loop of one worker process."""
 
@@ -733,7 +738,8 @@ class Worker:
             self.silent = False
 
         share = FlowShare(spec.index, spec.workers, self.engine.feed_frame, self.handle, self.secrets,
-                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up)
+                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up,
+                          wanted=HANDLED)
         self.share = share
         self.silent = spec.resume > 0
 

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
-from ...pipeline import Engine, EngineConfig
 from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, ResumptionState, TlsOutcome
 from ..logs import get_logger
 from .messages import (
@@ -353,6 +352,8 @@ class Worker:
         self.position = 0  # capture file items handled (see FlowShare.position)
         self.deadline = 0.0  # of the stop (time.monotonic()); 0: none given
         self.share: Any = None  # the capture file's FlowShare (mode "pcap")
+        from ...pipeline import Engine, EngineConfig  # here: the parent imports this module, not the engine
+
         # with the key fabric, the engine emits resumption states and takes the other sensors' ones
         self.engine = Engine(EngineConfig(**spec.engine, share_resumption=spec.share_facts))
         if spec.key_ttl:

@@ -25,8 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from .errors import BadValue, InputError
 from .values import parse_port, parse_size
 
@@ -471,9 +469,12 @@ def default_path(env: Mapping[str, str]) -> str | None:
 
 
 def read_yaml(path: str) -> dict[str, Any]:
+    import yaml  # only with a configuration file: a run from flags alone never loads it
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when PyYAML has it
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=loader)
     except OSError as exc:
         raise InputError(f"{path}: cannot read configuration: {exc.strerror or exc}; "
                          "fix the path given with --config / TLSMIRROR_CONFIG") from None
@@ -687,6 +688,8 @@ def effective(cfg: Config, *, mask: bool = True) -> dict[str, dict[str, Any]]:
 
 def show(cfg: Config) -> str:
     """`tlsmirror config show`: the effective configuration as YAML, secrets masked."""
+    import yaml
+
     head = f"# effective configuration (file: {cfg.path or 'none'}; precedence flag > env > file > default)\n"
     return head + yaml.safe_dump(effective(cfg), sort_keys=False, default_flow_style=False)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from ...tls.events import HOLD_OUTCOMES
 from .workers import GAUGES, KEY_LAG_BUCKETS, rss_bytes
@@ -365,6 +364,8 @@ class MetricsServer:
 # ---------------------------------------------------------------------------- status table
 def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Scrape text -> {sample name: {sorted labels: value}} (counters keep their _total suffix)."""
+    from prometheus_client.parser import text_string_to_metric_families  # status and doctor only
+
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

@@ -29,12 +29,15 @@ class FlowShare:
     frames to ``feed`` (an engine's ``feed_frame``; what it emits to ``handle``), counted, every secrets
     block to ``on_block``, paced at ``speed`` times the capture's own pace (0: as fast as the worker goes)
     once past ``resume`` (``wait`` sleeps, returning early on stop); ``on_caught_up`` is called before the
-    first item past ``resume`` is handled. Compiled (setup.py): it is the worker's per-frame loop."""
+    first item past ``resume`` is handled. ``wanted``: the event types ``handle`` does something with (the
+    engine's lists of others only, mostly decrypted records, are not passed on); None: every list. Compiled
+    (setup.py): it is the worker's per-frame loop."""
 
     def __init__(self, index: int, workers: int, feed: Callable[[int, bytes, float], list[Any]],
                  handle: Callable[[list[Any]], None], on_block: Callable[[list[Secret], float], None], *,
                  speed: float = 0.0, wait: Callable[[float], object] = time.sleep, resume: int = 0,
-                 on_caught_up: Callable[[], object] | None = None) -> None:
+                 on_caught_up: Callable[[], object] | None = None,
+                 wanted: tuple[type, ...] | None = None) -> None:
         self.index = index
         self.n = max(1, workers)
         self.hasher = FlowHasher()
@@ -45,6 +48,7 @@ class FlowShare:
         self.wait = wait
         self.resume = resume
         self.on_caught_up = on_caught_up
+        self.wanted = wanted
         self.position = 0  # items of the file (frames of every worker, secrets blocks) handled so far
         self.frames = 0  # frames of the file (every worker's)
         self.packets = 0  # frames of this worker's share
@@ -80,7 +84,7 @@ class FlowShare:
             if delay > 0.002:
                 self.wait(delay)  # the position is still this frame's: not handled yet
         events = self.feed(frame.linktype, data, frame.ts)
-        if events:
+        if events and (self.wanted is None or wanted_in(events, self.wanted)):
             self.handle(events)
         self.packets += 1
         self.bytes += len(data)
@@ -106,3 +110,11 @@ class FlowShare:
         self._caught_up()
         self.on_block(secrets, ts)
         self.position += 1
+
+
+def wanted_in(events: list[Any], wanted: tuple[type, ...]) -> bool:
+    """Whether one of *events* is of a type in *wanted* (a loop: compiled, ``any()`` of a generator builds a list)."""
+    for ev in events:  # noqa: SIM110
+        if type(ev) in wanted:
+            return True
+    return False

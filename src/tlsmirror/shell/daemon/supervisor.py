@@ -20,7 +20,6 @@ worker handles; the --pcap share (:mod:`.pcapfeed`), exporters (:mod:`.outputs`)
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -67,7 +66,7 @@ from .outputs import jsonl_path, stats_of
 from .workers import WORKER_START_SIGNALS, WorkerSpec, close_within, worker_main
 
 if TYPE_CHECKING:
-    pass
+    import asyncio
 
 log = get_logger("daemon")
 
@@ -350,6 +349,8 @@ class Daemon:
         kcfg = KeyServerConfig(host=k.host, port=k.port, tls=k.tls, cert=k.cert, key=k.key,
                                client_ca=k.client_ca, allow=list(k.allow), keylog_out=k.keylog_out,
                                max_connections=k.max_connections, **extra)
+        import asyncio  # here: a run without the key listener (--no-keys) never loads it
+
         server = KeyServer(kcfg, self._on_secrets)
         loop = asyncio.new_event_loop()
         started = threading.Event()

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
-from ...pipeline import Engine, EngineConfig
 from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, ResumptionState, TlsOutcome
 from ..logs import get_logger
 from .messages import (
@@ -335,6 +334,11 @@ class Outbox:
         self.thread.join(timeout)
 
 
+# The engine's events Worker.handle does something with (a list of none of them, mostly decrypted records, is
+# not handed to it)
+HANDLED: tuple[type, ...] = (ApiCall, TlsOutcome, HttpIssue, HandshakeFacts, ResumptionState)
+
+
 class Worker:
     """The state and loop of one worker process."""
 
@@ -353,6 +357,8 @@ class Worker:
         self.position = 0  # capture file items handled (see FlowShare.position)
         self.deadline = 0.0  # of the stop (time.monotonic()); 0: none given
         self.share: Any = None  # the capture file's FlowShare (mode "pcap")
+        from ...pipeline import Engine, EngineConfig  # here: the parent imports this module, not the engine
+
         # with the key fabric, the engine emits resumption states and takes the other sensors' ones
         self.engine = Engine(EngineConfig(**spec.engine, share_resumption=spec.share_facts))
         if spec.key_ttl:
@@ -733,7 +739,8 @@ class Worker:
             self.silent = False
 
         share = FlowShare(spec.index, spec.workers, self.engine.feed_frame, self.handle, self.secrets,
-                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up)
+                          speed=spec.pcap_speed, wait=wait, resume=spec.resume, on_caught_up=caught_up,
+                          wanted=HANDLED)
         self.share = share
         self.silent = spec.resume > 0
 

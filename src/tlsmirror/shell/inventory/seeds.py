@@ -8,7 +8,6 @@ from typing import Any
 from ...inventory.routes import RouteConfig, RouteTable
 from ..config import Config
 from ..errors import InputError
-from ..offline.inventory import _load_json
 from .live import LiveInventory
 
 
@@ -18,6 +17,10 @@ def route_table(cfg: Config) -> RouteTable:
     inv = cfg.inventory
     rc = RouteConfig(max_routes=inv.max_routes, max_siblings=inv.max_siblings)
     table = RouteTable(rc)
+    if not (inv.state or inv.seed_openapi):
+        return table
+    from ..offline.inventory import _load_json  # the offline inventory's reader (and its OpenAPI, report)
+
     if inv.state and os.path.exists(inv.state):
         loaded = _load_json(inv.state)
         if not isinstance(loaded, dict):

@@ -19,12 +19,13 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from ..errors import CaptureFileError
 
 CHUNK = 1 << 20
-MAX_RECORD = 64 << 20  # larger records/blocks mean a corrupt file
+# larger records/blocks mean a corrupt file (Final: compiled, a constant, not a module dict lookup per record)
+MAX_RECORD: Final = 64 << 20
 MAX_WARNINGS = 20
 
 

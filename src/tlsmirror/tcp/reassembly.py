@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from tlsmirror.frames.events import ACK, FIN, RST, SYN, TcpSegment, wire_key
@@ -150,6 +151,8 @@ class TcpReassembler:
         self._pieces = 0  # pieces held out of order now
         self._halves: dict[_Key, _Half] = {}
         self._lru: OrderedDict[_Conn, None] = OrderedDict()
+        # its bound move_to_end, made once: compiled, a call per segment without a method lookup by name
+        self._touch: Callable[[_Conn], None] = self._lru.move_to_end
         self._holding: dict[_Half, None] = {}
         # id of the next flow opened; a caller may set it (replay --workers numbers each flow by the
         # capture frame that opened it, so ids do not depend on how the flows were shared out)
@@ -186,7 +189,7 @@ class TcpReassembler:
         conn = h.conn
         ts = seg.ts
         conn.flow.ts_last = ts
-        self._lru.move_to_end(conn)
+        self._touch(conn)
         if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
@@ -273,7 +276,7 @@ class TcpReassembler:
             h = self._open(seg, self._sender_is_client(seg), False, out)
         conn = h.conn
         conn.flow.ts_last = ts
-        self._lru.move_to_end(conn)
+        self._touch(conn)
         if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack

@@ -2,7 +2,7 @@
 
 Design notes (hot path first):
 
-* One dict, ``_halves``, maps the 4-tuple *as seen on the wire* ``(src, dst, sport << 16 | dport)`` to the
+* One dict, ``_halves``, maps the 4-tuple *as seen on the wire* (``TcpSegment.key``: src + dst + ports) to the
   :class:`_Half` of the sender; both orientations of a connection are inserted, so a segment costs
   exactly one lookup and the direction comes with it.
 * Each half keeps ``seq`` (next expected sequence number, modulo 2**32) and ``off`` (the same
@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
-from tlsmirror.frames.events import ACK, FIN, RST, SYN, TcpSegment
+from tlsmirror.frames.events import ACK, FIN, RST, SYN, TcpSegment, wire_key
 from tlsmirror.tcp.events import (
     CLIENT,
     SERVER,
@@ -93,9 +94,9 @@ _COUNTERS = (
 )
 
 
-# a direction's key in ``_halves``: (source address, destination address, sport << 16 | dport); the ports as
-# one int: per segment one int object and a 3-tuple to build and hash, where a 4-tuple boxed both ports
-_Key = tuple[bytes, bytes, int]
+# a direction's key in ``_halves``: source address, destination address, source and destination port as one
+# bytes (``TcpSegment.key``, ``wire_key``): per segment one hash and one compare
+_Key = bytes
 
 
 class _Conn:
@@ -150,6 +151,8 @@ class TcpReassembler:
         self._pieces = 0  # pieces held out of order now
         self._halves: dict[_Key, _Half] = {}
         self._lru: OrderedDict[_Conn, None] = OrderedDict()
+        # its bound move_to_end, made once: compiled, a call per segment without a method lookup by name
+        self._touch: Callable[[_Conn], None] = self._lru.move_to_end
         self._holding: dict[_Half, None] = {}
         # id of the next flow opened; a caller may set it (replay --workers numbers each flow by the
         # capture frame that opened it, so ids do not depend on how the flows were shared out)
@@ -179,14 +182,14 @@ class TcpReassembler:
 
     def feed(self, seg: TcpSegment) -> list[TcpEvent]:
         self._segments += 1
-        h = self._halves.get((seg.src, seg.dst, (seg.sport << 16) | seg.dport))
+        h = self._halves.get(seg.key)
         flags = seg.flags
         if h is None or flags & _SFR:
             return self._feed_special(seg, h)
         conn = h.conn
         ts = seg.ts
         conn.flow.ts_last = ts
-        self._lru.move_to_end(conn)
+        self._touch(conn)
         if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
@@ -238,7 +241,7 @@ class TcpReassembler:
     def swap_roles(self, flow: Flow) -> None:
         """Swap client and server of an open flow (``Flow.swap_roles`` plus the directions of
         later events). Unknown or closed flows are ignored."""
-        h = self._halves.get((flow.addr[CLIENT], flow.addr[SERVER], (flow.port[CLIENT] << 16) | flow.port[SERVER]))
+        h = self._halves.get(wire_key(flow.addr[CLIENT], flow.addr[SERVER], flow.port[CLIENT], flow.port[SERVER]))
         if h is None or h.conn.flow is not flow:
             return
         c, s = h.conn.halves
@@ -273,7 +276,7 @@ class TcpReassembler:
             h = self._open(seg, self._sender_is_client(seg), False, out)
         conn = h.conn
         conn.flow.ts_last = ts
-        self._lru.move_to_end(conn)
+        self._touch(conn)
         if flags & _ACK:
             peer = h.peer
             peer.ack = seg.ack
@@ -347,8 +350,8 @@ class TcpReassembler:
         conn = _Conn(flow)
         c, s = conn.halves
         mine, theirs = (c, s) if sender_is_client else (s, c)
-        fwd = (seg.src, seg.dst, (seg.sport << 16) | seg.dport)
-        rev = (seg.dst, seg.src, (seg.dport << 16) | seg.sport)
+        fwd = seg.key
+        rev = wire_key(seg.dst, seg.src, seg.dport, seg.sport)
         conn.keys = (fwd, rev)
         self._halves[rev] = theirs
         self._halves[fwd] = mine  # fwd == rev only for a self-connection: the sender wins

@@ -14,7 +14,6 @@ from hmac import compare_digest
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, CipherAlgorithm, modes
 from cryptography.hazmat.primitives.ciphers import algorithms as modern
@@ -227,6 +226,9 @@ _PADS: Final = tuple(bytes((pad,)) * (pad + 1) for pad in range(256))
 def _block_algorithm(cipher: str, key: bytes) -> BlockCipherAlgorithm:
     if cipher.startswith("AES_"):
         return modern.AES(key)
+    # the old ciphers' module imported by the first connection that uses one, not at start-up
+    from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
+
     if cipher.startswith("CAMELLIA_"):
         return decrepit.Camellia(key)
     if cipher == "3DES_EDE_CBC":
@@ -329,6 +331,8 @@ class _Stream(RecordDecryptor):
         if suite.cipher == "NULL":
             self._dec = None
         elif suite.cipher.startswith("RC4_"):
+            from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit  # see _block_algorithm
+
             algorithm: CipherAlgorithm = decrepit.ARC4(key)
             self._dec = Cipher(algorithm, None).decryptor()
         else:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import os
 import sys
+from _json import encode_basestring_ascii  # json.encoder's C escaper, without importing the json package
 from collections.abc import Callable, Sequence
-from json.encoder import encode_basestring_ascii
 from math import isfinite
 from typing import IO, Any
 
@@ -144,6 +143,8 @@ class DecryptRun(EngineFeed):
                 "c2s_bytes": c.size0, "c2s_sha256": c.sha0.hexdigest(),
                 "s2c_bytes": c.size1, "s2c_sha256": c.sha1.hexdigest(),
             }
+            import json
+
             line = json.dumps(rec) + "\n"
         # ASCII (json escapes the rest): one character, one byte
         self.out.write(line)

@@ -16,7 +16,6 @@ random names the key log line), so the file is written with mode 0600.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -103,6 +102,8 @@ def load_facts_files(paths: Iterable[str], warn: Callable[[str], None]) -> list[
     and skipped. A file that cannot be read is an :class:`InputError`."""
     out: list[HandshakeFacts] = []
     for path in paths:
+        import json  # here: a run without facts files (decrypt's usual) does not import the json package
+
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 lines = fh.readlines()
@@ -136,9 +137,12 @@ class FactsWriter:
         except OSError as exc:
             raise InputError(f"{path}: cannot write handshake facts: {exc.strerror or exc}") from None
         self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        import json  # here, not at import: see load_facts_files
+
+        self._dumps: Callable[[Any], str] = json.dumps
 
     def write(self, facts: HandshakeFacts) -> None:
-        self._fh.write(json.dumps(facts_to_dict(facts)) + "\n")
+        self._fh.write(self._dumps(facts_to_dict(facts)) + "\n")
         self.written += 1
 
     def close(self) -> None:

@@ -85,10 +85,16 @@ def pump(reader: CaptureReader, sink: CaptureSink, warn: Callable[[str], None], 
     if filtered:
         assert isinstance(sink, FrameFilter)
         reader.filter = sink
+    # an engine's feed (decrypt, replay) called as what it is: compiled, a native call per frame instead of
+    # a method looked up by name through the Protocol
+    feed = sink if isinstance(sink, EngineFeed) else None
     for item in reader:
         if type(item) is CapturedFrame:
             frames += 1
-            sink.on_frame(item)
+            if feed is not None:
+                feed.on_frame(item)
+            else:
+                sink.on_frame(item)
             if every and frames % every == 0 and tick is not None and tick(frames):
                 break
         else:

@@ -49,6 +49,8 @@ class _IsoCache:
 
 
 _ISO: Final = _IsoCache()
+# "000" to "999": the microseconds as two of them (two list reads, cheaper than str() of an int and a slice)
+_DIGITS3: Final[list[str]] = [str(n + 1000)[1:] for n in range(1000)]
 
 
 def micros(ts: float) -> int:
@@ -78,13 +80,14 @@ def iso_micros(us_total: int) -> str:
     if last[0] == us_total:
         return last[1]  # a record's start and end times are often the same microsecond
     sec = us_total // 1_000_000
+    frac = us_total - sec * 1_000_000
     head = cache.head
     if head[0] == sec:
-        text = f"{head[1]}.{str(us_total - sec * 1_000_000 + 1_000_000)[1:]}Z"
+        text = f"{head[1]}.{_DIGITS3[frac // 1000]}{_DIGITS3[frac % 1000]}Z"
     else:
         head_text = _iso_head(sec)
         cache.head = (sec, head_text)
-        text = f"{head_text}.{str(us_total - sec * 1_000_000 + 1_000_000)[1:]}Z"
+        text = f"{head_text}.{_DIGITS3[frac // 1000]}{_DIGITS3[frac % 1000]}Z"
     cache.last = (us_total, text)
     return text
 
@@ -213,17 +216,31 @@ def body_dict(body: Body | None, content_type: str | None, mode: str = "auto") -
     if body is None:
         return None
     data = body.data
+    # a copy of the mode's template (the key order, the usual flags; cheaper than a literal of 5-7 keys)
     if mode == "none":
-        return {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
-                "truncated": body.truncated, "decode_error": body.decode_error}
-    # one literal per case: a dict built at its size, not grown past five keys
-    text = _as_text(data, content_type) if mode == "auto" else None
-    if text is None:
-        return {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
-                "truncated": body.truncated, "decode_error": body.decode_error, "encoding": "base64",
-                "text": base64.b64encode(data).decode("ascii")}
-    return {"size": body.size, "wire_size": body.wire_size, "captured": len(data), "truncated": body.truncated,
-            "decode_error": body.decode_error, "encoding": "utf-8", "text": text}
+        out = _BODY_NONE.copy()
+    else:
+        text = _as_text(data, content_type) if mode == "auto" else None
+        if text is None:
+            out = _BODY_BASE64.copy()
+            out["text"] = base64.b64encode(data).decode("ascii")
+        else:
+            out = _BODY_UTF8.copy()
+            out["text"] = text
+    out["size"] = body.size
+    out["wire_size"] = body.wire_size
+    out["captured"] = len(data)
+    if body.truncated is not False:
+        out["truncated"] = body.truncated
+    if body.decode_error is not None:
+        out["decode_error"] = body.decode_error
+    return out
+
+
+_BODY_NONE: Final[dict[str, Any]] = {"size": 0, "wire_size": 0, "captured": 0, "truncated": False,
+                                     "decode_error": None}
+_BODY_BASE64: Final[dict[str, Any]] = {**_BODY_NONE, "encoding": "base64", "text": ""}
+_BODY_UTF8: Final[dict[str, Any]] = {**_BODY_NONE, "encoding": "utf-8", "text": ""}
 
 
 def _epoch(us: int | None) -> float | None:

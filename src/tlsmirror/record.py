@@ -49,6 +49,8 @@ class _IsoCache:
 
 
 _ISO: Final = _IsoCache()
+# "000" to "999": the microseconds as two of them (two list reads, cheaper than str() of an int and a slice)
+_DIGITS3: Final[list[str]] = [str(n + 1000)[1:] for n in range(1000)]
 
 
 def micros(ts: float) -> int:
@@ -78,13 +80,14 @@ def iso_micros(us_total: int) -> str:
     if last[0] == us_total:
         return last[1]  # a record's start and end times are often the same microsecond
     sec = us_total // 1_000_000
+    frac = us_total - sec * 1_000_000
     head = cache.head
     if head[0] == sec:
-        text = f"{head[1]}.{str(us_total - sec * 1_000_000 + 1_000_000)[1:]}Z"
+        text = f"{head[1]}.{_DIGITS3[frac // 1000]}{_DIGITS3[frac % 1000]}Z"
     else:
         head_text = _iso_head(sec)
         cache.head = (sec, head_text)
-        text = f"{head_text}.{str(us_total - sec * 1_000_000 + 1_000_000)[1:]}Z"
+        text = f"{head_text}.{_DIGITS3[frac // 1000]}{_DIGITS3[frac % 1000]}Z"
     cache.last = (us_total, text)
     return text
 
@@ -213,21 +216,31 @@ def body_dict(body: Body | None, content_type: str | None, mode: str = "auto") -
     if body is None:
         return None
     data = body.data
+    # a copy of the mode's template (the key order, the usual flags; cheaper than a literal of 5-7 keys)
     if mode == "none":
-        return {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
-                "truncated": body.truncated, "decode_error": body.decode_error}
-    # one literal per case: a dict built at its size, not grown past five keys
-    text = _as_text(data, content_type) if mode == "auto" else None
-    if text is None:
-        return {"size": body.size, "wire_size": body.wire_size, "captured": len(data),
-                "truncated": body.truncated, "decode_error": body.decode_error, "encoding": "base64",
-                "text": base64.b64encode(data).decode("ascii")}
-    return {"size": body.size, "wire_size": body.wire_size, "captured": len(data), "truncated": body.truncated,
-            "decode_error": body.decode_error, "encoding": "utf-8", "text": text}
+        out = _BODY_NONE.copy()
+    else:
+        text = _as_text(data, content_type) if mode == "auto" else None
+        if text is None:
+            out = _BODY_BASE64.copy()
+            out["text"] = base64.b64encode(data).decode("ascii")
+        else:
+            out = _BODY_UTF8.copy()
+            out["text"] = text
+    out["size"] = body.size
+    out["wire_size"] = body.wire_size
+    out["captured"] = len(data)
+    if body.truncated is not False:
+        out["truncated"] = body.truncated
+    if body.decode_error is not None:
+        out["decode_error"] = body.decode_error
+    return out
 
 
-def _iso(us: int | None) -> str | None:
-    return None if us is None else iso_micros(us)
+_BODY_NONE: Final[dict[str, Any]] = {"size": 0, "wire_size": 0, "captured": 0, "truncated": False,
+                                     "decode_error": None}
+_BODY_BASE64: Final[dict[str, Any]] = {**_BODY_NONE, "encoding": "base64", "text": ""}
+_BODY_UTF8: Final[dict[str, Any]] = {**_BODY_NONE, "encoding": "utf-8", "text": ""}
 
 
 def _epoch(us: int | None) -> float | None:
@@ -246,10 +259,13 @@ def call_to_dict(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOpti
     session's messages out of ``websocket`` (they go as :func:`websocket_message_records` instead).
     """
     conn = call.connection
-    return _record(call, body_mode, graphql, websocket_list, {"ip": conn.client_ip, "port": conn.client_port},
-                   {"ip": conn.server_ip, "port": conn.server_port},
-                   {"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni, "alpn": conn.alpn}
-                   if conn.tls else None)
+    rec: dict[str, Any] = _RECORD_TEMPLATE.copy()
+    rec["connection_id"] = conn.id
+    rec["client"] = {"ip": conn.client_ip, "port": conn.client_port}
+    rec["server"] = {"ip": conn.server_ip, "port": conn.server_port}
+    if conn.tls:
+        rec["tls"] = {"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni, "alpn": conn.alpn}
+    return _record(call, body_mode, graphql, websocket_list, rec)
 
 
 def call_to_json_line(call: ApiCall, *, body_mode: str = "auto", graphql: GraphqlOptions | None = None,
@@ -261,7 +277,8 @@ def call_to_json_line(call: ApiCall, *, body_mode: str = "auto", graphql: Graphq
         parts = _conn_json.get(id(conn))
         if parts is None or parts[0] is not conn:
             parts = _connection_json(conn)
-        rec = _record(call, body_mode, graphql, websocket_list, parts[1], parts[2], parts[3])
+        # the connection's record head, copied (never filled in itself: shared by all the connection's calls)
+        rec = _record(call, body_mode, graphql, websocket_list, parts[1].copy())
         return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:  # what orjson refuses (lone surrogates): the json module, without fragments
         return to_json_line(call_to_dict(call, body_mode=body_mode, graphql=graphql,
@@ -279,19 +296,27 @@ def call_to_json_lines(call: ApiCall, *, body_mode: str = "auto", graphql: Graph
     return lines
 
 
-# id(connection) -> (the connection, its client, server and TLS objects as JSON); the connection is held,
-# so its id is not reused while the entry lives. Calls of a connection come while it is open: few entries.
-_conn_json: dict[int, tuple[Connection, orjson.Fragment, orjson.Fragment, orjson.Fragment | None]] = {}
+# id(connection) -> (the connection, its record template for JSON); the connection is held, so its id is
+# not reused while the entry lives. Calls of a connection come while it is open: few entries.
+_conn_json: dict[int, tuple[Connection, dict[str, Any]]] = {}
 
 
-def _connection_json(conn: Connection) -> tuple[Connection, orjson.Fragment, orjson.Fragment,
-                                                orjson.Fragment | None]:
+def _connection_json(conn: Connection) -> tuple[Connection, dict[str, Any]]:
+    """The connection's record template for :func:`call_to_json_line`: ``_JSON_TEMPLATE`` with the
+    connection's part set. That part (``connection_id``, ``client``, ``server``, ``tls``: the same for all
+    its calls) is serialised once, as one fragment in the place of ``connection_id``'s value that also
+    writes the three keys after it (the template has no keys of theirs): the bytes of
+    ``to_json_line(call_to_dict(call))``, four keys fewer to fill and to write per call."""
     if len(_conn_json) >= 1024:
         _conn_json.clear()
-    parts = (conn, orjson.Fragment(orjson.dumps({"ip": conn.client_ip, "port": conn.client_port})),
-             orjson.Fragment(orjson.dumps({"ip": conn.server_ip, "port": conn.server_port})),
-             orjson.Fragment(orjson.dumps({"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni,
-                                           "alpn": conn.alpn})) if conn.tls else None)
+    tls = orjson.dumps({"version": conn.tls_version, "suite": conn.tls_suite, "sni": conn.sni,
+                        "alpn": conn.alpn}) if conn.tls else b"null"
+    client = orjson.dumps({"ip": conn.client_ip, "port": conn.client_port})
+    server = orjson.dumps({"ip": conn.server_ip, "port": conn.server_port})
+    head = b"".join((orjson.dumps(conn.id), b',"client":', client, b',"server":', server, b',"tls":', tls))
+    template = _JSON_TEMPLATE.copy()
+    template["connection_id"] = orjson.Fragment(head)
+    parts = (conn, template)
     _conn_json[id(conn)] = parts
     return parts
 
@@ -303,71 +328,84 @@ _RECORD_TEMPLATE: Final[dict[str, Any]] = dict.fromkeys((
     "tls", "http_version", "stream_id", "method", "scheme", "authority", "target", "path", "route",
     "query_string", "query", "url", "status", "reason", "request", "response", "flags"))
 _RECORD_TEMPLATE["v"] = RECORD_VERSION
+# The same without the keys the connection's fragment writes (see _connection_json).
+_JSON_TEMPLATE: Final[dict[str, Any]] = {k: v for k, v in _RECORD_TEMPLATE.items()
+                                         if k not in ("client", "server", "tls")}
+# A request's or response's part, and a body's in each mode: the values the usual message has preset.
+_MESSAGE_TEMPLATE: Final[dict[str, Any]] = {"headers": (), "trailers": (), "content_type": None, "body": None}
 
 
-def _record(call: ApiCall, body_mode: str, graphql: GraphqlOptions | None, websocket_list: bool, client: Any,
-            server: Any, tls: Any) -> dict[str, Any]:
+def _record(call: ApiCall, body_mode: str, graphql: GraphqlOptions | None, websocket_list: bool,
+            rec: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``rec`` (a fresh copy of a template: the documented key order, the connection's part set, every
+    other value None; a copy of its table is cheaper than building the dict key by key) with the call's
+    record. A value that is None stays the template's."""
     if body_mode not in BODY_MODES:
         raise ValueError(f"body_mode must be one of {', '.join(BODY_MODES)}: {body_mode!r}")
     ex: Exchange = call.exchange
-    conn = call.connection
     target = ex.path
     path, query = split_target(target)
-    # times as whole microseconds: the record shows them, and the duration between them
-    req_us = None if ex.request_ts is None else micros(ex.request_ts)
-    req_end_us = None if ex.request_end_ts is None else micros(ex.request_end_ts)
-    resp_us = None if ex.response_ts is None else micros(ex.response_ts)
-    resp_end_us = None if ex.response_end_ts is None else micros(ex.response_end_ts)
-    start = req_us if req_us is not None else resp_us
-    end = resp_end_us if resp_end_us is not None else req_end_us
-    # the four times as text, each formatted once (neighbours are often the same microsecond)
-    req_iso = None if req_us is None else iso_micros(req_us)
-    req_end_iso = req_iso if req_end_us == req_us else _iso(req_end_us)
-    resp_iso = req_end_iso if resp_us == req_end_us else _iso(resp_us)
-    resp_end_iso = resp_iso if resp_end_us == resp_us else _iso(resp_end_us)
+    # times as whole microseconds: the record shows them, and the duration between them; each text
+    # formatted once (neighbours are often the same microsecond)
+    ts = ex.request_ts
+    req_us = -1
+    req_iso = ""
+    if ts is not None:
+        req_us = micros(ts)
+        req_iso = iso_micros(req_us)
+        rec["request_start"] = req_iso
+        rec["request_start_ts"] = req_us / 1_000_000.0
+    ts = ex.request_end_ts
+    req_end_us = -1
+    req_end_iso = ""
+    if ts is not None:
+        req_end_us = micros(ts)
+        req_end_iso = req_iso if req_end_us == req_us and req_iso else iso_micros(req_end_us)
+        rec["request_end"] = req_end_iso
+        rec["request_end_ts"] = req_end_us / 1_000_000.0
+    ts = ex.response_ts
+    resp_us = -1
+    resp_iso = ""
+    if ts is not None:
+        resp_us = micros(ts)
+        resp_iso = req_end_iso if resp_us == req_end_us and req_end_iso else iso_micros(resp_us)
+        rec["response_start"] = resp_iso
+        rec["response_start_ts"] = resp_us / 1_000_000.0
+    ts = ex.response_end_ts
+    resp_end_us = -1
+    if ts is not None:
+        resp_end_us = micros(ts)
+        rec["response_end"] = resp_iso if resp_end_us == resp_us and resp_iso else iso_micros(resp_end_us)
+        rec["response_end_ts"] = resp_end_us / 1_000_000.0
+    start = req_us if ex.request_ts is not None else resp_us if ex.response_ts is not None else None
+    end = resp_end_us if ex.response_end_ts is not None else req_end_us if ex.request_end_ts is not None else None
+    if start is not None and end is not None:
+        rec["duration_ms"] = max(end - start, 0) / 1000.0
     req_ct = header_value(ex.request_headers, "content-type")
     resp_ct = header_value(ex.response_headers, "content-type")
-    # A copy of the template (the documented key order; a copy of its table is cheaper than building the
-    # dict key by key), each value then replaced.
-    rec: dict[str, Any] = _RECORD_TEMPLATE.copy()
-    rec["request_start"] = req_iso
-    rec["request_start_ts"] = _epoch(req_us)
-    rec["request_end"] = req_end_iso
-    rec["request_end_ts"] = _epoch(req_end_us)
-    rec["response_start"] = resp_iso
-    rec["response_start_ts"] = _epoch(resp_us)
-    rec["response_end"] = resp_end_iso
-    rec["response_end_ts"] = _epoch(resp_end_us)
-    rec["duration_ms"] = max(end - start, 0) / 1000.0 if start is not None and end is not None else None
-    rec["connection_id"] = conn.id
-    rec["client"] = client
-    rec["server"] = server
-    rec["tls"] = tls
     rec["http_version"] = ex.http_version
-    rec["stream_id"] = ex.stream_id
-    rec["method"] = ex.method
+    if ex.stream_id is not None:
+        rec["stream_id"] = ex.stream_id
+    if ex.method is not None:
+        rec["method"] = ex.method
     rec["scheme"] = scheme_of(call)
-    rec["authority"] = ex.authority
-    rec["target"] = target
-    rec["path"] = path
-    rec["route"] = call.route  # the route template (http.route), from the engine's route table
-    rec["query_string"] = query
+    if ex.authority is not None:
+        rec["authority"] = ex.authority
+    if target is not None:
+        rec["target"] = target
+        rec["path"] = path
+        rec["url"] = url_of(call)
+    if call.route is not None:
+        rec["route"] = call.route  # the route template (http.route), from the engine's route table
+    if query is not None:
+        rec["query_string"] = query
     rec["query"] = query_params(query)
-    rec["url"] = url_of(call)
-    rec["status"] = ex.status
-    rec["reason"] = ex.reason
-    rec["request"] = {
-        "headers": ex.request_headers,  # (name, value) pairs: JSON arrays as they are
-        "trailers": ex.request_trailers,
-        "content_type": req_ct,
-        "body": body_dict(ex.request_body, req_ct, body_mode),
-    }
-    rec["response"] = {
-        "headers": ex.response_headers,
-        "trailers": ex.response_trailers,
-        "content_type": resp_ct,
-        "body": body_dict(ex.response_body, resp_ct, body_mode),
-    }
+    if ex.status is not None:
+        rec["status"] = ex.status
+    if ex.reason is not None:
+        rec["reason"] = ex.reason
+    rec["request"] = _message(ex.request_headers, ex.request_trailers, req_ct, ex.request_body, body_mode)
+    rec["response"] = _message(ex.response_headers, ex.response_trailers, resp_ct, ex.response_body, body_mode)
     rec["flags"] = sorted(ex.flags) if ex.flags else []
     # API protocols above HTTP: keys present only for the calls they describe
     # (their readers are imported where used: most calls are none of these, and start-up stays short)
@@ -396,6 +434,21 @@ def _record(call: ApiCall, body_mode: str, graphql: GraphqlOptions | None, webso
         if gql is not None:
             rec["graphql"] = gql.to_dict()
     return rec
+
+
+def _message(headers: Headers, trailers: Headers, content_type: str | None, body: Body | None,
+             body_mode: str) -> dict[str, Any]:
+    """A request's or response's part of the record. Headers and trailers are the exchange's tuples of
+    (name, value) pairs: JSON arrays as they are."""
+    part: dict[str, Any] = _MESSAGE_TEMPLATE.copy()
+    part["headers"] = headers
+    if trailers:
+        part["trailers"] = trailers
+    if content_type is not None:
+        part["content_type"] = content_type
+    if body is not None:
+        part["body"] = body_dict(body, content_type, body_mode)
+    return part
 
 
 GRAPHQL_PATHS = ("/graphql",)  # http.graphql.GRAPHQL_PATHS, the default (a test keeps them equal)

@@ -62,7 +62,7 @@ def _ct_kinds(ct: str | None) -> tuple[bool, bool]:
 
 def _is_websocket(req: _Msg, resp: _Msg) -> bool:
     """A 101 answering ``Upgrade: websocket`` (RFC 6455 handshake)."""
-    up = req.header("upgrade")
+    up = req.upgrade_field
     return up is not None and "websocket" in up.lower()
 
 
@@ -114,7 +114,8 @@ def _fields(head: bytes, msg: _Msg) -> None:
     llhttp gives them: the name up to the first colon, the value without its leading spaces and tabs
     (llhttp refuses obs-fold, bare CR and LF, and names that are not tokens: no other case). Decoded once
     for the whole head (valid UTF-8 as a whole is valid in every piece split at ASCII bytes), each piece as
-    latin-1 otherwise."""
+    latin-1 otherwise. One pass: each line found in the text and sliced into its name and value, the
+    fields this stage reads (:meth:`_Msg._note`) noted on the way."""
     try:
         text = head.decode()
     except UnicodeDecodeError:
@@ -122,29 +123,42 @@ def _fields(head: bytes, msg: _Msg) -> None:
         out_b: list[tuple[str, str]] = []
         for k in range(1, len(lines_b) - 2):
             name_b, _, value_b = lines_b[k].partition(b":")
-            out_b.append((_text(name_b), _text(value_b.lstrip(b" \t"))))
+            name_t = _text(name_b)
+            value_t = _text(value_b.lstrip(b" \t"))
+            out_b.append((name_t, value_t))
+            size = len(name_t)
+            if size == 4 or size == 7 or size == 12 or size == 14 or size == 16 or size == 17:
+                msg._note(name_t, value_t)
         msg.headers = tuple(out_b)
         return
-    lines = text.split("\r\n")
     out: list[tuple[str, str]] = []
-    for k in range(1, len(lines) - 2):
-        line = lines[k]
-        i = line.find(":")
+    pos = text.find("\r\n") + 2  # past the start line
+    last = len(text) - 2  # the empty line that ends the head
+    while pos < last:
+        eol = text.find("\r\n", pos)
+        i = text.find(":", pos, eol)
         if i < 0:
-            i = len(line)  # not reached: llhttp requires the colon
+            i = eol  # not reached: llhttp requires the colon
         j = i + 1
-        n = len(line)
-        while j < n and (line[j] == " " or line[j] == "\t"):
+        while j < eol and (text[j] == " " or text[j] == "\t"):
             j += 1
-        out.append((line[:i], line[j:]))
+        name = text[pos:i]
+        value = text[j:eol] if j < eol else ""
+        out.append((name, value))
+        size = i - pos
+        # the lengths of the names noted: host, upgrade, content-type, -length, -encoding, transfer-encoding
+        if size == 4 or size == 7 or size == 12 or size == 14 or size == 16 or size == 17:
+            msg._note(name, value)
+        pos = eol + 2
     msg.headers = tuple(out)
 
 
 class _Msg:
     """One request or response being assembled."""
 
-    __slots__ = ("body", "end_ts", "flags", "headers", "method", "reason", "start_ts", "status",
-                 "target", "trailers", "upgrade", "version")
+    __slots__ = ("body", "content_encoding", "content_length", "content_type", "end_ts", "flags", "headers",
+                 "host", "method", "reason", "start_ts", "status", "target", "trailers", "transfer_encoding",
+                 "upgrade", "upgrade_field", "version")
 
     def __init__(self, start_ts: float) -> None:
         self.start_ts = start_ts
@@ -159,6 +173,39 @@ class _Msg:
         self.body: BodyCollector | None = None
         self.flags: set[str] = set()
         self.upgrade = False
+        # the fields this stage reads, noted by _fields: the first value, all values for the framing ones
+        self.host: str | None = None
+        self.upgrade_field: str | None = None
+        self.content_type: str | None = None
+        self.content_encoding: str | None = None
+        self.content_length: list[str] | None = None
+        self.transfer_encoding: list[str] | None = None
+
+    def _note(self, name: str, value: str) -> None:
+        """Field ``name`` (4, 7, 12, 14, 16 or 17 characters) with ``value``, kept if this stage reads it."""
+        key = name.lower()
+        if key == "host":
+            if self.host is None:
+                self.host = value
+        elif key == "upgrade":
+            if self.upgrade_field is None:
+                self.upgrade_field = value
+        elif key == "content-type":
+            if self.content_type is None:
+                self.content_type = value
+        elif key == "content-length":
+            if self.content_length is None:
+                self.content_length = [value]
+            else:
+                self.content_length.append(value)
+        elif key == "content-encoding":
+            if self.content_encoding is None:
+                self.content_encoding = value
+        elif key == "transfer-encoding":
+            if self.transfer_encoding is None:
+                self.transfer_encoding = [value]
+            else:
+                self.transfer_encoding.append(value)
 
     def _values(self, name: str) -> list[str] | None:
         # A scan, not an index: a message has few fields and this stage asks for a few of them; llhttp
@@ -580,7 +627,7 @@ class H1Connection(EventQueue):
             msg.target = _text(proto.url)
             # llhttp's upgrade flag needs CONNECT or an Upgrade field: only then ask (a response's
             # is not used: its status code says)
-            if msg.method == "CONNECT" or msg.header("upgrade") is not None:
+            if msg.method == "CONNECT" or msg.upgrade_field is not None:
                 msg.upgrade = parser.should_upgrade()
             self._request_head(d, msg, ts)
         else:
@@ -620,7 +667,7 @@ class H1Connection(EventQueue):
 
     def _framing(self, msg: _Msg, is_request: bool) -> tuple[str, int]:
         """("none"|"cl"|"chunked"|"eof", content length)."""
-        te = msg.headers_all("transfer-encoding")
+        te = msg.transfer_encoding
         if te:
             codings = [c.strip().lower() for v in te for c in v.split(",") if c.strip()]
             if codings and codings[-1] == "chunked":
@@ -628,7 +675,9 @@ class H1Connection(EventQueue):
             if is_request:
                 raise HttpError("request transfer-encoding without final chunked")
             return "eof", 0
-        cls = msg.headers_all("content-length")
+        cls = msg.content_length
+        if cls is None:
+            return ("none", 0) if is_request else ("eof", 0)
         if len(cls) == 1 and cls[0].isdigit():  # the usual single value (llhttp checked its digits)
             try:
                 length = int(cls[0])
@@ -651,11 +700,11 @@ class H1Connection(EventQueue):
         return "eof", 0
 
     def _start_body(self, d: _Dir, msg: _Msg, kind: str, length: int) -> None:
-        ct = msg.header("content-type")
+        ct = msg.content_type
         kinds = _CT_KINDS.get(ct)
         if kinds is None:
             kinds = _ct_kinds(ct)
-        ce = msg.header("content-encoding")
+        ce = msg.content_encoding
         msg.body = BodyCollector(self.body_limit, parse_encodings(ce) if ce is not None else None, kinds[0],
                                  stamps=kinds[1])
         if kind == "cl":
@@ -814,7 +863,7 @@ class H1Connection(EventQueue):
             if req.flags:
                 flags |= req.flags
             method = req.method
-            authority = req.header("host")
+            authority = req.host
             path = req.target
             if method == "CONNECT":
                 authority = path

@@ -129,3 +129,87 @@ def test_merge_respects_the_caps() -> None:
     assert len(small.keys) <= 3 + 4  # past the cap, folds gather under their route
     eps = {(e["method"], e["route"]): e["count"] for e in small.to_dict()["services"][0]["endpoints"]}
     assert eps[("GET", "/users/{user_id}")] == 200
+
+
+# JSON values for bodies: nested, some wide objects (past MAX_FIELDS properties: the caps), sensitive strings
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**13),
+                     st.floats(allow_nan=False, allow_infinity=False),
+                     st.sampled_from(["", "x", "user@example.com", CARD, JWT, "2024-05-01", "+44 20 7946 0958",
+                                      "123e4567-e89b-12d3-a456-426614174000", "https://a.example/b"]))
+_KEYS = st.sampled_from(["id", "email", "items", "a", "b", "c"]) | st.text("abcdefghij", min_size=1, max_size=3)
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(_KEYS, inner, max_size=5)
+                     | st.builds(lambda n, v: {f"f{i}": v for i in range(n)}, st.integers(60, 70), inner),
+                     max_leaves=30)
+
+
+def _body_record(rnd_body: object, text: str | None, ct: str | None, status: int | None, path: str,
+                 headers: list[list[str]], truncated: bool, side: str) -> dict:
+    r = record("POST", path, status, req_headers=headers, resp_ct=ct)
+    if text is None:
+        text = json.dumps(rnd_body)
+    body = {"size": len(text), "wire_size": len(text), "captured": len(text), "truncated": truncated,
+            "decode_error": None, "encoding": "utf-8", "text": text}
+    r[side]["body"] = body
+    r[side]["content_type"] = ct
+    return r
+
+
+_RECORD = st.builds(
+    _body_record, _JSON,
+    st.one_of(st.none(), st.sampled_from(["{not json", "a=1&email=user%40example.com", "[1, 2", "plain " + CARD])),
+    st.sampled_from(["application/json", "application/x-www-form-urlencoded", None, "text/plain",
+                     "application/problem+json; charset=utf-8"]),
+    st.sampled_from([200, 201, 404, None]),
+    st.sampled_from(["/users/7", "/users/jane%40example.com/cards", "/v1/" + CARD, "/health"]),
+    st.lists(st.sampled_from([["Authorization", f"Bearer {JWT}"], ["authorization", "Basic dTpw"],
+                              ["Authorization", "tok3n"], ["Cookie", "sessionid=1; theme=dark; jwt=x"],
+                              ["X-Api-Key", "k" * 20], ["X-Tenant", "t1"], ["x-tenant", "2024-05-01"],
+                              [":authority", "a"], ["Accept", "*/*"]]), max_size=4),
+    st.booleans(), st.sampled_from(["request", "response"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_RECORD, min_size=1, max_size=12), st.lists(st.integers(0, 11), max_size=24))
+def test_folding_from_memory_gives_the_inventory_of_fresh_folding(recs: list[dict], repeats: list[int]) -> None:
+    """What folding remembers (repeated bodies folded from their remembered shape and findings, paths,
+    header kinds, auth values) changes nothing: the same document and the same shapes (drop counts
+    included) as an inventory that starts its memory afresh at every call."""
+    from tlsmirror.inventory.sensitive import QuickRules, SensitiveRules
+
+    calls = recs + [recs[i % len(recs)] for i in repeats] + recs + recs  # every body at least three times
+    for rules in (SensitiveRules(), QuickRules()):
+        remembered = Inventory(rules=rules)
+        fresh = Inventory(rules=rules)
+        for r in calls:
+            remembered.add(r)
+            fresh.memo = None  # a new memory: nothing is folded from an earlier call
+            fresh.add(r)
+        assert remembered.to_dict() == fresh.to_dict()
+        for key, st_fresh in fresh.keys.items():
+            st_mem = remembered.keys[key]
+            assert (st_mem.request_shape is None) == (st_fresh.request_shape is None)
+            if st_fresh.request_shape is not None:
+                assert st_mem.request_shape is not None
+                assert st_mem.request_shape.to_dict() == st_fresh.request_shape.to_dict()
+            assert {s: sh.to_dict() for s, sh in st_mem.responses.items()} == \
+                {s: sh.to_dict() for s, sh in st_fresh.responses.items()}
+            assert st_mem.sensitive == st_fresh.sensitive and st_mem.auth == st_fresh.auth
+
+
+def test_a_remembered_body_meets_the_caps_as_observing_it_does() -> None:
+    """Items full (64 properties from a first body), then a body whose items bring a new property twice:
+    dropped twice, folded from memory or not."""
+    wide = [{f"f{i}": i for i in range(64)}]
+    late = [{"x": 1}, {"x": 2, "f1": 3}]
+    recs = [record("POST", "/a", 200, resp_json=v) for v in (wide, late, late, late, wide, late)]
+    remembered, fresh = Inventory(), Inventory()
+    for r in recs:
+        remembered.add(r)
+        fresh.memo = None
+        fresh.add(r)
+    (st_mem,), (st_fresh,) = remembered.keys.values(), fresh.keys.values()
+    items = st_fresh.responses["200"].items
+    assert items is not None and items.dropped == 8 and items.properties["f1"].count == 6
+    assert st_mem.responses["200"].to_dict() == st_fresh.responses["200"].to_dict()
+    assert remembered.to_dict() == fresh.to_dict()

@@ -4,12 +4,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BadValue, InputError
 from ..values import parse_port, parse_seconds, parse_size
+
+
+@contextlib.contextmanager
+def no_collections() -> Iterator[None]:
+    """The cyclic collector paused (as it was after): importing a command's room builds modules, classes and
+    functions, no garbage for a collection to find."""
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collect:
+            gc.enable()
 
 
 def _arg_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import gc
 from typing import Any
 
-from .args import add_output_args, add_secret_and_port_args, rsa_password
+from .args import add_output_args, add_secret_and_port_args, no_collections, rsa_password
 
 
 def register(sub: Any) -> None:
@@ -21,13 +20,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    collect = gc.isenabled()
-    gc.disable()  # start-up: importing the room builds no garbage for a collection to find
-    try:
+    with no_collections():
         from ..offline.decrypt import decrypt_main
-    finally:
-        if collect:
-            gc.enable()
 
     return decrypt_main(args.capture, args.keylog, args.rsa_key, args.port, args.output, args.dump_dir,
                         rsa_password(args.rsa_password_env), workers=args.workers, append=args.append,

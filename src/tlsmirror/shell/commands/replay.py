@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import importlib.util
 from typing import Any
 
 from ..errors import InputError
-from .args import add_output_args, add_secret_and_port_args, byte_size, rsa_password, seconds
+from .args import add_output_args, add_secret_and_port_args, byte_size, no_collections, rsa_password, seconds
 
 OTLP_MODULE = "tlsmirror.shell.export.otlp"
 
@@ -50,13 +49,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    collect = gc.isenabled()
-    gc.disable()  # start-up: importing the room builds no garbage for a collection to find
-    try:
+    with no_collections():
         from ..offline.replay import replay_main
-    finally:
-        if collect:
-            gc.enable()
 
     make_extra = None
     endpoint = getattr(args, "otlp_endpoint", None)

@@ -117,6 +117,19 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+def _content_type(headers: Headers) -> str | None:
+    """``header_value(headers, "content-type")``: the usual spellings compared as they are, ``lower()`` only
+    for a 12-character name of another case that starts with C (not for X-Request-Id and the like)."""
+    for n, v in headers:
+        if len(n) == 12:
+            if n == "Content-Type" or n == "content-type":
+                return v
+            first = n[0]
+            if (first == "C" or first == "c") and n.lower() == "content-type":
+                return v
+    return None
+
+
 def split_target(target: str | None) -> tuple[str | None, str | None]:
     """A request target split at the first ``?`` into (path, query string or None)."""
     if target is None:
@@ -381,8 +394,8 @@ def _record(call: ApiCall, body_mode: str, graphql: GraphqlOptions | None, webso
     end = resp_end_us if ex.response_end_ts is not None else req_end_us if ex.request_end_ts is not None else None
     if start is not None and end is not None:
         rec["duration_ms"] = max(end - start, 0) / 1000.0
-    req_ct = header_value(ex.request_headers, "content-type")
-    resp_ct = header_value(ex.response_headers, "content-type")
+    req_ct = _content_type(ex.request_headers)
+    resp_ct = _content_type(ex.response_headers)
     rec["http_version"] = ex.http_version
     if ex.stream_id is not None:
         rec["stream_id"] = ex.stream_id

@@ -128,7 +128,7 @@ def _fields(head: bytes, msg: _Msg) -> None:
             out_b.append((name_t, value_t))
             size = len(name_t)
             if size == 4 or size == 7 or size == 12 or size == 14 or size == 16 or size == 17:
-                msg._note(name_t, value_t)
+                msg._note(size, name_t, value_t)
         msg.headers = tuple(out_b)
         return
     out: list[tuple[str, str]] = []
@@ -148,7 +148,7 @@ def _fields(head: bytes, msg: _Msg) -> None:
         size = i - pos
         # the lengths of the names noted: host, upgrade, content-type, -length, -encoding, transfer-encoding
         if size == 4 or size == 7 or size == 12 or size == 14 or size == 16 or size == 17:
-            msg._note(name, value)
+            msg._note(size, name, value)
         pos = eol + 2
     msg.headers = tuple(out)
 
@@ -181,27 +181,35 @@ class _Msg:
         self.content_length: list[str] | None = None
         self.transfer_encoding: list[str] | None = None
 
-    def _note(self, name: str, value: str) -> None:
-        """Field ``name`` (4, 7, 12, 14, 16 or 17 characters) with ``value``, kept if this stage reads it."""
-        key = name.lower()
-        if key == "host":
-            if self.host is None:
+    def _note(self, size: int, name: str, value: str) -> None:
+        """Field ``name`` (``size`` characters: 4, 7, 12, 14, 16 or 17) with ``value``, kept if this stage
+        reads it. The usual spellings compare as they are; ``lower()`` runs only for a name of another case
+        that starts with the right letter (not for Date, X-Request-Id and the like)."""
+        first = name[0]
+        if size == 4:
+            if self.host is None and (name == "Host" or name == "host"
+                                      or ((first == "H" or first == "h") and name.lower() == "host")):
                 self.host = value
-        elif key == "upgrade":
-            if self.upgrade_field is None:
+        elif size == 7:
+            if self.upgrade_field is None and (name == "Upgrade" or name == "upgrade"
+                                               or ((first == "U" or first == "u") and name.lower() == "upgrade")):
                 self.upgrade_field = value
-        elif key == "content-type":
-            if self.content_type is None:
-                self.content_type = value
-        elif key == "content-length":
-            if self.content_length is None:
-                self.content_length = [value]
-            else:
-                self.content_length.append(value)
-        elif key == "content-encoding":
-            if self.content_encoding is None:
+        elif first == "C" or first == "c":
+            if size == 12:
+                if self.content_type is None and (name == "Content-Type" or name == "content-type"
+                                                  or name.lower() == "content-type"):
+                    self.content_type = value
+            elif size == 14:
+                if name == "Content-Length" or name == "content-length" or name.lower() == "content-length":
+                    if self.content_length is None:
+                        self.content_length = [value]
+                    else:
+                        self.content_length.append(value)
+            elif size == 16 and self.content_encoding is None and (
+                    name == "Content-Encoding" or name == "content-encoding" or name.lower() == "content-encoding"):
                 self.content_encoding = value
-        elif key == "transfer-encoding":
+        elif size == 17 and (first == "T" or first == "t") and (
+                name == "Transfer-Encoding" or name == "transfer-encoding" or name.lower() == "transfer-encoding"):
             if self.transfer_encoding is None:
                 self.transfer_encoding = [value]
             else:

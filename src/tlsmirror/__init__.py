@@ -8,7 +8,7 @@ _HOT = ("tlsmirror.pipeline", "tlsmirror.http.h1", "tlsmirror.record", "tlsmirro
 
 def build() -> str:
     """How this install was built: ``compiled`` (the hot modules are mypyc-compiled C extensions),
-    ``pure Python`` (none is: about half as fast) or ``partly compiled``. Found without importing them."""
+    ``pure Python`` (none is: 3-4x slower) or ``partly compiled``. Found without importing them."""
     from importlib.util import find_spec
 
     compiled = 0

@@ -12,7 +12,7 @@ from .result import FAIL, OK, SKIP, WARN, DoctorOptions, Result, see
 
 
 def check_build() -> Result:
-    """How this install was built: compiled (mypyc) or pure Python, which is about half as fast."""
+    """How this install was built: compiled (mypyc) or pure Python, which is 3-4x slower."""
     from ... import __version__, build
 
     kind = build()
@@ -20,7 +20,7 @@ def check_build() -> Result:
     if kind == "compiled":
         return Result("build", OK, f"tlsmirror {__version__}, compiled: the hot path runs as C extensions "
                                    "(mypyc)", data=data)
-    return Result("build", WARN, f"tlsmirror {__version__}, {kind}: about half as fast as the compiled build", [
+    return Result("build", WARN, f"tlsmirror {__version__}, {kind}: 3-4x slower than the compiled build", [
         "reinstall with a C compiler present (gcc or cc): `python3 -m pip install .` then compiles the hot "
         "modules; the install bundle ships compiled wheels for its Python versions", see("pure-python-build")],
         data=data)

@@ -12,13 +12,22 @@ without losing the framing.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
 from .bodies import BodyCollector, is_event_stream, is_text, parse_encodings
 from .errors import HttpError
 from .events import Body, EventQueue, Exchange, HttpProblem
+
+# The plain head's one-call parser (C, built with the compiled modules): a strict subset of what llhttp
+# accepts, with the same fields; None for anything else, which llhttp parses as before.
+_parse_head: Callable[[bytes, int, int, bool], tuple[Any, ...] | None] | None
+try:
+    from ._head import parse_head as _parse_head
+except ImportError:  # the pure-Python build
+    _parse_head = None
 
 if TYPE_CHECKING:  # imported at the first upgrade: most connections have none (start-up)
     from .websocket import WebSocketParser
@@ -545,6 +554,14 @@ class H1Connection(EventQueue):
                 pos += 1
             if pos == n:
                 return pos
+            if _parse_head is not None:
+                end = buf.find(b"\r\n\r\n", pos)
+                if 0 <= end <= pos + MAX_HEAD - 4:
+                    end += 4
+                    r = _parse_head(buf, pos, end, i == 0)
+                    if r is not None:
+                        self._plain_head(i, d, r, ts)
+                        return end
             d.proto = _Head()
             # strict first (one call less per message); a refused head is parsed again leniently
             d.parser = _REQUEST_PARSER(d.proto) if i == 0 else _RESPONSE_PARSER(d.proto)
@@ -646,6 +663,26 @@ class H1Connection(EventQueue):
             msg.reason = _text(proto.reason)
             self._response_head(d, msg, ts)
         return end
+
+    def _plain_head(self, i: int, d: _Dir, r: tuple[Any, ...], ts: float) -> None:
+        """A whole head read by ``_parse_head`` (see its fields there)."""
+        self.heads += 1
+        msg = _Msg(ts)
+        msg.version = r[2]
+        msg.headers = r[3]
+        msg.host = r[4]
+        msg.content_type = r[5]
+        msg.content_encoding = r[6]
+        msg.content_length = r[7]
+        msg.transfer_encoding = r[8]
+        if i == 0:
+            msg.method = r[0]
+            msg.target = r[1]
+            self._request_head(d, msg, ts)
+        else:
+            msg.status = r[0]
+            msg.reason = r[1]
+            self._response_head(d, msg, ts)
 
     def _lenient(self, i: int, d: _Dir, head: bytes) -> HttpError | None:
         """llhttp refused the head: parse it again, whole, allowing Transfer-Encoding with Content-Length

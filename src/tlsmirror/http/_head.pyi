@@ -1,0 +1,3 @@
+from typing import Any
+
+def parse_head(buf: bytes, start: int, end: int, request: bool, /) -> tuple[Any, ...] | None: ...

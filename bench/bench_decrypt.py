@@ -6,7 +6,9 @@
 Each tool runs --runs times, one process at a time, in interleaved rounds (every tool once, then again:
 a slow spell of a shared machine hits all tools alike); the best (lowest) wall time of each is reported with
 packets/s and MB/s of captured frames, CPU time, and the peak RSS of that process (``os.wait4``). The ratio
-column is packets/s over the reference tshark's packets/s.
+column is packets/s over the reference tshark's packets/s. The median CPU time of each tool over the rounds
+follows, with tlsmirror's ratio to tshark (the target: >= 8x by CPU medians); the interpreter's start-up
+cost is printed first, since every tlsmirror run includes it.
 
 The reference tshark invocation decrypts every TLS record and prints the decrypted application data:
 ``tshark -n -r CAP -o tls.keylog_file:KEYLOG --disable-protocol http -T fields -e data.data``
@@ -15,7 +17,8 @@ checked against tlsmirror's). ``tshark-filter`` is the heavier form
 ``-Y tls -T fields -e tls.app_data``, shown for information only.
 
 Checks (exit 1 when one fails): tlsmirror reports every TCP connection of the capture as decrypted, and
-its plaintext bytes equal tshark's. With --check, also fail when tlsmirror is below 5x tshark's packets/s.
+its plaintext bytes equal tshark's. With --check, also fail when tlsmirror is below 5x tshark's packets/s
+by best wall time or below 8x by CPU medians.
 """
 
 from __future__ import annotations
@@ -34,14 +37,17 @@ from common import (
     REQS,
     Timing,
     capture_stats,
+    cpu_median_line,
     print_table,
     require_capture,
+    startup_floor,
     timed_run,
     tlsmirror_cmd,
     warm_bytecode,
 )
 
-TARGET = 5.0
+TARGET = 5.0  # best wall time (issue 2)
+TARGET_CPU = 8.0  # CPU medians of interleaved runs (issue 13)
 TOOLS = ("tlsmirror", "tshark", "tshark-filter", "ssldump")
 
 
@@ -93,10 +99,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tlsmirror-bench-"))
     cmds = commands(cap, keylog, tmp / "tlsmirror.jsonl")
     best: dict[str, Timing] = {}
+    cpus: dict[str, list[float]] = {}
     failures: list[str] = []
     notes: dict[str, str] = {}
     plain: dict[str, int | None] = {}
     try:
+        print(startup_floor(), flush=True)
         present = []
         for tool in tools:
             exe = cmds[tool][0]
@@ -121,6 +129,7 @@ def main() -> int:
                     failures.append(f"{tool} exited {t.returncode}: {err}")
                     failed.add(tool)
                     continue
+                cpus.setdefault(tool, []).append(t.user + t.sys)
                 if tool not in best or t.wall < best[tool].wall:
                     best[tool] = t
         for tool in present:
@@ -155,7 +164,10 @@ def main() -> int:
         cpu_ratio = (ref.user + ref.sys) / (tm.user + tm.sys)
         print(f"target decrypt >= {TARGET:g}x tshark packets/s: {ratio:.2f}x, {verdict} "
               f"(by CPU time, which other load disturbs less: {cpu_ratio:.2f}x)")
-        if a.check and ratio < TARGET:
+        median = cpu_median_line(cpus, "tlsmirror", TARGET_CPU, st.packets)
+        if median is not None:
+            print(median[0])
+        if a.check and (ratio < TARGET or (median is not None and not median[1])):
             rc = 1
     return rc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -130,6 +131,47 @@ class Timing:
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+SITE_STARTUP_WARN = 0.03  # CPU s: a bare interpreter start-up costs about 0.01 s; more means site hooks
+
+
+def startup_floor(runs: int = 5) -> str:
+    """A line for the report: the CPU time of this Python starting and exiting (``-c pass``), with and
+    without its site start-up (``-S``), medians of ``runs``. Every timed tlsmirror process pays the first
+    figure; tshark pays nothing like it. A site directory with heavy ``.pth`` start-up hooks (some machines
+    install them for every process) adds its cost to every run: measure from a venv without system site
+    packages then, and compare the two figures printed here."""
+    env = child_env()
+    with_site = statistics.median(_cpu([sys.executable, "-c", "pass"], env) for _ in range(runs))
+    bare = statistics.median(_cpu([sys.executable, "-S", "-c", "pass"], env) for _ in range(runs))
+    line = (f"interpreter start-up ({sys.executable}): {with_site:.3f} s CPU, {bare:.3f} s without site "
+            "packages")
+    if with_site - bare > SITE_STARTUP_WARN:
+        line += (f"\nwarning: this Python's site start-up costs {with_site - bare:.3f} s per process "
+                 "(.pth hooks?); every tlsmirror figure below includes it: run from a venv without system "
+                 "site packages")
+    return line
+
+
+def _cpu(cmd: list[str], env: dict[str, str]) -> float:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_median_line(cpus: dict[str, list[float]], tool: str, target: float, work: int,
+                    ref: str = "tshark") -> tuple[str, bool] | None:
+    """``tool``'s and ``ref``'s median CPU time over the interleaved rounds, the ratio of their rates
+    for the same ``work`` and whether it meets ``target``; None unless both ran."""
+    if not cpus.get(tool) or not cpus.get(ref):
+        return None
+    mine, theirs = statistics.median(cpus[tool]), statistics.median(cpus[ref])
+    ratio = theirs / mine
+    met = ratio >= target
+    return (f"CPU medians of {len(cpus[tool])} interleaved rounds: {tool} {mine:.3f} s "
+            f"({work / mine:,.0f}/s), {ref} {theirs:.3f} s: {ratio:.2f}x, target >= {target:g}x: "
+            + ("met" if met else "NOT met")), met
 
 
 def timed_run(cmd: list[str], *, keep_stdout: bool = False, stdout_path: str | None = None) -> Timing:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 
 def ip_text(addr: bytes) -> str:
     """Packed IPv4/IPv6 address as text."""
     if len(addr) == 4:
         return ".".join(str(b) for b in addr)
+    import ipaddress  # at the first IPv6 address: most captures have none (start-up)
+
     return str(ipaddress.IPv6Address(addr))
 
 

@@ -15,7 +15,6 @@ random names the key log line), so the file is written with mode 0600.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -56,6 +55,8 @@ def _end(obj: Any) -> tuple[bytes, int]:
     ip = obj.get("ip")
     if not isinstance(ip, str):
         raise ValueError("bad ip")
+    import ipaddress  # when a facts file is read: most runs have none (start-up)
+
     return ipaddress.ip_address(ip).packed, port
 
 

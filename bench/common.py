@@ -142,9 +142,8 @@ def startup_floor(runs: int = 5) -> str:
     figure; tshark pays nothing like it. A site directory with heavy ``.pth`` start-up hooks (some machines
     install them for every process) adds its cost to every run: measure from a venv without system site
     packages then, and compare the two figures printed here."""
-    env = child_env()
-    with_site = statistics.median(_cpu([sys.executable, "-c", "pass"], env) for _ in range(runs))
-    bare = statistics.median(_cpu([sys.executable, "-S", "-c", "pass"], env) for _ in range(runs))
+    with_site = statistics.median(_cpu([sys.executable, "-c", "pass"]) for _ in range(runs))
+    bare = statistics.median(_cpu([sys.executable, "-S", "-c", "pass"]) for _ in range(runs))
     line = (f"interpreter start-up ({sys.executable}): {with_site:.3f} s CPU, {bare:.3f} s without site "
             "packages")
     if with_site - bare > SITE_STARTUP_WARN:
@@ -154,10 +153,9 @@ def startup_floor(runs: int = 5) -> str:
     return line
 
 
-def _cpu(cmd: list[str], env: dict[str, str]) -> float:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _pid, _status, usage = os.wait4(proc.pid, 0)
-    return usage.ru_utime + usage.ru_stime
+def _cpu(cmd: list[str]) -> float:
+    t = timed_run(cmd)
+    return t.user + t.sys
 
 
 def cpu_median_line(cpus: dict[str, list[float]], tool: str, target: float, work: int,

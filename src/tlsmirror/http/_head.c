@@ -74,6 +74,18 @@ cached_str(const unsigned char *p, Py_ssize_t n)
     return s;
 }
 
+/* a new list of the one item s (h1 keeps the framing fields' values as lists) */
+static PyObject *
+list_of(PyObject *s)
+{
+    PyObject *l = PyList_New(1);
+    if (l != NULL) {
+        Py_INCREF(s);
+        PyList_SET_ITEM(l, 0, s);
+    }
+    return l;
+}
+
 /* ASCII case-insensitive compare of p[0:n] with the lowercase name */
 static int
 name_is(const unsigned char *p, Py_ssize_t n, const char *lower, Py_ssize_t size)
@@ -189,7 +201,6 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *fields = PyList_New(0);
     PyObject *host = NULL, *ctype = NULL, *cenc = NULL, *clen = NULL, *te = NULL;
     PyObject *result = NULL;
-    int plain = 1;
     if (fields == NULL)
         goto done;
     while (!IS_CRLF(p, i)) {
@@ -198,7 +209,6 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             i++;
         Py_ssize_t k1 = i;
         if (k1 == k0 || p[i] != ':') {
-            plain = 0;
             goto done;
         }
         i++;
@@ -208,7 +218,6 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         while (VCHAR[p[i]])
             i++;
         if (!IS_CRLF(p, i)) {
-            plain = 0;
             goto done;
         }
         Py_ssize_t v1 = i;
@@ -246,7 +255,6 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         case 7:
             if (name_is(name, nlen, "upgrade", 7)) {
-                plain = 0;
                 goto done;
             }
             break;
@@ -259,20 +267,15 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         case 14:
             if (name_is(name, nlen, "content-length", 14)) {
                 if (clen != NULL || te != NULL || v1 == v0 || v1 - v0 > 15) { /* llhttp: overflow */
-                    plain = 0;
                     goto done;
                 }
                 for (Py_ssize_t k = v0; k < v1; k++) {
                     if (p[k] < '0' || p[k] > '9') {
-                        plain = 0;
                         goto done;
                     }
                 }
-                clen = PyList_New(1);
-                if (clen == NULL)
+                if ((clen = list_of(vs)) == NULL)
                     goto done;
-                Py_INCREF(vs);
-                PyList_SET_ITEM(clen, 0, vs);
             }
             break;
         case 16:
@@ -284,14 +287,10 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         case 17:
             if (name_is(name, nlen, "transfer-encoding", 17)) {
                 if (te != NULL || clen != NULL || v1 - v0 != 7 || !name_is(p + v0, 7, "chunked", 7)) {
-                    plain = 0;
                     goto done;
                 }
-                te = PyList_New(1);
-                if (te == NULL)
+                if ((te = list_of(vs)) == NULL)
                     goto done;
-                Py_INCREF(vs);
-                PyList_SET_ITEM(te, 0, vs);
             }
             break;
         default:
@@ -299,8 +298,7 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     if (i + 2 != n) {
-        plain = 0; /* an empty line before the end: not one head */
-        goto done;
+        goto done; /* an empty line before the end: not one head */
     }
     {
         PyObject *headers = PyList_AsTuple(fields);
@@ -325,7 +323,7 @@ parse_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(fields);
         return result;
     }
-done:
+done: /* declined (None), or failed with the error set (NULL) */
     Py_XDECREF(fields);
     Py_XDECREF(host);
     Py_XDECREF(ctype);
@@ -337,7 +335,6 @@ done:
     Py_DECREF(version);
     if (PyErr_Occurred())
         return NULL;
-    (void)plain;
     Py_RETURN_NONE;
 }
 

@@ -22,26 +22,10 @@ _head = pytest.importorskip("tlsmirror.http._head")
 parse_head = _head.parse_head
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.url = b""
-        self.reason = b""
-        self.done = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_headers_complete(self) -> None:
-        self.done = True
-
-
 def _oracle(head: bytes, request: bool) -> tuple[Any, ...] | None:
     """The head as the stage's llhttp path reads it (strict llhttp, then ``_fields``), in the native
     parser's tuple layout; None if llhttp refuses it or asks for an upgrade."""
-    c = _Collect()
+    c = h1._Head()  # the protocol of the stage's llhttp path
     p = httptools.HttpRequestParser(c) if request else httptools.HttpResponseParser(c)
     try:
         p.feed_data(head)
@@ -49,7 +33,7 @@ def _oracle(head: bytes, request: bool) -> tuple[Any, ...] | None:
         return None
     except httptools.HttpParserError:
         return None
-    if not c.done:
+    if not c.complete:
         return None
     msg = h1._Msg(0.0)
     h1._fields(head, msg)

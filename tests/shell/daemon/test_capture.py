@@ -84,24 +84,40 @@ def test_tunnel_hash_uses_outer_header_like_the_kernel() -> None:
 # ---------------------------------------------------------------------------- BPF
 @needs_tcpdump
 def test_default_filter_compiles_and_matches() -> None:
-    expr = default_filter([8001, 9464], [("198.18.0.9", 4317)])
+    expr = default_filter([8001, 9464], [("198.18.0.9", 4317)], own_addresses=["10.0.0.5", "fd00::5"])
     assert expr.endswith(BASE_FILTER)
     prog = compile_bpf(expr)
     api = ethernet(ipv4(tcp(b"x", sport=40000, dport=443)))
-    keys = ethernet(ipv4(tcp(b"x", sport=40000, dport=8001)))
+    keys = ethernet(ipv4(tcp(b"x", sport=40000, dport=8001), dst="10.0.0.5"))
+    keys_back = ethernet(ipv4(tcp(b"x", sport=8001, dport=40000), src="10.0.0.5"))
+    keys6 = ethernet(ipv6(tcp(b"x", sport=40000, dport=8001), dst="fd00::5"))
+    metrics = ethernet(ipv4(tcp(b"x", sport=40000, dport=9464), dst="10.0.0.5"))
     export = ethernet(ipv4(tcp(b"x", sport=40000, dport=4317), dst="198.18.0.9"))
     other_4317 = ethernet(ipv4(tcp(b"x", sport=40000, dport=4317), dst="198.18.0.10"))
     dns = ethernet(ipv4(udp(b"q", dport=53), proto=17))
     tunnel = ethernet(ipv4(udp(vxlan(api), dport=4789), proto=17))
     assert bpf_matches(prog, api)
-    assert not bpf_matches(prog, keys)
-    assert not bpf_matches(prog, export)
+    for own in (keys, keys_back, keys6, metrics, export):
+        assert not bpf_matches(prog, own)
     assert bpf_matches(prog, other_4317)
     assert not bpf_matches(prog, dns)
     assert bpf_matches(prog, tunnel)
     assert bpf_matches(prog, ethernet(ipv6(tcp(b"x", dport=443))))
     assert bpf_matches(prog, ethernet(ipv4(tcp(b"x", dport=443)), vlans=[100]))
     assert not bpf_matches(prog, ethernet(ipv4(udp(b"q", dport=53), proto=17), vlans=[100]))
+
+
+@needs_tcpdump
+def test_a_mirrored_client_on_the_listener_port_is_captured() -> None:
+    """A mirrored connection is between other hosts: its client may use 8001 (or the metrics port) as its
+    own port, and is captured both ways; only connections to this sensor's addresses are its own."""
+    prog = compile_bpf(default_filter([8001, 9464], own_addresses=["10.0.0.5"]))
+    for port in (8001, 9464):
+        assert bpf_matches(prog, ethernet(ipv4(tcp(b"x", sport=port, dport=443))))
+        assert bpf_matches(prog, ethernet(ipv4(tcp(b"x", sport=443, dport=port), src="10.0.0.2",
+                                               dst="10.0.0.1")))
+    # an interface without an address (a mirror port or TAP) carries none of the sensor's own connections
+    assert default_filter([8001, 9464], own_addresses=[]) == BASE_FILTER
 
 
 @needs_tcpdump

@@ -117,9 +117,20 @@ def interface_linktype(name: str) -> tuple[int, str]:
     return kind
 
 
-def default_filter(exclude_ports: Sequence[int] = (), exclude_hosts: Sequence[tuple[str, int]] = ()) -> str:
-    """All TCP (and tunnels) minus the sensor's own listener/metrics ports and its export traffic."""
-    parts = [f"not (tcp port {port})" for port in sorted(set(exclude_ports))]
+def default_filter(own_ports: Sequence[int] = (), exclude_hosts: Sequence[tuple[str, int]] = (),
+                   own_addresses: Sequence[str] = ()) -> str:
+    """All TCP (and tunnels) minus the sensor's own connections: its listener, metrics and export ports
+    (*own_ports*) where one end is one of the capture interfaces' own addresses (*own_addresses*), and
+    (*exclude_hosts*) each (collector address, port) it exports to. A mirrored connection is between
+    other hosts, so a client that happens to use port 8001 as its own port is still captured; an
+    interface without an address (a dedicated mirror port or TAP) carries none of the sensor's own."""
+    parts: list[str] = []
+    ports = sorted(set(own_ports))
+    hosts = sorted(set(own_addresses))
+    if ports and hosts:
+        any_host = " or ".join(f"host {h}" for h in hosts)
+        any_port = " or ".join(f"tcp port {p}" for p in ports)
+        parts.append(f"not (({any_host}) and ({any_port}))")
     parts += [f"not (host {host} and tcp port {port})" for host, port in exclude_hosts]
     return " and ".join([*parts, BASE_FILTER])
 

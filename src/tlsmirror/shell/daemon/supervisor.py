@@ -254,7 +254,7 @@ class Daemon:
         if not cfg.capture.interfaces:
             raise InputError("nothing to capture: give -i IFACE (capture.interfaces) or --pcap FILE")
         check_capture_permission(cfg.capture.interfaces)
-        expr = cfg.capture.bpf or default_filter(*self._own_traffic())
+        expr = cfg.capture.bpf or default_filter(*self._own_traffic(), own_addresses=self._own_addresses())
         base = cfg.capture.fanout_group or (os.getpid() & 0xFFFF)
         compiled: dict[str, list[tuple[int, int, int, int]]] = {}
         for j, name in enumerate(cfg.capture.interfaces):
@@ -289,6 +289,22 @@ class Daemon:
             else:
                 ports.append(443 if ep.startswith("https") else 80)
         return ports, hosts
+
+    def _own_addresses(self) -> list[str]:
+        """The addresses the sensor's own connections can have on the capture interfaces: theirs, and the
+        listener's and metrics' when bound to one address."""
+        import ipaddress
+
+        from ..host import interface_addresses
+
+        cfg = self.cfg
+        by_name = interface_addresses()
+        found = {a for name in cfg.capture.interfaces for a in by_name.get(name, ())}
+        for on, host in ((cfg.keys.enabled, cfg.keys.host), (cfg.metrics.enabled, cfg.metrics.host)):
+            with contextlib.suppress(ValueError):
+                if on and not ipaddress.ip_address(host).is_unspecified:
+                    found.add(str(ipaddress.ip_address(host)))
+        return sorted(found)
 
     def _spec(self, index: int) -> WorkerSpec:
         cfg = self.cfg

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +15,7 @@ from ...frames.ip import FragmentReassembler, ipv4, ipv6
 from ...frames.layers import K_ETH, K_IP, K_IPV4, K_IPV6
 from ...frames.link import ethernet_payload, link_payload
 from ..errors import InputError
+from ..host import host_addresses as addresses_of_host
 from .metrics import Scrape
 from .result import DROP_RATIO, FAIL, OK, SKIP, WARN, Result, num, plural, see
 
@@ -133,25 +131,8 @@ def check_interface(name: str, before: InterfaceState, after: InterfaceState | N
 
 
 def host_addresses(timeout: float = 2.0) -> set[bytes]:
-    """This host's IP addresses, packed (from `ip -j addr`, else the host name)."""
-    out: set[bytes] = {socket.inet_pton(socket.AF_INET, "127.0.0.1"), socket.inet_pton(socket.AF_INET6, "::1")}
-    ip = shutil.which("ip")
-    found = False
-    if ip is not None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError, TypeError):
-            proc = subprocess.run([ip, "-j", "addr", "show"], capture_output=True, text=True, timeout=timeout)
-            for link in json.loads(proc.stdout or "[]"):
-                for a in link.get("addr_info", []):
-                    fam = socket.AF_INET6 if a.get("family") == "inet6" else socket.AF_INET
-                    with contextlib.suppress(OSError, TypeError):
-                        out.add(socket.inet_pton(fam, str(a.get("local", "")).split("%")[0]))
-                        found = True
-    if not found:
-        with contextlib.suppress(OSError):
-            for fam, _t, _p, _c, sa in socket.getaddrinfo(socket.gethostname(), None):
-                with contextlib.suppress(OSError):
-                    out.add(socket.inet_pton(fam, str(sa[0]).split("%")[0]))
-    return out
+    """This host's IP addresses, packed."""
+    return {socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a) for a in addresses_of_host(timeout)}
 
 
 def _outer_ip(linktype: int, data: bytes,

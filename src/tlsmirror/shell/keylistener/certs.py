@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import ipaddress
 import logging
 import os
 import socket
 import ssl
-import struct
 
 from ..errors import InputError
+from ..host import host_addresses as addresses_of_host
 
 log = logging.getLogger("tlsmirror.keys")
 CERT_FILE = "keyserver-cert.pem"
@@ -65,25 +64,8 @@ def _is_ip(text: str) -> bool:
 
 def host_addresses() -> list[str]:
     """Every address of the host's interfaces (IPv4 and global/unique-local IPv6) and loopback."""
-    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = {ipaddress.ip_address("127.0.0.1"),
-                                                                 ipaddress.ip_address("::1")}
-    siocgifaddr = 0x8915
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            with contextlib.suppress(OSError):
-                req = struct.pack("256s", name.encode()[:15])
-                found.add(ipaddress.IPv4Address(fcntl.ioctl(s.fileno(), siocgifaddr, req)[20:24]))
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/net/if_inet6", encoding="ascii") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 4:
-                found.add(ipaddress.IPv6Address(bytes.fromhex(fields[0])))
-    with contextlib.suppress(OSError, UnicodeError):
-        for info in socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP):
-            with contextlib.suppress(ValueError):
-                found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-    usable = [a for a in found if not a.is_unspecified and not a.is_link_local and not a.is_multicast]
-    return [str(a) for a in sorted(usable, key=lambda a: (a.version, int(a)))]
+    found = (ipaddress.ip_address(a) for a in addresses_of_host())
+    return [str(a) for a in found if not a.is_unspecified and not a.is_link_local and not a.is_multicast]
 
 
 def write_self_signed(cert_path: str, key_path: str, names: list[str] | None = None,

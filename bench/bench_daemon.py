@@ -77,9 +77,21 @@ def lab_is_up() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range. The capture's clients are this host's address (198.18.0.1, the
+    capture interface's) with ephemeral ports, so the daemon's own ports (key listener, metrics), which its
+    filter keeps out on its own addresses, must not be one of them: in the ephemeral range, a run lost a
+    whole connection about one time in six."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 # ---------------------------------------------------------------------------- /proc and /metrics
@@ -171,6 +183,8 @@ class Result:
     sent_mbps: float = 0.0
     sent_pps: float = 0.0
     send_s: float = 0.0
+    iface_rx: int = 0  # packets the capture interface received during the run (its own counters) ...
+    iface_dropped: int = 0  # ... and dropped before any socket saw them
     kernel_packets: int = 0
     kernel_drops: int = 0
     internal_drops: int = 0
@@ -200,6 +214,15 @@ class Result:
     @property
     def cpu_per_1000(self) -> float:
         return (self.cpu_parent + self.cpu_workers) / (self.lines / 1000) if self.lines else 0.0
+
+
+def iface_counters() -> tuple[int, int]:
+    """The capture interface's received and dropped packets (sysfs)."""
+    base = Path("/sys/class/net") / IFACE / "statistics"
+    try:
+        return int((base / "rx_packets").read_text()), int((base / "rx_dropped").read_text())
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def tcpreplay_cmd(cap: Path, rate: str, unit: str) -> list[str]:
@@ -259,6 +282,7 @@ def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namesp
         send_keys = [*tlsmirror_cmd(), "keys", "send", f"127.0.0.1:{kport}", "--insecure", "--keylog", str(keylog)]
         if a.keys == "before":
             subprocess.run(send_keys, check=True, stdout=subprocess.DEVNULL, env=child_env(), timeout=120)
+        rx0 = iface_counters()
         t0 = time.monotonic()
         if a.keys == "parallel":
             keysend = subprocess.Popen(send_keys, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -294,6 +318,8 @@ def run_one(cap: Path, keylog: Path, workers: int, rate: str, a: argparse.Namesp
             replay.kill()
             replay_out = replay.communicate()[0] or ""
         parse_tcpreplay(replay_out, res)
+        rx1 = iface_counters()
+        res.iface_rx, res.iface_dropped = rx1[0] - rx0[0], rx1[1] - rx0[1]
         if keysend is not None:
             if keysend.poll() is None:
                 keysend.kill()
@@ -446,7 +472,9 @@ def main() -> int:
                 r = run_one(cap, keylog, w, rate, a, work_root)
                 results.append(r)
                 print(f"  workers={w} rate={r.rate}: sent {r.sent_packets} pkts at {r.sent_mbps:.0f} Mbps "
-                      f"({r.sent_pps:.0f} pps) in {r.send_s:.2f} s; kernel drops {r.kernel_drops}, "
+                      f"({r.sent_pps:.0f} pps) in {r.send_s:.2f} s; {IFACE} received {r.iface_rx} "
+                      f"(dropped {r.iface_dropped}), sockets passed {r.kernel_packets}, workers read "
+                      f"{r.packets}; kernel drops {r.kernel_drops}, "
                       f"internal drops {r.internal_drops}, unread at the stop {r.backlog}, lines {r.lines}, "
                       f"decrypted {r.decrypted}/{CONNS * a.passes}, "
                       f"late-key {r.late_key}, caught up {r.caught_up_s:.1f} s, CPU {r.cpu_parent:.1f}+"

@@ -78,6 +78,8 @@ def _extensions() -> list[object]:
         return []
     # the plain HTTP/1 head's one-call parser (src/tlsmirror/http/_head.c): llhttp parses every other head
     head = Extension("tlsmirror.http._head", ["src/tlsmirror/http/_head.c"], optional=True)
+    # the live capture ring's block reader (src/tlsmirror/shell/daemon/_ring.c): capture.py has the same loop
+    ring = Extension("tlsmirror.shell.daemon._ring", ["src/tlsmirror/shell/daemon/_ring.c"], optional=True)
     try:
         from mypyc.build import mypycify
 
@@ -86,10 +88,10 @@ def _extensions() -> list[object]:
         exts = mypycify(["--config-file=", "--ignore-missing-imports", *COMPILED], opt_level="3")
     except BaseException as exc:  # noqa: BLE001 - a failed compile falls back to pure Python
         print(f"tlsmirror: mypyc compile skipped ({type(exc).__name__}: {exc}); pure Python", file=sys.stderr)
-        return [head]
+        return [head, ring]
     for ext in exts:
         ext.optional = True  # a C compiler problem also falls back to pure Python
-    return [*exts, head]
+    return [*exts, head, ring]
 
 
 setup(ext_modules=_extensions())

@@ -34,6 +34,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ...frames.link import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ..errors import InputError
@@ -93,6 +94,60 @@ BpfProgram = list[tuple[int, int, int, int]]
 # `vlan` shifts the offsets of everything after it in a libpcap expression: it comes last.
 _TUNNELS = "udp port 4789 or udp port 6081 or ip proto 47 or ip6 proto 47"
 BASE_FILTER = f"(tcp or {_TUNNELS} or (vlan and (tcp or {_TUNNELS})))"
+
+
+# ---------------------------------------------------------------------------- the ring's blocks
+_HDR_MIN = 40  # the frame header's fields read end at 38 (tp_vlan_tpid); a frame takes at least this much
+
+
+def read_blocks_py(ring: Any, block: int, block_bytes: int, blocks: int, limit: int, frames: list[bytes],
+                   stamps: list[float], ether: bool) -> tuple[int, int, int]:
+    """From block index *block* on, every block the kernel handed over (``TP_STATUS_USER``) until *limit*
+    frames are read: each frame (the VLAN tag the NIC took off put back when *ether*) to *frames*, its
+    kernel time to *stamps*, and the block back to the kernel. Returns (next block, frames, bytes).
+    The fallback of the C reader (``_ring.read_blocks``, the same contract)."""
+    if blocks <= 0 or block_bytes < 48 or not 0 <= block < blocks or len(ring) < block_bytes * blocks:
+        raise ValueError("ring geometry does not fit the buffer")
+    unpack_block = _BLOCK.unpack_from
+    unpack_pkt = _PKT_HEAD.unpack_from
+    append = frames.append
+    stamp = stamps.append
+    total = 0
+    n = 0
+    while n < limit:
+        base = block * block_bytes
+        _v, _p, status, count, first = unpack_block(ring, base)
+        if not status & TP_STATUS_USER:
+            break
+        if count > block_bytes // _HDR_MIN:
+            raise ValueError("ring block claims more frames than it can hold")
+        off = first
+        for _ in range(count):
+            if off < 0 or off + _HDR_MIN > block_bytes:
+                raise ValueError("ring frame header outside its block")
+            nxt, sec, nsec, snap, st, mac = unpack_pkt(ring, base + off)
+            if off + mac + snap > block_bytes:
+                raise ValueError("ring frame outside its block")
+            start = base + off + mac
+            data = bytes(ring[start:start + snap])
+            if st & TP_STATUS_VLAN_VALID and ether and snap >= 12:  # the tag the NIC took off
+                tci, tpid = _VLAN.unpack_from(ring, base + off + 32)
+                tag = struct.pack("!HH", tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100, tci & 0xFFFF)
+                data = data[:12] + tag + data[12:]
+            append(data)
+            stamp(sec + nsec * 1e-9)
+            total += snap
+            off += nxt
+        n += count
+        _STATUS.pack_into(ring, base + 8, TP_STATUS_KERNEL)  # the block goes back to the kernel
+        block = (block + 1) % blocks
+    return block, n, total
+
+
+try:  # the C reader (src/tlsmirror/shell/daemon/_ring.c), built when a C compiler is present
+    from ._ring import read_blocks
+except ImportError:  # pragma: no cover - a build without it
+    read_blocks = read_blocks_py
 
 
 # ---------------------------------------------------------------------------- interfaces and BPF
@@ -389,38 +444,10 @@ class LiveSocket:
         return total
 
     def _read_ring(self, limit: int, out: list[bytes]) -> int:
-        ring = self._ring
-        assert ring is not None
-        unpack_block = _BLOCK.unpack_from
-        unpack_pkt = _PKT_HEAD.unpack_from
-        append = out.append
+        assert self._ring is not None
         stamps: list[float] = []
-        stamp = stamps.append
-        ether = self.linktype == LINKTYPE_ETHERNET
-        total = 0
-        n = 0
-        block_bytes = self._block_bytes
-        while n < limit:
-            base = self._block * block_bytes
-            _v, _p, status, count, first = unpack_block(ring, base)
-            if not status & TP_STATUS_USER:
-                break
-            off = base + first
-            for _ in range(count):
-                nxt, sec, nsec, snap, st, mac = unpack_pkt(ring, off)
-                start = off + mac
-                data = ring[start:start + snap]
-                if st & TP_STATUS_VLAN_VALID and ether and snap >= 12:  # the tag the NIC took off
-                    tci, tpid = _VLAN.unpack_from(ring, off + 32)
-                    tag = struct.pack("!HH", tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100, tci)
-                    data = data[:12] + tag + data[12:]
-                append(data)
-                stamp(sec + nsec * 1e-9)
-                total += snap
-                off += nxt
-            n += count
-            _STATUS.pack_into(ring, base + 8, TP_STATUS_KERNEL)  # the block goes back to the kernel
-            self._block = (self._block + 1) % self._blocks
+        self._block, _n, total = read_blocks(self._ring, self._block, self._block_bytes, self._blocks, limit,
+                                             out, stamps, self.linktype == LINKTYPE_ETHERNET)
         self.stamps = stamps
         return total
 

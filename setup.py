@@ -46,6 +46,7 @@ COMPILED = [
     "src/tlsmirror/shell/export/jsonl.py",
     "src/tlsmirror/shell/export/sharedjsonl.py",
     "src/tlsmirror/shell/daemon/pcapfeed.py",
+    "src/tlsmirror/shell/daemon/callsink.py",
     "src/tlsmirror/http/events.py",
     "src/tlsmirror/http/bodies.py",
     "src/tlsmirror/http/h1.py",

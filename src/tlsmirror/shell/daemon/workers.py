@@ -31,7 +31,6 @@ JSON lines file's ``flock`` dies with it too).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import mmap
 import os
 import pickle
@@ -49,6 +48,7 @@ from ...calls import ApiCall, HttpIssue
 from ...frames.addresses import endpoint
 from ...tls.events import DECRYPTED, OUTCOMES, HandshakeFacts, ResumptionState, TlsOutcome
 from ..logs import get_logger
+from .callsink import CallSink
 from .messages import (
     CallBatch,
     CaptureRead,
@@ -351,9 +351,9 @@ class Worker:
         self._inventory_unsent: Any = None  # a part the full outbox did not take
         self._inventory_direct = inventory is not None and not self._record_hook(inventory)
         self.calls_to_parent = not self.exporters
-        self.exported = 0  # API calls handed to the exporters (or the parent), including a catch-up's
+        # the calls (renumbered, counted, queued: compiled, every call passes there) and the counts
+        self.sink = CallSink(spec.index, spec.workers, (spec.incarnation << 32) if spec.mode == "live" else 0)
         self.export_errors = 0
-        self.silent = False  # catching up on a capture file: count, but export and log nothing
         self.position = 0  # capture file items handled (see FlowShare.position)
         self.deadline = 0.0  # of the stop (time.monotonic()); 0: none given
         self.share: Any = None  # the capture file's FlowShare (mode "pcap")
@@ -365,7 +365,6 @@ class Worker:
             self.engine.keys.ttl = spec.key_ttl
         self.stop = False
         self.eof = spec.mode != "pcap"
-        self.calls: list[ApiCall] = []
         self.facts: list[HandshakeFacts] = []  # seen since the last FactsSeen (share_facts)
         self.resumption: list[ResumptionState] = []  # learnt since the last FactsSeen (share_facts)
         self.packets = 0
@@ -373,7 +372,6 @@ class Worker:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.held: dict[str, dict[str, int]] = {}  # TLS version -> how the wait for keys ended -> sessions
         self.key_lag: dict[str, dict[str, float]] = {}  # TLS version -> histogram buckets, sum, count
-        self.exchanges: dict[str, int] = {}
         self.http_issues = 0
         self.result_drops = 0
         self.secrets_received = 0
@@ -383,35 +381,40 @@ class Worker:
         self.sockets: list[Any] = []
         self._next_stats = 0.0
         self._ppid = os.getppid()
-        # A capture file read again from its start gives the same flow ids: the same connection ids
-        self._id_base = (spec.incarnation << 32) if spec.mode == "live" else 0
-        self._id_mul = max(1, spec.workers)
-        self._renumber = self._id_mul != 1 or self._id_base != 0
-        # the engine keeps one Connection per connection (a new one when its ALPN comes late): its copy
-        self._conns: dict[int, tuple[Any, Any]] = {}  # engine's connection id -> (engine's, renumbered)
         self._next_expire = time.monotonic() + spec.expire_interval
         self._next_flush = 0.0  # live: when the calls read since the last flush go to the exporters
 
     # ------------------------------------------------------------------ events
+    @property
+    def calls(self) -> list[ApiCall]:
+        """The calls queued since the last flush."""
+        return self.sink.calls
+
+    @property
+    def exported(self) -> int:
+        """API calls handed to the exporters (or the parent), including a catch-up's."""
+        return self.sink.exported
+
+    @property
+    def exchanges(self) -> dict[str, int]:
+        return self.sink.exchanges
+
+    @property
+    def silent(self) -> bool:
+        """Catching up on a capture file: count, but export and log nothing."""
+        return self.sink.silent
+
+    @silent.setter
+    def silent(self, value: bool) -> None:
+        self.sink.silent = value
+
     def handle(self, events: list[Any]) -> None:
-        for ev in events:
+        rest = self.sink.take(events)  # the calls; what is left comes once per connection at most
+        if rest is None:
+            return
+        for ev in rest:
             cls = type(ev)
-            if cls is ApiCall:
-                if self._renumber:  # connection ids unique over workers and incarnations
-                    conn = ev.connection
-                    known = self._conns.get(conn.id)
-                    if known is None or known[0] is not conn:  # one copy per connection, not per call
-                        if len(self._conns) >= 4096:
-                            self._conns.clear()
-                        known = self._conns[conn.id] = (conn, dataclasses.replace(
-                            conn, id=(conn.id + self._id_base) * self._id_mul + self.spec.index))
-                    ev = ApiCall(known[1], ev.exchange, ev.route)
-                if not self.silent:
-                    self.calls.append(ev)
-                self.exported += 1
-                v = ev.exchange.http_version
-                self.exchanges[v] = self.exchanges.get(v, 0) + 1
-            elif cls is TlsOutcome:
+            if cls is TlsOutcome:
                 self.outcomes[ev.outcome] = self.outcomes.get(ev.outcome, 0) + 1
                 version = ev.version or "unknown"
                 if ev.held is not None:
@@ -454,7 +457,7 @@ class Worker:
     def flush_calls(self) -> None:
         if not self.calls:
             return
-        batch, self.calls = self.calls, []
+        batch = self.sink.drain()
         inv = self.inventory
         if self._inventory_direct and inv is not None:
             try:

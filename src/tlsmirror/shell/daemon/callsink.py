@@ -1,6 +1,7 @@
-"""A worker's API calls as the engine emits them: renumbered, counted and queued for the exporters.
+"""A live worker's per-packet path: frames fed to the engine, and the API calls it emits renumbered,
+counted and queued for the exporters.
 
-Every call a worker exports passes here, on the per-packet path, so this module is compiled (setup.py);
+Every frame and call of a live worker passes here, so this module is compiled (setup.py);
 :meth:`.workers.Worker.handle` takes the engine's other events (TLS outcomes, HTTP issues, handshake
 facts), which come once per connection at most.
 """
@@ -8,12 +9,32 @@ facts), which come once per connection at most.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from ...calls import ApiCall, Connection
+from ...pipeline import Engine
 
 # connections remembered for renumbering: a connection's calls come while it is open, so few are needed
 MAX_CONNECTIONS = 4096
+
+
+def feed_frames(engine: Engine, handle: Callable[[list[Any]], None], sink: CallSink,
+                export: Callable[[], None] | None, batch: int, linktype: int, frames: list[bytes],
+                stamps: list[float]) -> int:
+    """Feed *frames* (with their capture times, *stamps*: one each) to *engine*, each event list to
+    *handle*; *export*, when given, is called whenever *sink* holds *batch* calls or more. Returns the
+    frames' bytes."""
+    size = 0
+    for i in range(len(frames)):
+        data = frames[i]
+        size += len(data)
+        ev = engine.feed_frame(linktype, data, stamps[i])
+        if ev:
+            handle(ev)
+            if export is not None and len(sink.calls) >= batch:
+                export()
+    return size
 
 
 class CallSink:

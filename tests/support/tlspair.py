@@ -17,6 +17,7 @@ import ctypes
 import datetime
 import itertools
 import ssl
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -105,12 +106,18 @@ _DH_PARAMS: list[bytes] = []
 
 
 def _dh_params_pem() -> bytes:
-    """Finite-field DH parameters for DHE suites (1024 bits: fast to generate, fine at SECLEVEL=0)."""
+    """Finite-field DH parameters for DHE suites: RFC 7919's ffdhe2048 group from the openssl command (no
+    generation); without it, 1024 bits generated (fast, fine at SECLEVEL=0; cryptography warns)."""
     if not _DH_PARAMS:
-        params = dh.generate_parameters(2, 1024)
-        _DH_PARAMS.append(
-            params.parameter_bytes(serialization.Encoding.PEM, serialization.ParameterFormat.PKCS3)
-        )
+        try:
+            pem = subprocess.run(["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt",
+                                  "group:ffdhe2048"], capture_output=True, check=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            pem = b""
+        if b"BEGIN DH PARAMETERS" not in pem:
+            pem = dh.generate_parameters(2, 1024).parameter_bytes(serialization.Encoding.PEM,
+                                                                  serialization.ParameterFormat.PKCS3)
+        _DH_PARAMS.append(pem)
     return _DH_PARAMS[0]
 
 
